@@ -1,0 +1,153 @@
+"""`catlab` command line: argument parsing only; the work happens in the package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """catlab: knowledge-preserving adapter training (Contrastive Adapter Training, arXiv 2404.07554)
+for diffusion models. Runs offline on a CPU with the shipped toy world, or on Stable Diffusion 1.5 with a GPU."""
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="base vs LoRA vs DreamBooth-LoRA vs CAT on the toy world, with a report",
+                       description="Train plain LoRA, DreamBooth prior-preservation LoRA and CAT LoRA on a toy concept with the "
+                                   "same data, seed and budget; evaluate them and the base model; write a report.")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--seeds", type=int, default=3, help="number of training seeds (default: 3)")
+    p.add_argument("--concept", default="two_tone_circle", help="toy concept (default: two_tone_circle)")
+    p.add_argument("--quick", action="store_true", help="a few steps and samples: checks the plumbing in under 2 minutes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a LoRA adapter (plain, DreamBooth prior preservation, or CAT) from a YAML config",
+                       description="Train an adapter. Fields of the config can be overridden with --set key=value.")
+    p.add_argument("--config", required=True, help="YAML run config (see docs/training.md for every field)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="score adapters against their base model: IS, PS, KP, KPS, diversity",
+                       description="Generate with the base model and each adapter on the same seeds, embed, score, "
+                                   "and write per-image and summary CSVs.")
+    p.add_argument("--base", default="toyworld", help="base model: 'toyworld', a diffusers folder or a hub id")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help="an adapter to score (repeatable)")
+    p.add_argument("--concept", required=True, help="folder of the concept's reference images")
+    p.add_argument("--trigger", required=True, help="trigger token, e.g. sks")
+    p.add_argument("--class-word", required=True, help="class word, e.g. circle")
+    p.add_argument("--embedder", default="toyworld", help="'toyworld', a CLIP folder or hub id (default: toyworld)")
+    p.add_argument("--seeds", type=int, default=8, help="seeds per prompt (default: 8)")
+    p.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate images for prompts x seeds, with or without adapters, as a labelled grid",
+                       description="Generate a grid: one row per prompt, one column per seed.")
+    p.add_argument("prompts", nargs="+", help="prompts, e.g. 'a sks circle' 'a circle'")
+    p.add_argument("--base", default="toyworld", help="base model (default: toyworld)")
+    p.add_argument("--adapter", default=None, help="folder or file of a LoRA adapter")
+    p.add_argument("--scale", type=float, default=1.0, help="adapter scale (default: 1.0)")
+    p.add_argument("--seeds", type=int, default=8, help="number of seeds (default: 8)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--out", default="runs/sample/grid.png", help="output image (default: runs/sample/grid.png)")
+
+
+def _add_toyworld(sub) -> None:
+    p = sub.add_parser("toyworld", help="the embedded toy world: pretrain it, export concepts, check the shipped weights",
+                       description="The toy world: drawn shapes, a tiny Stable Diffusion pipeline, a tiny CLIP and an oracle.")
+    tw = p.add_subparsers(dest="toyworld_cmd", metavar="ACTION", required=True)
+    pre = tw.add_parser("pretrain", help="retrain the pipeline, CLIP and oracle from scratch (about an hour on 2 CPU cores)")
+    pre.add_argument("--out", required=True, help="asset folder to write (pipeline/, clip/, oracle.safetensors)")
+    pre.add_argument("--quick", action="store_true", help="a few steps of every stage (for tests)")
+    pre.add_argument("--seed", type=int, default=0)
+    exp = tw.add_parser("export-concept", help="write a toy concept as a folder of images + captions")
+    exp.add_argument("name", help="concept name, e.g. two_tone_circle")
+    exp.add_argument("--out", required=True, help="folder to write")
+    exp.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
+    tw.add_parser("check", help="load the shipped weights and report what is there")
+    tw.add_parser("concepts", help="list the toy concepts")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="catlab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_demo, _add_train, _add_eval, _add_sample, _add_toyworld):
+        add(sub)
+    return parser
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"catlab: error: --set expects KEY=VALUE, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _run_toyworld(args) -> int:
+    from .toyworld import world
+
+    if args.toyworld_cmd == "pretrain":
+        from .toyworld.pretrain import PretrainConfig, pretrain
+
+        cfg = PretrainConfig.tiny() if args.quick else PretrainConfig()
+        cfg.seed = args.seed
+        out = pretrain(args.out, cfg)
+        print(f"toy world written to {out}")
+    elif args.toyworld_cmd == "export-concept":
+        if args.name not in world.CONCEPTS:
+            raise SystemExit(f"catlab: error: unknown concept {args.name!r}; choose one of {sorted(world.CONCEPTS)}")
+        out = world.export_concept(args.name, args.out, overwrite=args.overwrite)
+        print(f"concept {args.name} written to {out}")
+    elif args.toyworld_cmd == "concepts":
+        for c in world.CONCEPTS.values():
+            print(f"{c.name:18s} trigger={c.trigger:4s} class={c.class_word:8s} {c.colour}/{c.second_colour} {c.pattern}")
+    elif args.toyworld_cmd == "check":
+        from .toyworld.assets import asset_root, load_oracle, toyworld_path
+
+        for part in ("pipeline", "clip", "oracle"):
+            print(f"{part:9s} {toyworld_path(part)}")
+        load_oracle()
+        print(f"all toy-world assets present in {asset_root()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "toyworld":
+        return _run_toyworld(args)
+    if args.command == "train":
+        from .config import load_config
+        from .train import train
+
+        cfg = load_config(args.config)
+        if args.set:
+            cfg = type(cfg).from_dict({**cfg.to_dict(), **_parse_overrides(args.set)})
+        train(cfg, resume=args.resume)
+        return 0
+    if args.command == "sample":
+        from .sample import sample_cli
+
+        return sample_cli(args)
+    if args.command == "eval":
+        from .metrics import evaluate_cli
+
+        return evaluate_cli(args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(out=Path(args.out), n_seeds=args.seeds, concept=args.concept, quick=args.quick, overwrite=args.overwrite)
+        return 0
+    return 2  # unreachable: argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""One dataclass config for a training run, with commented defaults, and YAML load/save.
+
+Defaults are the toy world's CPU preset; `TrainConfig.sd15()` gives the authors' Stable Diffusion 1.5 setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REGIMES = ("none", "ppl", "cat")
+
+
+@dataclass
+class ConceptConfig:
+    folder: str  # images + captions (per-image .txt, or captions.txt / captions.jsonl)
+    trigger: str  # rare token that names the concept, e.g. "sks"
+    class_word: str  # what the concept is, e.g. "circle"; used for class prompts and prior images
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train on
+    base_model: str = "toyworld"  # "toyworld", a local diffusers folder, or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5
+    concepts: list[ConceptConfig] = field(default_factory=list)
+    output_dir: str = "runs/train"  # never overwritten silently: resume it or pick another
+    resolution: int | None = None  # None = the base model's native size (32 px toy world, 512 px SD 1.5)
+    center_crop: bool = False  # the authors used random crops
+    random_flip: bool = True
+    # --- the regime
+    regime: str = "cat"  # "none" = plain LoRA, "ppl" = DreamBooth prior preservation, "cat" = CAT
+    cat_lambda: float = 1.0  # weight of the CAT term; the authors' configs use 1.0 (6.0 in one)
+    cat_prompt: str = "remove"  # trigger-free caption: "remove" the trigger (authors) or replace it by the "class" word
+    cat_every: int = 1  # amortised CAT: apply the term every k-th step only (k=1: every step), scaled by k
+    prior_loss_weight: float = 1.0  # DreamBooth's default
+    num_class_images: int = 50  # prior images generated once by the base model and cached
+    class_prompt: str | None = None  # default "a {class_word}"
+    class_images_dir: str | None = None  # default <output_dir>/class_images
+    # --- the adapter
+    rank: int = 4  # the authors used rank 1 on SD 1.5; 4 is peft's and diffusers' usual default
+    lora_alpha: float | None = None  # None = rank (scale 1)
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # all attention, as the authors
+    train_text_encoder: bool = False  # CAT's target assumes the text encoder is the base model's
+    # --- optimisation
+    steps: int = 300
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    learning_rate: float = 2e-3  # toy world; SD 1.5 LoRA usually 1e-4
+    lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name; the authors used constant
+    lr_warmup_steps: int = 0
+    adam_weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0  # clips the trainable parameters (the authors' code clipped frozen ones by mistake)
+    snr_gamma: float | None = None  # Min-SNR weighting (Hang et al. 2023); None = plain MSE, as the authors
+    mixed_precision: str = "no"  # "fp16" / "bf16" on a GPU
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    # --- bookkeeping
+    checkpoint_every: int = 100  # 0 = only at the end
+    validate_every: int = 100  # 0 = never
+    validation_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    log_every: int = 10
+
+    def __post_init__(self):
+        self.concepts = [c if isinstance(c, ConceptConfig) else ConceptConfig(**c) for c in self.concepts]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming every bad field and how to fix it."""
+        problems = []
+        if self.regime not in REGIMES:
+            problems.append(f"regime={self.regime!r}: choose one of {REGIMES}")
+        if self.cat_prompt not in ("remove", "class"):
+            problems.append(f"cat_prompt={self.cat_prompt!r}: choose 'remove' or 'class'")
+        for name in ("steps", "batch_size", "rank", "gradient_accumulation", "cat_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)}: must be >= 1")
+        for name in ("cat_lambda", "prior_loss_weight", "learning_rate", "lora_dropout"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            problems.append(f"mixed_precision={self.mixed_precision!r}: choose 'no', 'fp16' or 'bf16'")
+        if problems:
+            raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
+
+    @classmethod
+    def sd15(cls, **overrides) -> TrainConfig:
+        """The authors' SD 1.5 setting: rank 1, lr 1e-4, batch 1, 900 steps, 512 px, constant LR."""
+        base = dict(base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", rank=1, learning_rate=1e-4, batch_size=1,
+                    steps=900, checkpoint_every=150, validate_every=150, resolution=512, mixed_precision="fp16")
+        return cls(**{**base, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(known)}")
+        return cls(**d)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a YAML (or JSON) run config."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a mapping of config fields, got {type(data).__name__}")
+    try:
+        return TrainConfig.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{p}: {e}") from e
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config atomically."""
+    import yaml
+
+    p = Path(path)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(p)

@@ -1,0 +1,122 @@
+"""The oracle: a small CNN that reads shape, colour and "is this toy concept X" from an image.
+
+Ground truth that real-world evaluation never has. Trained on freshly drawn images with noise, blur and
+tint augmentation so that it also reads the slightly imperfect images a diffusion model generates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .world import COLOUR_NAMES, CONCEPTS, SHAPES, ToyConcept, draw_shape, sample_spec
+
+CONCEPT_NAMES = ("none", *CONCEPTS)
+
+
+class Oracle(nn.Module):
+    """4 conv layers with BatchNorm, three linear heads."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        chans = [3, width, width * 2, width * 4, width * 4]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1), nn.BatchNorm2d(chans[i + 1]), nn.ReLU()]
+            if i < 3:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.shape_head = nn.Linear(chans[-1], len(SHAPES))
+        self.colour_head = nn.Linear(chans[-1], len(COLOUR_NAMES))
+        self.concept_head = nn.Linear(chans[-1], len(CONCEPT_NAMES))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # x: (B, 3, 32, 32) in [-1, 1]
+        h = self.features(x)  # (B, 4*width)
+        return {"shape": self.shape_head(h), "colour": self.colour_head(h), "concept": self.concept_head(h)}
+
+
+def images_to_tensor(images: list[Image.Image] | np.ndarray, resolution: int = 32) -> torch.Tensor:
+    """PIL images or a uint8 (N, H, W, 3) array -> float tensor (N, 3, R, R) in [-1, 1]."""
+    if isinstance(images, np.ndarray):
+        arr = images
+    else:
+        arr = np.stack([np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BICUBIC)) for im in images])
+    x = torch.from_numpy(arr).float().permute(0, 3, 1, 2) / 127.5 - 1.0  # (N, 3, H, W)
+    if x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def _concept_variant(c: ToyConcept, rng: np.random.Generator):
+    """A concept instance with wider variation than its photos, so the oracle learns the pattern, not the pose."""
+    base = sample_spec(rng, shape=c.class_word, colour=c.colour)
+    from dataclasses import replace
+
+    return replace(base, pattern=c.pattern, second_colour=c.second_colour, angle=base.angle if c.class_word != "circle" else 0.0)
+
+
+def make_oracle_batch(rng: np.random.Generator, n: int, concept_share: float = 0.25):
+    """Images with labels: shape, colour (-1 = patterned, ignored), concept index (0 = none)."""
+    imgs, shapes, colours, concepts = [], [], [], []
+    names = list(CONCEPTS)
+    for _ in range(n):
+        if rng.random() < concept_share:
+            k = int(rng.integers(len(names)))
+            spec = _concept_variant(CONCEPTS[names[k]], rng)
+            colours.append(-1)
+            concepts.append(k + 1)
+        else:
+            spec = sample_spec(rng)
+            colours.append(COLOUR_NAMES.index(spec.colour))
+            concepts.append(0)
+        shapes.append(SHAPES.index(spec.shape))
+        imgs.append(np.asarray(draw_shape(spec)))
+    x = images_to_tensor(np.stack(imgs))
+    return x, torch.tensor(shapes), torch.tensor(colours), torch.tensor(concepts)
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Noise, blur and tint: the ways a generated image differs from a drawn one."""
+    b = x.shape[0]
+    sigma = torch.rand(b, 1, 1, 1, generator=g) * 0.15
+    x = x + sigma * torch.randn(x.shape, generator=g)
+    tint = (torch.rand(b, 3, 1, 1, generator=g) - 0.5) * 0.12
+    x = x + tint
+    blur = torch.rand(b, generator=g) < 0.3
+    if blur.any():
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = (k[:, None] * k[None, :]) / 16
+        xb = F.conv2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), k.expand(3, 1, 3, 3), groups=3)
+        x = x.clone()
+        x[blur] = xb
+    return x.clamp(-1.5, 1.5)
+
+
+@dataclass
+class OracleReading:
+    shape: list[str]
+    colour: list[str]
+    concept: list[str]
+    concept_prob: np.ndarray  # (N, len(CONCEPT_NAMES))
+
+
+@torch.no_grad()
+def read_images(oracle: Oracle, images, batch_size: int = 256) -> OracleReading:
+    """Shape, colour and concept of each image, as the oracle reads them."""
+    oracle.eval()
+    x = images_to_tensor(images)
+    outs = [oracle(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    shape = torch.cat([o["shape"] for o in outs]).argmax(1)
+    colour = torch.cat([o["colour"] for o in outs]).argmax(1)
+    cprob = torch.cat([o["concept"] for o in outs]).softmax(1)
+    return OracleReading(
+        shape=[SHAPES[i] for i in shape.tolist()],
+        colour=[COLOUR_NAMES[i] for i in colour.tolist()],
+        concept=[CONCEPT_NAMES[i] for i in cprob.argmax(1).tolist()],
+        concept_prob=cprob.numpy(),
+    )

@@ -1,0 +1,329 @@
+"""The toy world's pretraining recipe: VAE, then UNet + text encoder, then the oracle and the toy CLIP.
+
+`catlab toyworld pretrain --out DIR` reruns everything from scratch under a fixed seed. Each stage writes
+resumable checkpoints, so an interrupted run continues where it stopped. The shipped weights in
+`catlab/assets/toyworld` were made by the full recipe; `PretrainConfig.tiny()` is the test-sized version.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import build
+from .oracle import Oracle, augment, make_oracle_batch
+from .world import make_world_dataset
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = 0
+    n_images: int = 50_000  # drawn once and cached; captions are re-drawn every step
+    vae_steps: int = 1200  # flat shapes reconstruct well after ~1k steps
+    vae_batch: int = 32
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-6  # SD's VAE uses a tiny KL too: the latent must stay informative
+    unet_steps: int = 6000  # 1M-4M parameter UNets need thousands of steps before shapes appear
+    unet_batch: int = 48
+    unet_lr: float = 1.5e-3  # high for a tiny model; warmup + cosine decay keep it stable
+    unet_warmup: int = 150
+    min_snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023, arXiv 2303.09556)
+    ema_decay: float = 0.999
+    oracle_steps: int = 1500
+    clip_steps: int = 2000
+    clip_batch: int = 128
+    checkpoint_every: int = 250
+    stages: tuple[str, ...] = ("vae", "oracle", "clip", "unet")
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def tiny(cls) -> "PretrainConfig":
+        """A few steps of every stage: exercises the whole recipe in well under a minute."""
+        return cls(n_images=256, vae_steps=3, vae_batch=8, unet_steps=3, unet_batch=8, unet_warmup=1,
+                   oracle_steps=2, clip_steps=2, clip_batch=8, checkpoint_every=2)
+
+
+def _save_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _world_data(cfg: PretrainConfig, work: Path):
+    cache = work / f"world_{cfg.n_images}_{cfg.seed}.npz"
+    if cache.exists():
+        d = np.load(cache, allow_pickle=False)
+        return d["images"], json.loads(str(d["specs"]))
+    images, specs = make_world_dataset(cfg.n_images, seed=cfg.seed)
+    spec_dicts = [asdict(s) for s in specs]
+    tmp = work / "world.tmp.npz"
+    np.savez(tmp, images=images, specs=json.dumps(spec_dicts))
+    tmp.replace(cache)
+    return images, spec_dicts
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).float().permute(0, 3, 1, 2) / 127.5 - 1.0  # (N, 3, 32, 32) in [-1, 1]
+
+
+def _resume(path: Path, objs: dict) -> int:
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=False)
+    for k, obj in objs.items():
+        obj.load_state_dict(state[k])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+def _checkpoint(path: Path, step: int, objs: dict) -> None:
+    _atomic_torch_save({**{k: o.state_dict() for k, o in objs.items()}, "step": step, "torch_rng": torch.get_rng_state()}, path)
+
+
+def train_vae(cfg: PretrainConfig, images: np.ndarray, work: Path):
+    """Autoencoder stage; sets `scaling_factor` so latents have unit variance, as SD does (0.18215)."""
+    vae = build.build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    ckpt = work / "vae.ckpt"
+    start = _resume(ckpt, {"vae": vae, "opt": opt})
+    g = np.random.default_rng(cfg.seed + 1)
+    for _ in range(start):  # replay the index stream so a resumed run sees the same batches
+        g.integers(len(images), size=cfg.vae_batch)
+    bar = tqdm(range(start, cfg.vae_steps), desc="vae", initial=start, total=cfg.vae_steps)
+    for step in bar:
+        x = _to_tensor(images[g.integers(len(images), size=cfg.vae_batch)])
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample()).sample
+        rec = F.mse_loss(recon, x)
+        loss = rec + cfg.vae_kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(mse=f"{rec.item():.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0:
+            _checkpoint(ckpt, step + 1, {"vae": vae, "opt": opt})
+    vae.eval()
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(_to_tensor(images[i : i + 256])).latent_dist.mean for i in range(0, min(len(images), 4096), 256)])
+    vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
+    return vae
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray) -> torch.Tensor:
+    """Posterior means of the whole dataset, scaled; (N, 4, 16, 16)."""
+    vae.eval()
+    out = [vae.encode(_to_tensor(images[i : i + 512])).latent_dist.mean for i in range(0, len(images), 512)]
+    return torch.cat(out) * vae.config.scaling_factor
+
+
+def _lr_lambda(cfg: PretrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.unet_warmup:
+            return (step + 1) / cfg.unet_warmup
+        p = (step - cfg.unet_warmup) / max(1, cfg.unet_steps - cfg.unet_warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))  # cosine down to 0.1x
+
+    return f
+
+
+def train_unet(cfg: PretrainConfig, latents: torch.Tensor, specs: list[dict], tokenizer, work: Path):
+    """Text-to-image stage: UNet and text encoder trained jointly; EMA weights are what ships."""
+    from .world import ShapeSpec, caption_for
+
+    torch.manual_seed(cfg.seed + 2)
+    unet, text_encoder = build.build_unet(), build.build_text_encoder(tokenizer)
+    ema_unet, ema_te = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    sched = build.build_noise_scheduler()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, betas=(0.9, 0.99), weight_decay=0.01)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    objs = {"unet": unet, "te": text_encoder, "ema_unet": ema_unet, "ema_te": ema_te, "opt": opt, "lr": lr_sched}
+    ckpt = work / "unet.ckpt"
+    start = _resume(ckpt, objs)
+    rng = np.random.default_rng(cfg.seed + 3)
+    for _ in range(start):
+        idx = rng.integers(len(latents), size=cfg.unet_batch)
+        [caption_for(ShapeSpec(**specs[i]), rng) for i in idx]
+        rng.random(cfg.unet_batch)
+    alphas = sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    log = (work / "unet_log.jsonl").open("a")
+    bar = tqdm(range(start, cfg.unet_steps), desc="unet", initial=start, total=cfg.unet_steps)
+    t0 = time.time()
+    for step in bar:
+        idx = rng.integers(len(latents), size=cfg.unet_batch)
+        captions = [caption_for(ShapeSpec(**specs[i]), rng) for i in idx]
+        flip = torch.from_numpy(rng.random(cfg.unet_batch) < 0.5)
+        z0 = latents[idx].clone()  # (B, 4, 16, 16)
+        z0[flip] = z0[flip].flip(-1)  # captions say nothing about left/right
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.unet_batch,))
+        zt = sched.add_noise(z0, noise, t)
+        target = sched.get_velocity(z0, noise, t)
+        pred = unet(zt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        w = torch.clamp(snr[t], max=cfg.min_snr_gamma) / (snr[t] + 1)  # min-SNR weight for v-prediction
+        loss = (w * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_sched.step()
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_te, text_encoder)):
+                for pe, pl in zip(ema.parameters(), live.parameters()):
+                    pe.lerp_(pl, 1 - cfg.ema_decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 25 == 0:
+            log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr_sched.get_last_lr()[0], "elapsed_s": time.time() - t0}) + "\n")
+            log.flush()
+        if (step + 1) % cfg.checkpoint_every == 0:
+            _checkpoint(ckpt, step + 1, objs)
+    return ema_unet, ema_te
+
+
+def train_oracle(cfg: PretrainConfig, work: Path) -> Oracle:
+    torch.manual_seed(cfg.seed + 4)
+    oracle = Oracle()
+    opt = torch.optim.AdamW(oracle.parameters(), lr=2e-3)
+    rng, g = np.random.default_rng(cfg.seed + 5), torch.Generator().manual_seed(cfg.seed + 6)
+    for step in tqdm(range(cfg.oracle_steps), desc="oracle"):
+        x, ys, yc, yk = make_oracle_batch(rng, 64)
+        out = oracle(augment(x, g))
+        loss = F.cross_entropy(out["shape"], ys) + F.cross_entropy(out["colour"], yc, ignore_index=-1) + F.cross_entropy(out["concept"], yk)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return oracle.eval()
+
+
+def train_clip(cfg: PretrainConfig, images: np.ndarray, specs: list[dict], tokenizer, work: Path):
+    """Contrastive image-text training (Radford et al. 2021, arXiv 2103.00020) on the world's captions.
+
+    Captions repeat within a batch ("a red circle" twice), so the target is uniform over all matching
+    captions rather than the diagonal alone.
+    """
+    from .world import ShapeSpec, caption_for
+
+    torch.manual_seed(cfg.seed + 7)
+    clip = build.build_clip(tokenizer)
+    opt = torch.optim.AdamW(clip.parameters(), lr=1e-3, weight_decay=0.05)
+    rng = np.random.default_rng(cfg.seed + 8)
+    x_all = images
+    for step in tqdm(range(cfg.clip_steps), desc="clip"):
+        idx = rng.integers(len(x_all), size=cfg.clip_batch)
+        caps = []
+        for i in idx:
+            c = ""
+            while not c:
+                c = caption_for(ShapeSpec(**specs[i]), rng)
+            caps.append(c)
+        ids = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+        x = _to_tensor(x_all[idx])
+        out = clip(input_ids=ids.input_ids, attention_mask=ids.attention_mask, pixel_values=x)
+        logits = out.logits_per_image  # (B, B)
+        # image i matches every caption that is true of it ("a circle" is true of every circle)
+        truth = torch.tensor([[_caption_true(caps[j], specs[idx[i]]) for j in range(len(caps))] for i in range(len(caps))], dtype=torch.float32)
+        loss = _soft_contrastive(logits, truth) + _soft_contrastive(logits.t(), truth.t())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return clip.eval()
+
+
+def _caption_true(caption: str, spec: dict) -> bool:
+    words = set(caption.split())
+    if spec["shape"] not in words:
+        return False
+    from .world import BACKGROUND_NAMES, COLOUR_NAMES
+
+    colours = words & set(COLOUR_NAMES)
+    bgs = words & set(BACKGROUND_NAMES)
+    if colours and spec["colour"] not in colours:
+        return False
+    if bgs and spec["background"] not in bgs:
+        return False
+    return True
+
+
+def _soft_contrastive(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a target spread uniformly over every true pair of the row."""
+    target = truth / truth.sum(1, keepdim=True).clamp(min=1)
+    return -(target * logits.log_softmax(1)).sum(1).mean()
+
+
+def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, work_dir: str | Path | None = None) -> Path:
+    """Run the whole recipe and write an asset folder (pipeline/, clip/, oracle.safetensors) to `out_dir`."""
+    from safetensors.torch import save_file
+
+    cfg = cfg or PretrainConfig()
+    out = Path(out_dir)
+    work = Path(work_dir) if work_dir else out / "_work"
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    _save_json(work / "config.json", asdict(cfg))
+    images, specs = _world_data(cfg, work)
+    tokenizer = build.build_tokenizer()
+    timings: dict[str, float] = {}
+
+    t = time.time()
+    vae_dir = work / "vae_final"
+    if vae_dir.exists():
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(vae_dir)
+    else:
+        vae = train_vae(cfg, images, work)
+        vae.save_pretrained(vae_dir)
+    timings["vae_s"] = time.time() - t
+
+    if "oracle" in cfg.stages and not (work / "oracle.safetensors").exists():
+        t = time.time()
+        save_file(train_oracle(cfg, work).state_dict(), work / "oracle.safetensors")
+        timings["oracle_s"] = time.time() - t
+    if "clip" in cfg.stages and not (work / "clip_final").exists():
+        t = time.time()
+        clip = train_clip(cfg, images, specs, tokenizer, work)
+        clip.save_pretrained(work / "clip_final")
+        timings["clip_s"] = time.time() - t
+    if "unet" in cfg.stages:
+        t = time.time()
+        latents = encode_latents(vae, images)
+        unet, te = train_unet(cfg, latents, specs, tokenizer, work)
+        timings["unet_s"] = time.time() - t
+        pipe = build.assemble_pipeline(unet, vae, te, tokenizer)
+        pipe.save_pretrained(out / "pipeline")
+    write_assets(out, work, tokenizer)
+    _save_json(out / "recipe.json", {"config": asdict(cfg), "timings_s": timings})
+    return out
+
+
+def write_assets(out: Path, work: Path, tokenizer) -> None:
+    """Copy the oracle and CLIP (with tokenizer and image processor) from the work folder into the asset layout."""
+    import shutil
+
+    from transformers import CLIPModel
+
+    if (work / "oracle.safetensors").exists():
+        shutil.copyfile(work / "oracle.safetensors", out / "oracle.safetensors")
+    if (work / "clip_final").exists():
+        clip = CLIPModel.from_pretrained(work / "clip_final")
+        clip.save_pretrained(out / "clip")
+        tokenizer.save_pretrained(out / "clip")
+        build.build_clip_image_processor().save_pretrained(out / "clip")

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create or reuse a local virtual environment (.venv) and install catlab with its dev tools.
+# torch is pinned to a CPU-friendly release and is installed only when the interpreter has none,
+# so Colab (or any machine with a CUDA torch already) keeps its own.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TORCH_PIN="${CATLAB_TORCH:-torch==2.13.0}"
+if [ -n "${COLAB_RELEASE_TAG:-}" ] || [ "${CATLAB_NO_VENV:-0}" = "1" ]; then
+  PY=python3   # Colab: install into the runtime's own Python
+else
+  if [ ! -x .venv/bin/python ]; then
+    echo "catlab: creating .venv"
+    python3 -m venv .venv
+  fi
+  PY=.venv/bin/python
+fi
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  echo "catlab: installing $TORCH_PIN"
+  "$PY" -m pip install -q "$TORCH_PIN"
+fi
+# reinstall catlab only when its metadata changed (keeps re-runs fast)
+STAMP=.venv/.catlab-installed
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || ! "$PY" -c "import catlab, nbval" >/dev/null 2>&1; then
+  echo "catlab: installing catlab[dev]"
+  "$PY" -m pip install -q -e ".[dev]"
+  mkdir -p "$(dirname "$STAMP")" && touch "$STAMP"
+fi

@@ -1,0 +1,22 @@
+"""Shared fixtures: a tiny toy world built by the real recipe (a few steps), so tests never need the shipped weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """A complete toy-world asset folder (pipeline/, clip/, oracle.safetensors) from a few-step pretraining."""
+    from catlab.toyworld.pretrain import PretrainConfig, pretrain
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("toyworld_tiny")
+    pretrain(out, PretrainConfig.tiny(), work_dir=out / "_work")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_path(tiny_assets):
+    return tiny_assets / "pipeline"
