@@ -1,0 +1,193 @@
+"""Base models and adapters: load any diffusers Stable Diffusion pipeline (the toy world is just another one),
+inject LoRA with peft, save/load it in the diffusers format, toggle and combine adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' load_lora_weights looks for
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection, as the CAT authors
+SD_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 7.5}  # diffusers' SD 1.5 defaults, used by the authors
+SAMPLING_FILE = "catlab_sampling.json"  # optional per-model sampling defaults beside model_index.json
+
+
+class AdapterMismatchError(ValueError):
+    """A LoRA file whose layers or shapes do not fit the base model."""
+
+
+def resolve_base(name_or_path: str) -> str:
+    """'toyworld' -> the shipped pipeline folder; an existing folder stays; anything else is taken as a hub id."""
+    if name_or_path == "toyworld":
+        from .toyworld.assets import toyworld_path
+
+        return str(toyworld_path("pipeline"))
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        if not (p / "model_index.json").is_file():
+            raise FileNotFoundError(f"{p} is not a diffusers pipeline folder (no model_index.json); "
+                                    "point base_model at a folder written by `save_pretrained`, or use 'toyworld'")
+        return str(p)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        raise FileNotFoundError(f"base model {name_or_path!r} is neither an existing folder nor a hub id like "
+                                "'stable-diffusion-v1-5/stable-diffusion-v1-5'")
+    return name_or_path
+
+
+def load_base(name_or_path: str = "toyworld", device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """Load a Stable Diffusion pipeline ('toyworld', a local folder, or a hub id) on `device`."""
+    from diffusers import StableDiffusionPipeline
+
+    path = resolve_base(name_or_path)
+    kwargs = {"safety_checker": None, "requires_safety_checker": False}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(path, **kwargs)
+    except OSError as e:
+        hint = " (the machine is offline or HF_HUB_OFFLINE=1: download it elsewhere and pass its folder)" if not Path(path).exists() else ""
+        raise OSError(f"could not load base model {name_or_path!r}{hint}: {e}") from e
+    pipe.set_progress_bar_config(disable=True)
+    if device is not None:
+        pipe.to(device)
+    pipe.catlab_sampling = sampling_defaults_for(path)
+    return pipe
+
+
+def sampling_defaults_for(path: str) -> dict:
+    f = Path(path) / SAMPLING_FILE
+    if f.is_file():
+        return {**SD_DEFAULTS, **json.loads(f.read_text())}
+    return dict(SD_DEFAULTS)
+
+
+def sampling_defaults(pipe) -> dict:
+    """Steps, guidance and resolution that suit this base model (the toy world wants little guidance)."""
+    d = dict(getattr(pipe, "catlab_sampling", SD_DEFAULTS))
+    d.setdefault("resolution", native_resolution(pipe))
+    return d
+
+
+def native_resolution(pipe) -> int:
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+
+def _linear_suffixes(model: torch.nn.Module) -> set[str]:
+    return {name.split(".")[-1] if not name.endswith(".0") else ".".join(name.split(".")[-2:])
+            for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def add_lora(model: torch.nn.Module, rank: int = 4, alpha: float | None = None, dropout: float = 0.0,
+             target_modules: Sequence[str] = DEFAULT_TARGETS, adapter_name: str = "default") -> int:
+    """Inject a fresh LoRA (B = 0, so the model is unchanged) into `model`; returns the trainable parameter count."""
+    from peft import LoraConfig
+
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ValueError(f"LoRA target module(s) {missing} not found in {type(model).__name__}; "
+                         f"linear layers it has end in: {sorted(_linear_suffixes(model))[:20]}")
+    model.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
+                        init_lora_weights=True,  # Kaiming A, zero B (Hu et al. 2021, arXiv 2106.09685): starts as the base model
+                        target_modules=list(target_modules))
+    if adapter_name in getattr(model, "peft_config", {}):
+        raise ValueError(f"{type(model).__name__} already has an adapter named {adapter_name!r}; pick another adapter_name")
+    model.add_adapter(config, adapter_name=adapter_name)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def lora_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+
+
+@contextmanager
+def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
+    """Run `model` as the exact base model inside the block (no second copy of the weights)."""
+    if not getattr(model, "_hf_peft_config_loaded", False):
+        yield
+        return
+    model.disable_adapters()
+    try:
+        yield
+    finally:
+        model.enable_adapters()
+
+
+def save_lora(pipe, out_dir: str | Path, adapter_name: str = "default", metadata: dict | None = None, overwrite: bool = False) -> Path:
+    """Write the adapter as diffusers-format `pytorch_lora_weights.safetensors` (atomic; refuses to overwrite)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    out = Path(out_dir)
+    if (out / LORA_WEIGHT_NAME).exists() and not overwrite:
+        raise FileExistsError(f"{out / LORA_WEIGHT_NAME} exists; pass overwrite=True or choose another folder")
+    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet, adapter_name=adapter_name))
+    te_layers = None
+    te = pipe.text_encoder
+    if getattr(te, "peft_config", None) and adapter_name in te.peft_config:
+        te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(te, adapter_name=adapter_name))
+    cfg = pipe.unet.peft_config[adapter_name]
+    meta = {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".lora-", dir=out.parent))
+    try:
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers,
+                                                  unet_lora_adapter_metadata=meta, safe_serialization=True)
+        if metadata:
+            (tmp / "catlab_adapter.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            f.replace(out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / LORA_WEIGHT_NAME
+
+
+def load_lora(pipe, path: str | Path, adapter_name: str = "default", scale: float = 1.0) -> str:
+    """Load a diffusers-format LoRA (folder or .safetensors file) into `pipe` and make it the active adapter."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / LORA_WEIGHT_NAME).is_file():
+            raise FileNotFoundError(f"no {LORA_WEIGHT_NAME} in {p}; pass the folder written by catlab train or save_lora")
+        kwargs = {"weight_name": LORA_WEIGHT_NAME}
+        src = str(p)
+    elif p.is_file():
+        src, kwargs = str(p.parent), {"weight_name": p.name}
+    else:
+        raise FileNotFoundError(f"adapter {p} does not exist")
+    if adapter_name in getattr(pipe.unet, "peft_config", {}):
+        pipe.delete_adapters([adapter_name])
+    try:
+        pipe.load_lora_weights(src, adapter_name=adapter_name, **kwargs)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise AdapterMismatchError(f"the LoRA in {p} does not fit this base model ({type(pipe.unet).__name__}, "
+                                   f"cross_attention_dim={pipe.unet.config.cross_attention_dim}): was it trained on another "
+                                   f"base model? Details: {str(e)[:400]}") from e
+    if not any(adapter_name in getattr(m, "peft_config", {}) for m in (pipe.unet, pipe.text_encoder)):
+        raise AdapterMismatchError(f"no layer of {p} matched the base model; it was trained for another architecture")
+    set_active_adapters(pipe, [adapter_name], [scale])
+    return adapter_name
+
+
+def set_active_adapters(pipe, names: Sequence[str] | None, weights: Sequence[float] | None = None) -> None:
+    """Activate adapters with weights (`set_adapters`); None or [] = the base model (adapters disabled)."""
+    if not names:
+        if getattr(pipe.unet, "peft_config", None):
+            pipe.disable_lora()
+        return
+    known = set(getattr(pipe.unet, "peft_config", {}))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise KeyError(f"adapter(s) {unknown} are not loaded; loaded: {sorted(known)}. Load them with load_lora first")
+    pipe.enable_lora()
+    pipe.set_adapters(list(names), adapter_weights=list(weights) if weights is not None else None)
+

@@ -1,0 +1,317 @@
+"""The training loop: accelerate for devices / mixed precision / multi-GPU, exact resume, atomic checkpoints.
+
+Every random choice of step s (which images, crops, flips, noise, timesteps, dropout) is drawn from
+generators seeded by (seed, s). A resumed run therefore replays exactly what an uninterrupted run would
+have done, and only the adapter, optimizer and LR-scheduler states need to be checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import TrainConfig, save_config
+from .losses import LossTerms, cat_loss, denoising_target, min_snr_weights, prior_preservation_loss
+from .models import add_lora, load_base, lora_parameters, native_resolution, save_lora
+
+
+class TrainCallback:
+    """Hooks for notebooks (live loss curves, sample grids). Override what you need."""
+
+    def on_step(self, step: int, logs: dict) -> None: ...
+    def on_validation(self, step: int, images: dict[str, list]) -> None: ...
+    def on_end(self, result: TrainResult) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    adapter_dir: Path
+    history: list[dict] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    class_images_s: float = 0.0  # DreamBooth's up-front cost
+
+
+def _step_seed(seed: int, step: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step * 7919 + salt) % (2**63 - 1)
+
+
+def prepare_output_dir(cfg: TrainConfig, resume: bool) -> Path:
+    out = Path(cfg.output_dir)
+    ckpts = sorted((out / "checkpoints").glob("step-*")) if out.exists() else []
+    if resume:
+        if not ckpts:
+            raise FileNotFoundError(f"cannot resume: no checkpoint in {out / 'checkpoints'}; start a new run without resume")
+    elif out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"output folder {out} already holds a run; pass resume=True (--resume) to continue it, "
+                              "or choose another output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    return ckpts[-1] if ckpts else None
+
+
+def _atomic_dir_write(final: Path, write) -> None:
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.replace(final)
+
+
+class _TextCache:
+    """Caption -> encoder hidden states; the text encoder is frozen, so each caption is encoded once."""
+
+    def __init__(self, tokenizer, text_encoder, device):
+        self.tok, self.te, self.device, self.cache = tokenizer, text_encoder, device, {}
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        new = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        if new:
+            ids = self.tok(new, padding="max_length", max_length=self.tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+            hs = self.te(ids.to(self.device))[0]  # (n, L, D)
+            self.cache.update(zip(new, hs))
+        return torch.stack([self.cache[c] for c in captions])  # (B, L, D)
+
+
+def generate_class_images(pipe, class_prompt: str, n: int, folder: Path, resolution: int) -> list[Path]:
+    """DreamBooth's class images: generated once by the base model, cached on disk with a manifest, and reused."""
+    from .sample import generate, save_image_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "manifest.json"
+    meta = {"prompt": class_prompt, "model": str(getattr(pipe, "name_or_path", "")), "resolution": resolution}
+    have = json.loads(manifest.read_text()) if manifest.exists() else None
+    paths = [folder / f"class_{i:04d}.png" for i in range(n)]
+    if have and {k: have.get(k) for k in meta} == meta and all(p.exists() for p in paths):
+        return paths
+    if have and {k: have.get(k) for k in meta} != meta:
+        raise FileExistsError(f"{folder} holds class images for {have}, not {meta}; choose another class_images_dir")
+    missing = [i for i, p in enumerate(paths) if not p.exists()]
+    for k in range(0, len(missing), 64):
+        chunk = missing[k : k + 64]
+        imgs = generate(pipe, [class_prompt], [10_000 + i for i in chunk], progress=False)[0]
+        for i, im in zip(chunk, imgs):
+            save_image_atomic(im, paths[i])
+    manifest.write_text(json.dumps(meta, indent=2) + "\n")
+    return paths
+
+
+def _load_class_tensors(paths: list[Path], resolution: int) -> torch.Tensor:
+    from PIL import Image
+
+    arr = np.stack([np.asarray(Image.open(p).convert("RGB").resize((resolution, resolution), Image.BICUBIC)) for p in paths])
+    return torch.from_numpy(arr).float().permute(0, 3, 1, 2) / 127.5 - 1.0  # (N, 3, R, R)
+
+
+def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback] | tuple = ()) -> TrainResult:
+    """Train one adapter as configured; returns where it was saved and the loss history."""
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+
+    from .data import ConceptDataset
+
+    if not cfg.concepts:
+        raise ValueError("TrainConfig.concepts is empty: add at least one ConceptConfig(folder, trigger, class_word)")
+    t_start = time.time()
+    out = prepare_output_dir(cfg, resume)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+    pipe = load_base(cfg.base_model, device=acc.device)
+    resolution = cfg.resolution or native_resolution(pipe)
+    unet, vae, te, tok = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    for m in (unet, vae, te):
+        m.requires_grad_(False)
+
+    dataset = ConceptDataset([c.__dict__ for c in cfg.concepts], resolution=resolution, center_crop=cfg.center_crop,
+                             random_flip=cfg.random_flip, cat_prompt=cfg.cat_prompt, seed=cfg.seed, tokenizer=tok)
+    class_images, class_prompts, class_s = None, None, 0.0
+    if cfg.regime == "ppl":  # before the adapter exists: the base model draws the class
+        t0 = time.time()
+        prompts = sorted({cfg.class_prompt or f"a {c.class_word}" for c in cfg.concepts})
+        folder = Path(cfg.class_images_dir) if cfg.class_images_dir else out / "class_images"
+        paths, class_prompts = [], []
+        for prompt in prompts:
+            sub = folder if len(prompts) == 1 else folder / prompt.replace(" ", "_")
+            got = generate_class_images(pipe, prompt, cfg.num_class_images, sub, resolution)
+            paths += got
+            class_prompts += [prompt] * len(got)
+        class_images = _load_class_tensors(paths, resolution)
+        class_s = time.time() - t0
+
+    vae.to(dtype=weight_dtype)
+    te.to(dtype=weight_dtype)
+    unet.to(dtype=weight_dtype)
+    add_lora(unet, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
+    if cfg.train_text_encoder:
+        add_lora(te, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, ["q_proj", "k_proj", "v_proj", "out_proj"])
+    if weight_dtype != torch.float32:
+        cast_training_params([unet, te], dtype=torch.float32)  # LoRA weights train in fp32, frozen weights stay low precision
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    params = lora_parameters(unet) + (lora_parameters(te) if cfg.train_text_encoder else [])
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
+    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer=opt, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps)
+    unet, opt, lr_sched = acc.prepare(unet, opt, lr_sched)
+
+    start = 0
+    history: list[dict] = []
+    if resume:
+        ckpt = latest_checkpoint(out)
+        state = torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")
+        from peft.utils import set_peft_model_state_dict
+
+        set_peft_model_state_dict(acc.unwrap_model(unet), state["unet_lora"])
+        if state.get("te_lora"):
+            set_peft_model_state_dict(te, state["te_lora"])
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_scheduler"])
+        start, history = state["step"], state["history"]
+    else:
+        save_config(cfg, out / "config.yaml")
+
+    text = _TextCache(tok, te, acc.device) if not cfg.train_text_encoder else None
+    log_path = out / "metrics.jsonl"
+    bar = tqdm(range(start, cfg.steps), desc=f"train [{cfg.regime}]", initial=start, total=cfg.steps, disable=not acc.is_local_main_process)
+    last_ckpt = latest_checkpoint(out)
+    unet.train()
+    for step in bar:
+        t_step = time.time()
+        terms = _train_step(cfg, step, acc, unet, vae, te, tok, text, noise_sched, dataset, class_images,
+                            class_prompts, weight_dtype)
+        if not torch.isfinite(terms.loss):
+            raise FloatingPointError(f"loss became {float(terms.loss)} at step {step}; training stopped. Last good checkpoint: "
+                                     f"{last_ckpt or 'none'}. Lower learning_rate or use mixed_precision='no', then resume.")
+        acc.backward(terms.loss)
+        if acc.sync_gradients and cfg.max_grad_norm > 0:
+            acc.clip_grad_norm_(params, cfg.max_grad_norm)  # the trainable (LoRA) parameters, not the frozen base
+        opt.step()
+        lr_sched.step()
+        opt.zero_grad(set_to_none=True)
+        logs = {"step": step + 1, **terms.as_floats(), "lr": lr_sched.get_last_lr()[0], "step_s": time.time() - t_step}
+        history.append(logs)
+        bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        if acc.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
+            with log_path.open("a") as f:
+                f.write(json.dumps(logs) + "\n")
+        for cb in callbacks:
+            cb.on_step(step + 1, logs)
+        if cfg.validate_every and (step + 1) % cfg.validate_every == 0 and acc.is_main_process:
+            _validate(cfg, pipe, acc.unwrap_model(unet), step + 1, out, callbacks)
+        if acc.is_main_process and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            last_ckpt = _checkpoint(out, step + 1, pipe, acc.unwrap_model(unet), te, opt, lr_sched, history, cfg)
+    acc.wait_for_everyone()
+    adapter_dir = out / "adapter"
+    if acc.is_main_process:
+        pipe.unet = acc.unwrap_model(unet)
+        save_lora(pipe, adapter_dir, metadata={"regime": cfg.regime, "steps": cfg.steps, "cat_lambda": cfg.cat_lambda,
+                                               "base_model": cfg.base_model}, overwrite=True)
+    result = TrainResult(out, adapter_dir, history, time.time() - t_start, class_s)
+    for cb in callbacks:
+        cb.on_end(result)
+    return result
+
+
+def _train_step(cfg, step, acc, unet, vae, te, tok, text, noise_sched, dataset, class_images, class_prompts, weight_dtype) -> LossTerms:
+    rng = np.random.default_rng(_step_seed(cfg.seed, step, acc.process_index))
+    torch.manual_seed(_step_seed(cfg.seed, step, 1 + acc.process_index))  # LoRA dropout
+    dataset.set_epoch(step)
+    replace = cfg.batch_size > len(dataset)  # without replacement when possible: repeats would share one augmentation
+    items = [dataset[int(i)] for i in rng.choice(len(dataset), size=cfg.batch_size, replace=replace)]
+    pixels = torch.stack([it["pixel_values"] for it in items])  # (B, 3, R, R)
+    captions = [it["caption"] for it in items]
+    free = [it["caption_free"] for it in items]
+    n_inst = len(items)
+    if class_images is not None:
+        ci = rng.integers(len(class_images), size=cfg.batch_size)
+        pixels = torch.cat([pixels, class_images[ci]])  # instance then class images, one forward
+        captions = captions + [class_prompts[i] for i in ci]
+    g = torch.Generator().manual_seed(_step_seed(cfg.seed, step, 2 + acc.process_index))
+    device = acc.device
+    with torch.no_grad():
+        posterior = vae.encode(pixels.to(device, weight_dtype)).latent_dist
+        eps_latent = torch.randn(posterior.mean.shape, generator=g).to(device, weight_dtype)
+        latents = (posterior.mean + posterior.std * eps_latent) * vae.config.scaling_factor  # (B, 4, h, w)
+    noise = torch.randn(latents.shape, generator=g).to(device, latents.dtype)
+    t = torch.randint(0, noise_sched.config.num_train_timesteps, (latents.shape[0],), generator=g).to(device)
+    noisy = noise_sched.add_noise(latents, noise, t)
+    target = denoising_target(noise_sched, latents, noise, t)
+    if text is not None:
+        cond = text(captions).to(weight_dtype)
+        cond_free = text(free).to(weight_dtype)
+    else:
+        ids = tok(captions + free, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        hs = te(ids.to(device))[0]
+        cond, cond_free = hs[: len(captions)], hs[len(captions):]
+    weights = min_snr_weights(noise_sched, t, cfg.snr_gamma) if cfg.snr_gamma else None
+    with acc.accumulate(unet), acc.autocast():
+        if cfg.regime == "ppl":
+            pred = unet(noisy, t, encoder_hidden_states=cond).sample
+            return prior_preservation_loss(pred, target, n_inst, cfg.prior_loss_weight, weights)
+        lam = cfg.cat_lambda if cfg.regime == "cat" else 0.0
+        if lam and cfg.cat_every > 1:  # amortised CAT: every k-th step, weighted by k so the expected penalty is unchanged
+            lam = lam * cfg.cat_every if step % cfg.cat_every == 0 else 0.0
+        return cat_loss(unet, noisy, t, cond, cond_free, target, lam=lam, weights=weights)
+
+
+def _checkpoint(out: Path, step: int, pipe, unet, te, opt, lr_sched, history, cfg) -> Path:
+    from peft.utils import get_peft_model_state_dict
+
+    final = out / "checkpoints" / f"step-{step:06d}"
+
+    def write(tmp: Path) -> None:
+        state = {"step": step, "history": history, "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(),
+                 "unet_lora": get_peft_model_state_dict(unet),
+                 "te_lora": get_peft_model_state_dict(te) if cfg.train_text_encoder else None}
+        torch.save(state, tmp / "state.pt")
+        pipe.unet = unet
+        save_lora(pipe, tmp / "adapter", overwrite=True)
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_dir_write(final, write)
+    return final
+
+
+def validation_prompts(cfg: TrainConfig) -> list[str]:
+    prompts = []
+    for c in cfg.concepts:
+        prompts += [f"a {c.trigger} {c.class_word}", f"a {c.class_word}"]
+    return prompts
+
+
+@torch.no_grad()
+def _validate(cfg, pipe, unet, step, out, callbacks) -> None:
+    from .sample import generate, image_grid, save_image_atomic
+
+    was_training = unet.training
+    unet.eval()
+    pipe.unet = unet
+    prompts = validation_prompts(cfg)
+    images = generate(pipe, prompts, cfg.validation_seeds, progress=False)
+    save_image_atomic(image_grid(images, prompts, [f"seed {s}" for s in cfg.validation_seeds], title=f"step {step}"),
+                      out / "validation" / f"step-{step:06d}.png")
+    unet.train(was_training)
+    for cb in callbacks:
+        cb.on_validation(step, dict(zip(prompts, images)))
+
+
+def steps_per_second(history: list[dict]) -> float:
+    times = [h["step_s"] for h in history[1:]] or [math.nan]
+    return 1.0 / float(np.median(times))
