@@ -52,14 +52,17 @@ class LossTerms:
 
 
 def cat_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond_trigger: torch.Tensor, cond_free: torch.Tensor,
-             target: torch.Tensor, lam: float = 1.0, cat_share: float = 1.0, weights: torch.Tensor | None = None) -> LossTerms:
+             target: torch.Tensor, lam: float = 1.0, cat_share: float = 1.0, weights: torch.Tensor | None = None,
+             batched: bool = True) -> LossTerms:
     """Contrastive Adapter Training (Park et al. 2024, arXiv 2404.07554):
 
         L = || eps_adapted(z_t, t, c_T) - target ||^2 + lam * || eps_adapted(z_t, t, c_free) - sg[eps_base(z_t, t, c_free)] ||^2
 
     with the same z_t, t and noise in both terms. The base prediction comes from the *same* UNet with its
     adapters disabled, under no_grad, so no second UNet is held in memory. The two adapted passes run as one
-    batched forward. `cat_share` < 1 applies the CAT term to the first share of the batch only (cheaper).
+    batched forward (`batched=False` runs them separately, as the authors did: same result up to float rounding of
+    batch-size-dependent kernels, about 1e-13; with a fresh adapter it makes the CAT term exactly 0).
+    `cat_share` < 1 applies the CAT term to the first share of the batch only (cheaper).
     lam = 0 is plain LoRA (and skips the extra passes).
     """
     if lam == 0:
@@ -68,11 +71,15 @@ def cat_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond_trigger: t
         return LossTerms(loss=ldm, ldm=ldm)
     b = noisy.shape[0]
     k = max(1, round(b * cat_share))  # samples that also get the CAT term
-    z = torch.cat([noisy, noisy[:k]])  # (B + k, C, h, w)
-    tt = torch.cat([timesteps, timesteps[:k]])
-    cond = torch.cat([cond_trigger, cond_free[:k]])  # (B + k, L, D)
-    pred_all = unet(z, tt, encoder_hidden_states=cond).sample
-    pred_trigger, pred_free = pred_all[:b], pred_all[b:]
+    if batched:
+        z = torch.cat([noisy, noisy[:k]])  # (B + k, C, h, w)
+        tt = torch.cat([timesteps, timesteps[:k]])
+        cond = torch.cat([cond_trigger, cond_free[:k]])  # (B + k, L, D)
+        pred_all = unet(z, tt, encoder_hidden_states=cond).sample
+        pred_trigger, pred_free = pred_all[:b], pred_all[b:]
+    else:
+        pred_trigger = unet(noisy, timesteps, encoder_hidden_states=cond_trigger).sample
+        pred_free = unet(noisy[:k], timesteps[:k], encoder_hidden_states=cond_free[:k]).sample
     inner = getattr(unet, "module", unet)  # under DDP the adapters live on the wrapped module
     with torch.no_grad(), adapters_disabled(inner):
         base_free = inner(noisy[:k], timesteps[:k], encoder_hidden_states=cond_free[:k]).sample  # stop-gradient target

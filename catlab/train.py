@@ -121,6 +121,7 @@ def _load_class_tensors(paths: list[Path], resolution: int) -> torch.Tensor:
 def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback] | tuple = ()) -> TrainResult:
     """Train one adapter as configured; returns where it was saved and the loss history."""
     from accelerate import Accelerator
+    from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
@@ -156,9 +157,10 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
         class_images = _load_class_tensors(paths, resolution)
         class_s = time.time() - t0
 
-    vae.to(dtype=weight_dtype)
-    te.to(dtype=weight_dtype)
-    unet.to(dtype=weight_dtype)
+    if weight_dtype != torch.float32:  # frozen weights in half precision; the LoRA is cast back to fp32 below
+        for m in (vae, te, unet):
+            m.to(dtype=weight_dtype)
+    set_seed(cfg.seed)  # the LoRA's random A matrices depend on it
     add_lora(unet, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
     if cfg.train_text_encoder:
         add_lora(te, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, ["q_proj", "k_proj", "v_proj", "out_proj"])
