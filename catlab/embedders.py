@@ -201,9 +201,7 @@ class ClipEmbedder(Embedder):
 
 @functools.lru_cache(maxsize=4)
 def _load_clip(spec: str, device: str | None, batch_size: int) -> ClipEmbedder:
-    # one instance per spec and process, so its cache survives repeated evaluate() calls in a notebook
-    if spec == "toyworld":
-        return ClipEmbedder.toyworld(device=device, batch_size=batch_size)
+    # one instance per resolved path and process, so its cache survives repeated evaluate() calls in a notebook
     return ClipEmbedder(spec, device=device, batch_size=batch_size)
 
 
@@ -218,7 +216,12 @@ def load_embedder(spec: Any = "toyworld", device: str | None = None, batch_size:
     if hasattr(spec, "embed_images"):
         return CachedEmbedder(spec)
     if isinstance(spec, (str, Path)):
-        return _load_clip(str(spec), None if device is None else str(device), batch_size)
+        if str(spec) == "toyworld":
+            from .toyworld.assets import toyworld_path
+
+            spec = toyworld_path("clip")  # resolved now: $CATLAB_TOYWORLD_DIR may change between calls
+        local = Path(spec).expanduser()
+        return _load_clip(str(local.resolve()) if local.exists() else str(spec), None if device is None else str(device), batch_size)
     if callable(spec):
         return CallableEmbedder(spec)
     raise TypeError(f"cannot make an embedder from {type(spec).__name__}; pass 'toyworld', a CLIP folder or hub id, "

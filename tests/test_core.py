@@ -9,7 +9,16 @@ from safetensors.torch import load_file, save_file
 
 from catlab.config import ConceptConfig, TrainConfig
 from catlab.losses import cat_loss, denoising_target, min_snr_weights, prior_preservation_loss
-from catlab.models import AdapterMismatchError, adapters_disabled, add_lora, load_base, load_lora, lora_parameters, save_lora, set_active_adapters
+from catlab.models import (
+    AdapterMismatchError,
+    adapters_disabled,
+    add_lora,
+    load_base,
+    load_lora,
+    lora_parameters,
+    save_lora,
+    set_active_adapters,
+)
 from catlab.sample import generate
 from catlab.toyworld.world import export_concept
 from catlab.train import TrainCallback, train

@@ -182,6 +182,9 @@ def test_clip_embedder_on_toy_clip(tiny_clip_root, monkeypatch):
     assert t.shape == (2, 64) and np.allclose(np.linalg.norm(t, axis=1), 1)
     monkeypatch.setenv("CATLAB_TOYWORLD_DIR", str(tiny_clip_root))
     assert ClipEmbedder.toyworld(device="cpu").embed_images(ims[:1]) == pytest.approx(x[:1], abs=1e-5)
+    toy = load_embedder("toyworld", device="cpu")
+    assert toy is load_embedder("toyworld", device="cpu")  # loaded once per process: its cache is kept
+    assert toy.embed_images(ims[:1]) == pytest.approx(x[:1], abs=1e-5)
 
 
 # ----------------------------------------------------------------------------- evaluate with a fake generator
@@ -324,17 +327,33 @@ def test_templates_and_concepts():
         M.load_concept([solid((1, 2, 3))])
 
 
-def test_evaluate_with_real_generate(tmp_path):
-    """The real contract: catlab.models + catlab.sample on an untrained tiny pipeline with a perturbed LoRA."""
+def test_evaluate_with_a_toy_oracle_folder(tmp_path, adapters):
+    from safetensors.torch import save_file
+
+    from catlab.toyworld.oracle import Oracle
+
+    save_file(Oracle().state_dict(), tmp_path / "oracle.safetensors")  # untrained: checks the plumbing, not the readings
+    df, summary = run_eval(tmp_path / "eval", adapters, oracle=tmp_path, templates=["a {trigger} {class}"], seeds=2)
+    assert df["oracle_concept"].isin(["none", "two_tone_circle", "striped_square", "two_tone_star"]).all()
+    assert summary[["collapse_rate_mean", "attr_acc_mean", "colour_entropy_mean"]].notna().all().all()
+
+
+def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_root):
+    """The real contract (catlab.models + catlab.sample) on an untrained tiny pipeline with a perturbed LoRA:
+    `catlab eval` generates, then evaluate() on the loaded pipeline finds every image in the cache."""
     pytest.importorskip("catlab.sample")
     import torch
 
     from catlab import models
+    from catlab.cli import main
+    from catlab.sample import generate
     from catlab.toyworld import build
+    from catlab.toyworld.world import export_concept
 
     torch.manual_seed(0)
     tok = build.build_tokenizer()
     build.assemble_pipeline(build.build_unet(), build.build_vae(), build.build_text_encoder(tok), tok).save_pretrained(tmp_path / "pipe")
+    (tmp_path / "pipe" / models.SAMPLING_FILE).write_text('{"num_inference_steps": 2}')
     pipe = models.load_base(str(tmp_path / "pipe"))
     models.add_lora(pipe.unet, rank=2, adapter_name="x")
     with torch.no_grad():
@@ -342,10 +361,22 @@ def test_evaluate_with_real_generate(tmp_path):
             p.normal_(0, 0.5)
     models.save_lora(pipe, tmp_path / "lora", adapter_name="x")
     pipe.unet.delete_adapters("x")
-    kw = {"templates": ["a {trigger} {class}"], "seeds": 2, "num_inference_steps": 2, "progress": False,
-          "embedder": CallableEmbedder(mean_colour), "out_dir": tmp_path / "eval"}
-    df, summary = M.evaluate(pipe, {"lora": tmp_path / "lora", "same": None}, "two_tone_circle", **kw)
-    s = summary.set_index("method")
-    assert s.loc["same", "KP_mean"] == pytest.approx(1.0) and s.loc["lora", "KP_mean"] < 1.0
-    df2, _ = M.evaluate(pipe, {"lora": tmp_path / "lora", "same": None}, "two_tone_circle", **kw)  # from the image cache
-    pd.testing.assert_frame_equal(df, df2)
+    concept = export_concept("two_tone_circle", tmp_path / "concept")
+    out, clip = tmp_path / "eval", tiny_clip_root / "clip"
+
+    assert main(["eval", "--base", str(tmp_path / "pipe"), "--adapter", f"lora={tmp_path / 'lora'}", "--concept", str(concept),
+                 "--trigger", "sks", "--class-word", "circle", "--embedder", str(clip), "--seeds", "1", "--out", str(out)]) == 0
+    cli_summary = pd.read_csv(out / "summary.csv")
+    summary = cli_summary.set_index("method")
+    assert summary.loc["base", "KP_mean"] == pytest.approx(1.0) and summary.loc["lora", "KP_mean"] < 1.0
+    assert summary["PS_mean"].notna().all()
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return generate(*args, **kwargs)
+
+    df, again = M.evaluate(pipe, {"lora": tmp_path / "lora", "same": None}, concept, seeds=1, embedder=clip, out_dir=out, generate_fn=counted)
+    assert calls == [] and again.set_index("method").loc["same", "KP_mean"] == pytest.approx(1.0)
+    pd.testing.assert_frame_equal(again.iloc[:2], cli_summary, check_dtype=False)

@@ -75,7 +75,10 @@ def make_oracle_batch(rng: np.random.Generator, n: int, concept_share: float = 0
             colours.append(COLOUR_NAMES.index(spec.colour))
             concepts.append(0)
         shapes.append(SHAPES.index(spec.shape))
-        imgs.append(np.asarray(draw_shape(spec)))
+        img = np.asarray(draw_shape(spec))
+        if rng.random() < 0.5:  # a mirrored concept is still the concept (training may flip it)
+            img = img[:, ::-1]
+        imgs.append(img)
     x = images_to_tensor(np.stack(imgs))
     return x, torch.tensor(shapes), torch.tensor(colours), torch.tensor(concepts)
 

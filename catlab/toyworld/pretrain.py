@@ -32,21 +32,21 @@ class PretrainConfig:
     vae_batch: int = 32
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6  # SD's VAE uses a tiny KL too: the latent must stay informative
-    unet_steps: int = 6000  # 1M-4M parameter UNets need thousands of steps before shapes appear
+    unet_steps: int = 4000  # 1M-4M parameter UNets need thousands of steps before shapes appear
     unet_batch: int = 48
     unet_lr: float = 1.5e-3  # high for a tiny model; warmup + cosine decay keep it stable
     unet_warmup: int = 150
     min_snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023, arXiv 2303.09556)
     ema_decay: float = 0.999
     oracle_steps: int = 1500
-    clip_steps: int = 2000
+    clip_steps: int = 1500
     clip_batch: int = 128
     checkpoint_every: int = 250
     stages: tuple[str, ...] = ("vae", "oracle", "clip", "unet")
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def tiny(cls) -> "PretrainConfig":
+    def tiny(cls) -> PretrainConfig:
         """A few steps of every stage: exercises the whole recipe in well under a minute."""
         return cls(n_images=256, vae_steps=3, vae_batch=8, unet_steps=3, unet_batch=8, unet_warmup=1,
                    oracle_steps=2, clip_steps=2, clip_batch=8, checkpoint_every=2)
@@ -203,7 +203,7 @@ def train_oracle(cfg: PretrainConfig, work: Path) -> Oracle:
     oracle = Oracle()
     opt = torch.optim.AdamW(oracle.parameters(), lr=2e-3)
     rng, g = np.random.default_rng(cfg.seed + 5), torch.Generator().manual_seed(cfg.seed + 6)
-    for step in tqdm(range(cfg.oracle_steps), desc="oracle"):
+    for _step in tqdm(range(cfg.oracle_steps), desc="oracle"):
         x, ys, yc, yk = make_oracle_batch(rng, 64)
         out = oracle(augment(x, g))
         loss = F.cross_entropy(out["shape"], ys) + F.cross_entropy(out["colour"], yc, ignore_index=-1) + F.cross_entropy(out["concept"], yk)
@@ -226,7 +226,7 @@ def train_clip(cfg: PretrainConfig, images: np.ndarray, specs: list[dict], token
     opt = torch.optim.AdamW(clip.parameters(), lr=1e-3, weight_decay=0.05)
     rng = np.random.default_rng(cfg.seed + 8)
     x_all = images
-    for step in tqdm(range(cfg.clip_steps), desc="clip"):
+    for _step in tqdm(range(cfg.clip_steps), desc="clip"):
         idx = rng.integers(len(x_all), size=cfg.clip_batch)
         caps = []
         for i in idx:
@@ -239,7 +239,7 @@ def train_clip(cfg: PretrainConfig, images: np.ndarray, specs: list[dict], token
         out = clip(input_ids=ids.input_ids, attention_mask=ids.attention_mask, pixel_values=x)
         logits = out.logits_per_image  # (B, B)
         # image i matches every caption that is true of it ("a circle" is true of every circle)
-        truth = torch.tensor([[_caption_true(caps[j], specs[idx[i]]) for j in range(len(caps))] for i in range(len(caps))], dtype=torch.float32)
+        truth = _truth_matrix(caps, [specs[i] for i in idx])  # (B, B)
         loss = _soft_contrastive(logits, truth) + _soft_contrastive(logits.t(), truth.t())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -247,19 +247,21 @@ def train_clip(cfg: PretrainConfig, images: np.ndarray, specs: list[dict], token
     return clip.eval()
 
 
-def _caption_true(caption: str, spec: dict) -> bool:
-    words = set(caption.split())
-    if spec["shape"] not in words:
-        return False
-    from .world import BACKGROUND_NAMES, COLOUR_NAMES
+def _truth_matrix(captions: list[str], specs: list[dict]) -> torch.Tensor:
+    """truth[i, j] = 1 if caption j is true of image i (each attribute a caption names must match)."""
+    from .world import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES
 
-    colours = words & set(COLOUR_NAMES)
-    bgs = words & set(BACKGROUND_NAMES)
-    if colours and spec["colour"] not in colours:
-        return False
-    if bgs and spec["background"] not in bgs:
-        return False
-    return True
+    def named(caption: str, vocab) -> str | None:
+        hits = [w for w in caption.split() if w in vocab]
+        return hits[0] if hits else None
+
+    truth = torch.ones(len(specs), len(captions))
+    for key, vocab in (("shape", SHAPES), ("colour", COLOUR_NAMES), ("background", BACKGROUND_NAMES)):
+        said = [named(c, vocab) for c in captions]
+        have = [s[key] for s in specs]
+        m = torch.tensor([[w is None or w == h for w in said] for h in have], dtype=torch.float32)
+        truth *= m
+    return truth
 
 
 def _soft_contrastive(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,69 @@
+"""Project plumbing: the CLI, environment.yml in sync with pyproject, offline test settings."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from catlab.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBCOMMANDS = ("demo", "train", "eval", "sample", "toyworld")
+
+
+def _names(reqs: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[ ]", r, maxsplit=1)[0].strip().lower() for r in reqs if not r.startswith("-")}
+
+
+def test_environment_yml_lists_the_same_packages_as_pyproject():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = _names(meta["dependencies"]) | _names(meta["optional-dependencies"]["dev"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert _names(pip_section) == wanted
+
+
+def test_tests_run_offline():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+
+
+def test_help_lists_every_subcommand():
+    out = subprocess.run([sys.executable, "-m", "catlab.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for cmd in SUBCOMMANDS:
+        assert re.search(rf"^\s+{cmd}\s+\S", out, re.M), f"{cmd} missing from --help:\n{out}"
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_each_subcommand_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    assert len(capsys.readouterr().out) > 100
+
+
+def test_unknown_arguments_give_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["demo", "--frobnicate"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --frobnicate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["teleport"])
+    assert "invalid choice: 'teleport'" in capsys.readouterr().err
+
+
+def test_toyworld_concepts_and_export(tmp_path, capsys):
+    assert main(["toyworld", "concepts"]) == 0
+    assert "two_tone_circle" in capsys.readouterr().out
+    assert main(["toyworld", "export-concept", "striped_square", "--out", str(tmp_path / "c")]) == 0
+    assert len(list((tmp_path / "c").glob("*.png"))) == 5
+    with pytest.raises(FileExistsError, match="overwrite"):
+        main(["toyworld", "export-concept", "striped_square", "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="unknown concept"):
+        main(["toyworld", "export-concept", "nope", "--out", str(tmp_path / "d")])
