@@ -1,0 +1,164 @@
+"""`catlab demo`: the headline experiment on the toy world.
+
+Plain LoRA, DreamBooth prior-preservation LoRA and CAT LoRA are trained on one toy concept with the same data,
+seeds, rank, steps and learning rate; each is evaluated with the base model on the same sampling seeds; a report
+shows the grids, the metric table, the class-prompt colour histograms, the loss curves and what each method cost.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+METHODS = {"none": "LoRA", "ppl": "DreamBooth-LoRA", "cat": "CAT"}  # regime -> display name
+
+
+@dataclass
+class DemoRecipe:
+    """A typical small-LoRA setting for the toy world, under which plain LoRA shows the collapse."""
+
+    steps: int = 400  # long enough for the trigger to draw the concept
+    learning_rate: float = 3e-3  # toy-world scale; SD 1.5 LoRAs use ~1e-4 at 512 px
+    rank: int = 4
+    batch_size: int = 4
+    cat_lambda: float = 1.0  # the authors' value
+    prior_loss_weight: float = 1.0  # DreamBooth's default
+    num_class_images: int = 50
+    eval_seeds: int = 16
+    eval_templates: tuple[str, ...] = ("a {trigger} {class}", "a {trigger} {class} on a dark background", "a red {trigger} {class}")
+    grid_seeds: int = 8
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls) -> DemoRecipe:
+        """Checks the plumbing only: the numbers mean nothing."""
+        return cls(steps=4, batch_size=2, num_class_images=2, eval_seeds=2, grid_seeds=2,
+                   eval_templates=("a {trigger} {class}",))
+
+
+def _train_config(regime: str, seed: int, recipe: DemoRecipe, concept, out: Path):
+    from .config import ConceptConfig, TrainConfig
+
+    return TrainConfig(
+        concepts=[ConceptConfig(str(out / "concept"), concept.trigger, concept.class_word)], output_dir=str(out / "runs" / f"{regime}_seed{seed}"),
+        regime=regime, seed=seed, steps=recipe.steps, learning_rate=recipe.learning_rate, rank=recipe.rank, batch_size=recipe.batch_size,
+        cat_lambda=recipe.cat_lambda, prior_loss_weight=recipe.prior_loss_weight, num_class_images=recipe.num_class_images,
+        class_images_dir=str(out / "class_images"), random_flip=False,  # the two-tone concepts are not mirror-symmetric
+        checkpoint_every=0, validate_every=0, log_every=10,
+    )
+
+
+def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "two_tone_circle", quick: bool = False,
+             overwrite: bool = False, recipe: DemoRecipe | None = None) -> dict:
+    """Train, evaluate and report; returns the tables and the report path."""
+    import torch
+
+    from .metrics import evaluate
+    from .models import load_base
+    from .toyworld.assets import load_oracle
+    from .toyworld.world import CONCEPTS, export_concept
+    from .train import train
+
+    if concept not in CONCEPTS:
+        raise ValueError(f"unknown toy concept {concept!r}; choose one of {sorted(CONCEPTS)}")
+    recipe = recipe or (DemoRecipe.quick() if quick else DemoRecipe())
+    n_seeds = 1 if quick and n_seeds == 3 else n_seeds
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a demo; pass --overwrite to replace it or --out to write elsewhere")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    c = CONCEPTS[concept]
+    export_concept(concept, out / "concept")
+    t0 = time.time()
+    runs = []
+    print(f"catlab demo: concept {concept!r} ('a {c.trigger} {c.class_word}'), {n_seeds} training seed(s), {recipe.steps} steps each")
+    for seed in range(n_seeds):
+        for regime in METHODS:
+            torch.manual_seed(seed)
+            res = train(_train_config(regime, seed, recipe, c, out))
+            runs.append({"regime": regime, "method": METHODS[regime], "seed": seed, "adapter": res.adapter_dir,
+                         "train_s": res.wall_time_s - res.class_images_s, "class_images_s": res.class_images_s, "history": res.history})
+    pipe = load_base("toyworld")
+    adapters = {f"{r['regime']}_s{r['seed']}": r["adapter"] for r in runs}
+    result = evaluate(pipe, adapters, concept=out / "concept", trigger=c.trigger, class_word=c.class_word,
+                      templates=recipe.eval_templates, seeds=recipe.eval_seeds, oracle=load_oracle(), out_dir=out / "eval")
+    table = summarise_by_method(result.per_image, runs)
+    costs = cost_table(runs)
+    from .report import write_report
+
+    report = write_report(out, result.per_image, table, costs, runs, c, recipe, n_seeds, time.time() - t0)
+    print("\n" + format_table(table))
+    print("\n" + costs.to_string(index=False))
+    print(f"\nreport: {report}  ({time.time() - t0:.0f} s in all)")
+    table.to_csv(out / "table.csv", index=False)
+    _write_json(out / "recipe.json", {**asdict(recipe), "n_seeds": n_seeds, "concept": concept})
+    return {"table": table, "costs": costs, "per_image": result.per_image, "report": report, "runs": runs}
+
+
+COLUMNS = ["IS", "PS", "KP", "KPS", "DIV", "Vendi", "PRES", "colour_entropy", "collapse_rate", "identity_acc"]
+
+
+def summarise_by_method(per_image: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
+    """One row per method: mean and std over training seeds of each score (each seed's score is a mean over images)."""
+    from .metrics import BASE, per_seed_scores
+
+    seed_scores = per_seed_scores(per_image)  # per (adapter name, eval seed)
+    by_adapter = seed_scores.groupby("method").mean(numeric_only=True)
+    cls = per_image[per_image["kind"] == "class"]
+    sets = cls.groupby(["method", "prompt"]).first().reset_index()
+    set_means = sets.groupby("method")[["DIV", "Vendi", "colour_entropy"]].mean()
+    by_adapter = by_adapter.join(set_means)
+    rows = []
+    groups = [("base model", [BASE])] + [(name, [f"{r}_s{s['seed']}" for s in runs if s["regime"] == r])
+                                         for r, name in METHODS.items() if any(s["regime"] == r for s in runs)]
+    for name, members in groups:
+        sub = by_adapter.loc[[m for m in members if m in by_adapter.index]]
+        row = {"method": name, "n_train_seeds": len(sub) if name != "base model" else 0}
+        for col in COLUMNS:
+            if col in sub:
+                row[col] = sub[col].mean()
+                row[f"{col}_std"] = sub[col].std(ddof=1) if len(sub) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """mean ± std as text, for the terminal and the report."""
+    out = pd.DataFrame({"method": table["method"]})
+    for col in COLUMNS:
+        if col in table:
+            std = table.get(f"{col}_std")
+            out[col] = [f"{m:.3f}" + (f" ± {s:.3f}" if s is not None and np.isfinite(s) else "")
+                        for m, s in zip(table[col], std if std is not None else [None] * len(table))]
+    return out.to_string(index=False)
+
+
+def cost_table(runs: list[dict]) -> pd.DataFrame:
+    rows = []
+    for regime, name in METHODS.items():
+        rs = [r for r in runs if r["regime"] == regime]
+        if not rs:
+            continue
+        step_s = np.median([h["step_s"] for r in rs for h in r["history"][1:]] or [np.nan])
+        rows.append({"method": name, "train_s_per_run": float(np.mean([r["train_s"] for r in rs])),
+                     "class_images_s": float(sum(r["class_images_s"] for r in rs)), "median_step_ms": 1000 * float(step_s)})
+    df = pd.DataFrame(rows)
+    plain = df.loc[df["method"] == "LoRA", "median_step_ms"]
+    if len(plain):
+        df["step_vs_lora"] = df["median_step_ms"] / float(plain.iloc[0])
+    return df
+
+
+def _write_json(path: Path, obj) -> None:
+    import json
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,161 @@
+"""The demo report: the grid that tells the story, the metric table, the diversity figure, loss curves and costs.
+
+Written as Markdown + PNGs and as one self-contained HTML file (images embedded), atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .sample import image_grid, save_image_atomic
+
+
+def _open(out: Path, rel: str) -> Image.Image:
+    return Image.open(out / "eval" / rel).convert("RGB")
+
+
+def method_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], prompt_kind: str, template: str, n_cols: int, title: str) -> Image.Image:
+    """Rows: base model and each method (training seed 0); columns: the same sampling seeds."""
+    from .demo import METHODS
+    from .metrics import BASE
+
+    rows, labels = [], []
+    first = {r["regime"]: f"{r['regime']}_s{r['seed']}" for r in sorted(runs, key=lambda r: -r["seed"])}
+    for label, method in [("base model", BASE)] + [(METHODS[g], m) for g, m in first.items()]:
+        sel = per_image[(per_image.method == method) & (per_image.kind == prompt_kind) & (per_image.template == template)].sort_values("seed")
+        rows.append([_open(out, f) for f in sel["image"].head(n_cols)])
+        labels.append(label)
+    seeds = sorted(per_image["seed"].unique())[:n_cols]
+    return image_grid(rows, labels, [f"seed {s}" for s in seeds], cell=64, title=title)
+
+
+def headline_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], concept, n_cols: int) -> Image.Image:
+    template = per_image["template"].iloc[0]
+    trig_prompt = per_image[(per_image.template == template) & (per_image.kind == "trigger")]["prompt"].iloc[0]
+    cls_prompt = per_image[(per_image.template == template) & (per_image.kind == "class")]["prompt"].iloc[0]
+    left = method_grid(out, per_image, runs, "trigger", template, n_cols, f'"{trig_prompt}" (should draw the concept)')
+    right = method_grid(out, per_image, runs, "class", template, n_cols, f'"{cls_prompt}" (should stay any {concept.class_word})')
+    refs = [Image.open(p).convert("RGB") for p in sorted((out / "concept").glob("*.png"))]
+    ref = image_grid([refs], ["training images"], None, cell=64)
+    w = left.width + right.width + 16
+    canvas = Image.new("RGB", (w, ref.height + 8 + max(left.height, right.height)), "white")
+    canvas.paste(ref, (0, 0))
+    canvas.paste(left, (0, ref.height + 8))
+    canvas.paste(right, (left.width + 16, ref.height + 8))
+    return canvas
+
+
+def colour_figure(per_image: pd.DataFrame, runs: list[dict], concept):
+    """Oracle colour histogram of class-prompt generations (prompts that name no colour), per method."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .demo import METHODS
+    from .metrics import BASE
+    from .toyworld.world import COLOURS
+
+    groups = [("base model", [BASE])] + [(name, [f"{g}_s{r['seed']}" for r in runs if r["regime"] == g]) for g, name in METHODS.items()]
+    cls = per_image[(per_image.kind == "class") & per_image["colour_entropy"].notna()]
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    names = list(COLOURS) + ["= concept"]
+    width = 0.8 / len(groups)
+    for k, (label, members) in enumerate(groups):
+        sel = cls[cls.method.isin(members)]
+        if sel.empty:
+            continue
+        shares = [np.mean(sel.oracle_colour == c) for c in COLOURS] + [np.mean(sel.oracle_concept == getattr(concept, "name", ""))]
+        ax.bar(np.arange(len(names)) + (k - (len(groups) - 1) / 2) * width, shares, width, label=label)
+    ax.set_xticks(np.arange(len(names)), names)
+    for tick, c in zip(ax.get_xticklabels(), list(COLOURS.values()) + [(0, 0, 0)]):
+        tick.set_color(tuple(v / 255 for v in c))
+    ax.set_ylabel("share of generations")
+    ax.set_title(f'What "a {concept.class_word}" draws, read by the oracle (colour, and whether it is the concept)')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(runs: list[dict]):
+    import matplotlib.pyplot as plt
+
+    from .demo import METHODS
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for regime, name in METHODS.items():
+        hist = next((r["history"] for r in runs if r["regime"] == regime), None)
+        if not hist:
+            continue
+        steps = [h["step"] for h in hist]
+        ldm = pd.Series([h["ldm"] for h in hist]).rolling(20, min_periods=1).mean()
+        axes[0].plot(steps, ldm, label=name)
+        for key, style in (("cat", "-"), ("prior", "--")):
+            if key in hist[-1]:
+                vals = pd.Series([h.get(key, np.nan) for h in hist]).rolling(20, min_periods=1).mean()
+                axes[1].plot(steps, vals, style, label=f"{name}: {key} term")
+    axes[0].set(title="denoising loss on the concept (smoothed)", xlabel="step")
+    axes[1].set(title="regulariser terms (unweighted, smoothed)", xlabel="step", yscale="log")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _save_fig(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return save_image_atomic(Image.open(io.BytesIO(buf.getvalue())), path)
+
+
+def _b64(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs: pd.DataFrame, runs: list[dict], concept,
+                 recipe, n_seeds: int, total_s: float) -> Path:
+    """report.md + PNGs + a self-contained report.html in `out`; returns the HTML path."""
+    from .demo import COLUMNS, format_table
+
+    figs = {
+        "grid.png": save_image_atomic(headline_grid(out, per_image, runs, concept, recipe.grid_seeds), out / "grid.png"),
+        "colours.png": _save_fig(colour_figure(per_image, runs, concept), out / "colours.png"),
+        "losses.png": _save_fig(loss_figure(runs), out / "losses.png"),
+    }
+    text_table = format_table(table)
+    cost_txt = costs.to_string(index=False, float_format=lambda v: f"{v:.2f}")
+    intro = (f"Toy concept `{concept.name}`: trigger `{concept.trigger}`, class `{concept.class_word}`. Each method trained with the same "
+             f"data, {recipe.steps} steps, lr {recipe.learning_rate}, rank {recipe.rank}, batch {recipe.batch_size}, over {n_seeds} training "
+             f"seed(s); evaluated on {recipe.eval_seeds} sampling seeds per prompt. Scores: mean ± std over training seeds. "
+             f"IS, KP, KPS, PRES in [0, 1] (CLIP (cos+1)/2); colour entropy normalised to [0, 1]; collapse rate = share of class-prompt "
+             f"images the oracle reads as the concept; identity_acc = share of trigger-prompt images it reads as the concept.")
+    md = "\n".join([
+        "# catlab demo: LoRA vs DreamBooth-LoRA vs CAT on the toy world", "", intro, "",
+        "![grid](grid.png)", "", "## Scores", "", "```", text_table, "```", "",
+        "![colours](colours.png)", "", "## Training", "", "![losses](losses.png)", "", "## Cost", "", "```", cost_txt, "```", "",
+        f"Total wall time: {total_s:.0f} s. Rerun: `catlab demo --out {out}`.", "",
+    ])
+    tmp = out / "report.md.tmp"
+    tmp.write_text(md)
+    tmp.replace(out / "report.md")
+    html_table = table[["method"] + [c for c in COLUMNS if c in table]].to_html(index=False, float_format=lambda v: f"{v:.3f}")
+    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>catlab demo</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}</style></head><body>
+<h1>catlab demo: LoRA vs DreamBooth-LoRA vs CAT</h1><p>{intro}</p>
+<img src="{_b64(figs['grid.png'])}" style="max-width:100%"><h2>Scores (mean ± std over training seeds)</h2><pre>{text_table}</pre>
+<details><summary>means as a table</summary>{html_table}</details>
+<img src="{_b64(figs['colours.png'])}" style="max-width:100%"><h2>Training</h2><img src="{_b64(figs['losses.png'])}" style="max-width:100%">
+<h2>Cost</h2><pre>{cost_txt}</pre><p>Total wall time {total_s:.0f} s. Rerun: <code>catlab demo --out {out}</code>.</p></body></html>"""
+    tmp = out / "report.html.tmp"
+    tmp.write_text(html)
+    tmp.replace(out / "report.html")
+    return out / "report.html"

@@ -1,0 +1,27 @@
+"""`catlab demo --quick` end to end: report files and table columns (not the scientific numbers)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from catlab.cli import main
+from catlab.demo import COLUMNS
+
+
+def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("report.html", "report.md", "grid.png", "colours.png", "losses.png", "table.csv", "recipe.json", "eval/summary.csv"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3, "the HTML report must embed its images"
+    table = pd.read_csv(out / "table.csv")
+    assert list(table["method"]) == ["base model", "LoRA", "DreamBooth-LoRA", "CAT"]
+    assert set(COLUMNS) <= set(table.columns)
+    for method in ("LoRA", "DreamBooth-LoRA", "CAT", "collapse_rate", "KPS"):
+        assert method in printed
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        main(["demo", "--quick", "--out", str(out)])

@@ -1,0 +1,130 @@
+"""The toy world: deterministic generator, genuine diffusers pipeline, shipped weights, clear asset errors."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from catlab.toyworld import build
+from catlab.toyworld.assets import ASSET_DIR, ToyWorldAssetError, load_oracle, toyworld_path
+from catlab.toyworld.oracle import read_images
+from catlab.toyworld.pretrain import _truth_matrix
+from catlab.toyworld.world import (
+    CAPTION_TEMPLATES, COLOUR_NAMES, CONCEPTS, SHAPES, TRIGGER_WORDS, caption_for, concept_images, make_world_dataset,
+)
+
+
+def test_generator_is_deterministic_and_diverse():
+    a, specs_a = make_world_dataset(64, seed=3)
+    b, specs_b = make_world_dataset(64, seed=3)
+    c, _ = make_world_dataset(64, seed=4)
+    assert a.shape == (64, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and specs_a == specs_b
+    assert not np.array_equal(a, c)
+    _, many = make_world_dataset(400, seed=0)
+    assert {s.shape for s in many} == set(SHAPES)
+    assert {s.colour for s in many} == set(COLOUR_NAMES) and len(COLOUR_NAMES) >= 8
+    assert len({s.background for s in many}) >= 3
+    assert np.std([s.radius for s in many]) > 0.02 and np.std([s.cx for s in many]) > 0.05
+
+
+def test_captions_are_true_and_never_use_triggers():
+    rng = np.random.default_rng(0)
+    _, specs = make_world_dataset(300, seed=1)
+    caps = [caption_for(s, rng) for s in specs]
+    words = {w for c in caps for w in c.split()}
+    assert not words & set(TRIGGER_WORDS), "trigger tokens must never appear in pretraining captions"
+    class_only = sum(c in {f"a {s}" for s in SHAPES} for c in caps) / len(caps)
+    assert class_only > 0.1, "class-only captions must be common so 'a circle' means any circle"
+    truth = _truth_matrix(caps, [asdict(s) for s in specs])
+    assert torch.all(torch.diagonal(truth) == 1), "every caption must be true of its own image"
+    assert abs(sum(p for _, p in CAPTION_TEMPLATES) - 1) < 1e-9
+
+
+def test_trigger_words_are_single_known_tokens():
+    tok = build.build_tokenizer()
+    for w in TRIGGER_WORDS:
+        ids = tok(w, add_special_tokens=False).input_ids
+        assert len(ids) == 1 and ids[0] != tok.unk_token_id
+    assert tok.eos_token_id != 2, "CLIPTextModel treats eos_token_id == 2 as legacy argmax pooling"
+
+
+def test_concepts_never_occur_in_the_world():
+    for name, c in CONCEPTS.items():
+        imgs, specs = concept_images(name, seed=0)
+        assert len(imgs) == c.n_images and all(s.pattern != "solid" for s in specs)
+    _, world = make_world_dataset(200, seed=0)
+    assert all(s.pattern == "solid" for s in world)
+
+
+def test_pipeline_round_trips_through_save_pretrained(tiny_assets, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_assets / "pipeline", safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def sample(p):
+        g = [torch.Generator().manual_seed(s) for s in (0, 1)]
+        return p(["a red circle", "a star"], generator=g, num_inference_steps=3, guidance_scale=1.5, output_type="np").images
+
+    before = sample(pipe)
+    pipe.save_pretrained(tmp_path / "copy")
+    again = StableDiffusionPipeline.from_pretrained(tmp_path / "copy", safety_checker=None, requires_safety_checker=False)
+    again.set_progress_bar_config(disable=True)
+    assert before.shape == (2, 32, 32, 3)
+    assert np.array_equal(before, sample(again))
+    assert type(again.text_encoder).__name__ == "CLIPTextModel" and again.vae.config.latent_channels == 4
+
+
+def test_short_recipe_writes_a_complete_asset_folder(tiny_assets):
+    for part in ("pipeline", "clip", "oracle"):
+        assert toyworld_path(part, root=tiny_assets).exists()
+    assert (tiny_assets / "recipe.json").exists()
+
+
+def test_missing_or_corrupt_assets_name_the_file_and_the_fix(tiny_assets, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_assets, broken, ignore=shutil.ignore_patterns("_work"))
+    (broken / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ToyWorldAssetError, match=r"unet/diffusion_pytorch_model\.safetensors.*catlab toyworld pretrain"):
+        toyworld_path("pipeline", root=broken)
+    (broken / "oracle.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ToyWorldAssetError, match=r"oracle\.safetensors is corrupted.*catlab toyworld pretrain"):
+        load_oracle(broken)
+
+
+# ---------------------------------------------------------------- the shipped weights (what users and CI load)
+
+def test_shipped_weights_are_complete_and_small():
+    total = sum(f.stat().st_size for f in ASSET_DIR.rglob("*") if f.is_file())
+    for part in ("pipeline", "clip", "oracle"):
+        toyworld_path(part, root=ASSET_DIR)
+    assert total <= 25 * 2**20, f"shipped toy world is {total / 2**20:.1f} MB; the budget is 25 MB"
+
+
+def test_shipped_pipeline_loads_offline_and_follows_prompts(monkeypatch):
+    from catlab.models import load_base
+    from catlab.sample import generate
+
+    monkeypatch.delenv("CATLAB_TOYWORLD_DIR", raising=False)
+    pipe = load_base("toyworld")
+    images = generate(pipe, ["a red circle", "a blue square"], list(range(4)), progress=False)
+    reading = read_images(load_oracle(), [im for row in images for im in row])
+    expected = ["circle"] * 4 + ["square"] * 4
+    shape_acc = np.mean([r == e for r, e in zip(reading.shape, expected)])
+    assert shape_acc >= 0.75, f"shipped model draws the wrong shapes: {reading.shape}"
+
+
+def test_shipped_oracle_reads_drawn_images():
+    imgs, specs = make_world_dataset(200, seed=12345)
+    r = read_images(load_oracle(ASSET_DIR), imgs)
+    assert np.mean([a == s.shape for a, s in zip(r.shape, specs)]) >= 0.95
+    assert np.mean([a == s.colour for a, s in zip(r.colour, specs)]) >= 0.95
+    assert np.mean([c == "none" for c in r.concept]) >= 0.95
+    for name in CONCEPTS:
+        cimgs, _ = concept_images(name, seed=99, n=10)
+        assert np.mean([c == name for c in read_images(load_oracle(ASSET_DIR), cimgs).concept]) >= 0.9
