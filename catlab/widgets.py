@@ -498,14 +498,22 @@ class NoisePredictions:
 
 def noise_predictions(pipe: Any, image: Image.Image, caption: str, caption_free: str, timestep: int = 500, seed: int = 0) -> NoisePredictions:
     """The three predictions of the CAT loss for one image: the adapted UNet with and without the trigger, and the base UNet
-    (same UNet, adapters disabled) without it; same z_t, t and noise for all three."""
+    (same UNet, adapters disabled) without it; same z_t, t and noise for all three.
+
+    The adapters active on `pipe` are used: activate them first (`set_active_adapters(pipe, [name])`).
+    """
     import torch
     from diffusers import DDPMScheduler
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     from .models import adapters_disabled, native_resolution
 
     res, device, unet = native_resolution(pipe), pipe.device, pipe.unet
-    x = torch.from_numpy(np.asarray(image.convert("RGB").resize((res, res), Image.BICUBIC))).float()
+    layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers or all(m.disable_adapters for m in layers):
+        raise ValueError("the UNet has no active adapter, so 'adapted' would be the base model: load one with load_lora or "
+                         "activate it with set_active_adapters(pipe, [name])")
+    x = torch.from_numpy(np.array(image.convert("RGB").resize((res, res), Image.BICUBIC))).float()
     x = (x.permute(2, 0, 1)[None] / 127.5 - 1.0).to(device, pipe.vae.dtype)  # (1, 3, R, R) in [-1, 1]
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     with torch.no_grad():

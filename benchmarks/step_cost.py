@@ -1,0 +1,140 @@
+"""What a training step costs under each regime, measured side by side on the same batch.
+
+    python benchmarks/step_cost.py [--batch 4] [--repeats 30] [--base toyworld]
+    python benchmarks/step_cost.py --sd15-gpu      # SD-1.5-shaped UNet (random weights), 512 px, fp16, batch 1
+
+Each round runs every variant once, in turn, so machine noise hits all of them alike; the script prints median
+step times and their ratio to plain LoRA. Forward + backward + AdamW step of the LoRA parameters, everything else
+(VAE, text encoder) excluded because all regimes share it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from catlab.losses import cat_loss, prior_preservation_loss
+from catlab.models import add_lora, lora_parameters
+
+
+def make_unet(args):
+    if args.sd15_gpu:
+        from diffusers import UNet2DConditionModel
+
+        cfg = dict(sample_size=64, cross_attention_dim=768, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                   down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                   attention_head_dim=8)
+        return UNet2DConditionModel(**cfg).to("cuda", torch.float16), 77, 768
+    from catlab.models import load_base
+
+    pipe = load_base(args.base)
+    return pipe.unet, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default="toyworld")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--amortise-every", type=int, default=5)
+    ap.add_argument("--loop-steps", type=int, default=40, help="steps per regime for the whole-training-step measurement (0: skip)")
+    ap.add_argument("--sd15-gpu", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    unet, seq, dim = make_unet(args)
+    n_params_before = sum(p.numel() for p in unet.parameters())
+    add_lora(unet, rank=4)
+    device, dtype = unet.device, unet.dtype
+    if args.sd15_gpu:
+        for p in lora_parameters(unet):
+            p.data = p.data.float()
+    params = lora_parameters(unet)
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    b, c, s = args.batch, unet.config.in_channels, unet.config.sample_size
+    z = torch.randn(b, c, s, s, device=device, dtype=dtype)
+    t = torch.randint(0, 1000, (b,), device=device)
+    cond = torch.randn(b, seq, dim, device=device, dtype=dtype)
+    cond_free = torch.randn(b, seq, dim, device=device, dtype=dtype)
+    target = torch.randn_like(z)
+    z2, t2, cond2, target2 = torch.cat([z, z]), torch.cat([t, t]), torch.cat([cond, cond_free]), torch.cat([target, target])
+
+    def step(fn):
+        def run():
+            with torch.autocast(device.type, dtype=torch.float16, enabled=args.sd15_gpu):
+                terms = fn()
+            terms.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return run
+
+    variants = {
+        "plain LoRA": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=0.0)),
+        "CAT (batched: 1 adapted fwd of 2B + 1 base fwd)": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0)),
+        "CAT (separate passes, as the authors)": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0, batched=False)),
+        "CAT on half the batch": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0, cat_share=0.5)),
+        "DreamBooth prior preservation (B instance + B class)": step(
+            lambda: prior_preservation_loss(unet(z2, t2, encoder_hidden_states=cond2).sample, target2, b)),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    peak: dict[str, float] = {}
+    for rnd in range(args.repeats + 2):
+        for name, fn in variants.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated() / 2**30)
+            if rnd >= 2:  # warm-up rounds
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["plain LoRA"]
+    k = args.amortise_every
+    amortised = (med["CAT (batched: 1 adapted fwd of 2B + 1 base fwd)"] + (k - 1) * base) / k
+    print(f"device {device}, dtype {dtype}, batch {b}, {args.repeats} interleaved rounds, median step time")
+    for name, v in med.items():
+        mem = f"   peak {peak[name]:.2f} GiB" if name in peak else ""
+        print(f"  {name:55s} {1000 * v:8.1f} ms   {v / base:5.2f}x plain{mem}")
+    print(f"  {'amortised CAT (every %d-th step), average step' % k:55s} {1000 * amortised:8.1f} ms   {amortised / base:5.2f}x plain")
+    n_params_after = sum(p.numel() for p in unet.parameters())
+    lora_n = sum(p.numel() for p in params)
+    print(f"UNet parameters: {n_params_before:,} base + {lora_n:,} LoRA = {n_params_after:,} held during every step "
+          f"(one UNet: the base prediction uses the same weights with adapters disabled)")
+    if args.loop_steps and not args.sd15_gpu:
+        measure_training_loop(args)
+
+
+def measure_training_loop(args) -> None:
+    """Whole steps of catlab.train (data, VAE encoding, text, UNet, optimizer), regimes alternated three times."""
+    import tempfile
+    from pathlib import Path
+
+    from catlab.config import ConceptConfig, TrainConfig
+    from catlab.toyworld.world import export_concept
+    from catlab.train import train
+
+    tmp = Path(tempfile.mkdtemp())
+    export_concept("two_tone_circle", tmp / "concept")
+    regimes = {"plain LoRA": dict(regime="none"), "CAT": dict(regime="cat"), f"CAT every {args.amortise_every}": dict(regime="cat", cat_every=args.amortise_every),
+               "DreamBooth-LoRA": dict(regime="ppl", num_class_images=8, class_images_dir=str(tmp / "class"))}
+    step_s: dict[str, list[float]] = {k: [] for k in regimes}
+    for rnd in range(4):  # round 0 warms up (oneDNN kernels, text cache) and is not counted
+        for name, kw in regimes.items():
+            cfg = TrainConfig(concepts=[ConceptConfig(str(tmp / "concept"), "sks", "circle")], output_dir=str(tmp / f"{rnd}_{len(step_s[name])}_{kw['regime']}{kw.get('cat_every', '')}"),
+                              steps=args.loop_steps, batch_size=args.batch, checkpoint_every=0, validate_every=0, base_model=args.base, **kw)
+            times = [h["step_s"] for h in train(cfg).history[2:]]
+            if rnd:
+                step_s[name] += times
+    base = statistics.median(step_s["plain LoRA"])
+    print(f"whole training steps (catlab.train, batch {args.batch}, {args.loop_steps} steps x 3 alternating runs each), median step time")
+    for name, v in step_s.items():
+        print(f"  {name:55s} {1000 * statistics.median(v):8.1f} ms   {statistics.median(v) / base:5.2f}x plain")
+
+
+if __name__ == "__main__":
+    main()
