@@ -28,6 +28,24 @@ from .train import TrainCallback, TrainResult
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_CLIP = "openai/clip-vit-base-patch32"
 
+# ----------------------------------------------------------------------------- set-up
+
+
+def quiet() -> None:
+    """Hide library notices that do not concern a notebook reader: diffusers' "no text-encoder LoRA keys", peft's
+    "multiple adapters" warning, and the weight-loading progress bars. Training and sampling bars stay."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r"Already found a `peft_config` attribute")
+
+
 # ----------------------------------------------------------------------------- worlds
 
 
@@ -486,11 +504,17 @@ def write_concept_folder(report: Any, out_dir: str | Path, name: str | None = No
 
 @dataclass
 class NoisePredictions:
-    """One noisy latent z_t and the UNet's noise predictions for it (tensors of shape (1, C, h, w))."""
+    """One noisy latent z_t and the UNet's predictions for it (tensors of shape (1, C, h, w)).
+
+    `target` is what the UNet is trained to predict: the noise for epsilon-prediction models (SD 1.5), the velocity
+    v = alpha_t noise - sigma_t z_0 for v-prediction ones (the toy world); `target_kind` says which.
+    """
 
     timestep: int
     noisy: Any
     noise: Any
+    target: Any
+    target_kind: str  # "ε" or "v"
     cond_trigger: Any
     cond_free: Any
     preds: dict[str, Any]  # "adapted | trigger", "adapted | trigger-free", "base | trigger-free"
@@ -506,6 +530,7 @@ def noise_predictions(pipe: Any, image: Image.Image, caption: str, caption_free:
     from diffusers import DDPMScheduler
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    from .losses import denoising_target
     from .models import adapters_disabled, native_resolution
 
     res, device, unet = native_resolution(pipe), pipe.device, pipe.unet
@@ -521,6 +546,7 @@ def noise_predictions(pipe: Any, image: Image.Image, caption: str, caption_free:
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed)).to(device, latents.dtype)
         t = torch.tensor([timestep], device=device)
         noisy = sched.add_noise(latents, noise, t)
+        target = denoising_target(sched, latents, noise, t)
         ids = pipe.tokenizer([caption, caption_free], padding="max_length", max_length=pipe.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
         cond = pipe.text_encoder(ids.to(device))[0].to(unet.dtype)  # (2, L, D)
@@ -528,18 +554,20 @@ def noise_predictions(pipe: Any, image: Image.Image, caption: str, caption_free:
                  "adapted | trigger-free": unet(noisy, t, encoder_hidden_states=cond[1:]).sample}
         with adapters_disabled(unet):
             preds["base | trigger-free"] = unet(noisy, t, encoder_hidden_states=cond[1:]).sample
-    return NoisePredictions(timestep, noisy, noise, cond[:1], cond[1:], preds)
+    kind = "v" if sched.config.prediction_type == "v_prediction" else "ε"
+    return NoisePredictions(timestep, noisy, noise, target, kind, cond[:1], cond[1:], preds)
 
 
 def noise_prediction_figure(np_: NoisePredictions, channels: int = 4) -> Figure:
-    """Rows: the true noise, the three predictions and the two differences that matter; columns: latent channels.
+    """Rows: the training target, the three predictions and the two differences that matter; columns: latent channels.
 
     Top block shares one colour scale; the differences share their own (they are much smaller).
     """
     p = {k: v[0].float().cpu().numpy() for k, v in np_.preds.items()}  # (C, h, w) each
     a_t, a_f, b_f = p["adapted | trigger"], p["adapted | trigger-free"], p["base | trigger-free"]
-    rows = [("true noise ε", np_.noise[0].float().cpu().numpy()),
-            ("ε_adapted(z_t, t, c_trigger)", a_t), ("ε_adapted(z_t, t, c_free)", a_f), ("ε_base(z_t, t, c_free)", b_f),
+    k = np_.target_kind
+    rows = [(f"target {k}\n(for L_LDM)", np_.target[0].float().cpu().numpy()),
+            (f"{k}_adapted(z_t, t, c_trigger)", a_t), (f"{k}_adapted(z_t, t, c_free)", a_f), (f"{k}_base(z_t, t, c_free)", b_f),
             ("adapted(c_free) − base(c_free)\n(CAT penalises this)", a_f - b_f),
             ("adapted(c_trigger) − base(c_free)\n(what the adapter adds)", a_t - b_f)]
     c = min(channels, a_t.shape[0])
@@ -562,7 +590,7 @@ def noise_prediction_figure(np_: NoisePredictions, channels: int = 4) -> Figure:
                 ax.set_ylabel(label + mse, fontsize=7, rotation=0, ha="right", va="center")
     fig.colorbar(images[True], ax=axes[:4].ravel().tolist(), shrink=0.6, label="prediction")
     fig.colorbar(images[False], ax=axes[4:].ravel().tolist(), shrink=0.8, label="difference")
-    fig.suptitle(f"noise predictions for one noisy latent, t = {np_.timestep}", fontsize=10)
+    fig.suptitle(f"UNet predictions ({k}) for one noisy latent, t = {np_.timestep}", fontsize=10)
     return fig
 
 
@@ -605,7 +633,7 @@ def colour_histograms(groups: Mapping[str, Sequence[str]], title: str = "colours
         ax.bar(range(len(COLOUR_NAMES)), counts, color=[np.array(COLOURS[c]) / 255 for c in COLOUR_NAMES], edgecolor="black", lw=0.5)
         ax.set_xticks(range(len(COLOUR_NAMES)), [c[:3] for c in COLOUR_NAMES], fontsize=7, rotation=90)
         ent = colour_entropy(list(colours)) if len(colours) else float("nan")
-        ax.set_title(f"{name}\nentropy {ent:.2f}", fontsize=9)
+        ax.set_title(f"{name}\nentropy {ent + 0.0:.2f}", fontsize=9)  # + 0.0: no "-0.00"
     axes[0].set_ylabel("images")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -613,8 +641,9 @@ def colour_histograms(groups: Mapping[str, Sequence[str]], title: str = "colours
 
 
 def tradeoff_figure(table: Any, x: str = "KP", y: str = "IS", label: str = "name", group: str | None = "sweep",
-                    size: tuple[float, float] = (5.5, 4.2), title: str | None = None) -> Figure:
-    """`y` against `x` for each row of a DataFrame, labelled, coloured by `group`; the Pareto frontier (both higher = better) dashed."""
+                    size: tuple[float, float] = (5.5, 4.2), title: str | None = None, frontier: bool = True) -> Figure:
+    """`y` against `x` for each row of a DataFrame, labelled, coloured by `group`; with `frontier`, the Pareto frontier
+    (the points no other point beats on both x and y, higher = better) dashed."""
     fig = Figure(figsize=size)
     ax = fig.add_subplot()
     groups = list(dict.fromkeys(table[group])) if group else [None]
@@ -623,17 +652,35 @@ def tradeoff_figure(table: Any, x: str = "KP", y: str = "IS", label: str = "name
         ax.scatter(sub[x], sub[y], label=g, s=40, alpha=0.85)
         for _, row in sub.iterrows():
             ax.annotate(str(row[label]), (row[x], row[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    pts = table[[x, y]].dropna().to_numpy()
-    if len(pts):
+    pts = table[[x, y]].dropna().to_numpy(dtype=float)
+    if frontier and len(pts):
         front = [p for p in pts if not any((q[0] >= p[0]) and (q[1] >= p[1]) and (q != p).any() for q in pts)]
         front = np.array(sorted(front, key=lambda p: p[0]))
         ax.plot(front[:, 0], front[:, 1], "k--", lw=1, alpha=0.6, label="frontier")
     ax.set_xlabel(f"{x} (higher = base knowledge kept)" if x == "KP" else x)
     ax.set_ylabel(f"{y} (higher = more like the concept)" if y == "IS" else y)
+    ax.ticklabel_format(useOffset=False)
     ax.set_title(title or f"{y} vs {x}", fontsize=10)
-    ax.legend(fontsize=8)
+    if group or frontier:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def method_blocks(images: Mapping[str, Sequence[Sequence[Image.Image]]], prompts: Sequence[str], seeds: Sequence[int],
+                  cell: int = 56, gap: int = 12) -> Image.Image:
+    """`generate_methods` output as one block per prompt, side by side: a row per method, a column per seed."""
+    from .sample import image_grid
+
+    methods = list(images)
+    blocks = [image_grid([images[m][i] for m in methods], methods if i == 0 else None, [f"s{s}" for s in seeds], cell=cell, title=p)
+              for i, p in enumerate(prompts)]
+    out = Image.new("RGB", (sum(b.width for b in blocks) + gap * (len(blocks) - 1), max(b.height for b in blocks)), "white")
+    x = 0
+    for b in blocks:
+        out.paste(b, (x, out.height - b.height))
+        x += b.width + gap
+    return out
 
 
 def sweep_figure(table: Any, params: Sequence[str], reference: Mapping[str, Any], metrics: Sequence[str] = ("IS", "KP", "KPS"),
@@ -654,6 +701,7 @@ def sweep_figure(table: Any, params: Sequence[str], reference: Mapping[str, Any]
             ax.scatter(ref[p], ref[m], s=120, facecolors="none", edgecolors="black", lw=1)
         ax.set_xlabel(p)
         ax.set_xticks(sorted(set(sub[p])))
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("each panel changes one setting; ring = reference run", fontsize=10)

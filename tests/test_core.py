@@ -289,3 +289,33 @@ def test_config_errors_name_the_field():
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="unknown config field"):
         TrainConfig.from_dict({"stepz": 3})
+
+
+def test_sample_cli_writes_a_grid_and_never_overwrites(toyworld_env, tmp_path):
+    from PIL import Image
+
+    from catlab.cli import main
+
+    out = tmp_path / "grid.png"
+    assert main(["sample", "a circle", "a red star", "--seeds", "3", "--steps", "2", "--out", str(out)]) == 0
+    grid = Image.open(out)
+    assert grid.width > 3 * 96 and grid.height > 2 * 96
+    with pytest.raises(SystemExit, match="exists"):
+        main(["sample", "a circle", "--out", str(out)])
+
+
+def test_train_cli_with_yaml_config_and_overrides(toyworld_env, concept_dir, tmp_path):
+    import yaml
+
+    from catlab.cli import main
+
+    cfg = {"concepts": [{"folder": str(concept_dir), "trigger": "sks", "class_word": "circle"}], "output_dir": str(tmp_path / "run"),
+           "steps": 2, "batch_size": 2, "checkpoint_every": 0, "validate_every": 0}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(tmp_path / "run.yaml"), "--set", "regime=none", "--set", "rank=2"]) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["regime"] == "none" and saved["rank"] == 2
+    assert (tmp_path / "run" / "adapter" / "pytorch_lora_weights.safetensors").exists()
+    (tmp_path / "bad.yaml").write_text("stepz: 3\n")
+    with pytest.raises(ValueError, match="bad.yaml.*unknown config field"):
+        main(["train", "--config", str(tmp_path / "bad.yaml")])

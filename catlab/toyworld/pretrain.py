@@ -39,7 +39,7 @@ class PretrainConfig:
     min_snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023, arXiv 2303.09556)
     ema_decay: float = 0.999
     oracle_steps: int = 1500
-    clip_steps: int = 1500
+    clip_steps: int = 2000
     clip_batch: int = 128
     checkpoint_every: int = 250
     stages: tuple[str, ...] = ("vae", "oracle", "clip", "unet")
@@ -277,6 +277,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, work_dir: s
     cfg = cfg or PretrainConfig()
     out = Path(out_dir)
     work = Path(work_dir) if work_dir else out / "_work"
+    out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     _save_json(work / "config.json", asdict(cfg))
