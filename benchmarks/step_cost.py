@@ -100,7 +100,8 @@ def main() -> None:
     for name, v in med.items():
         mem = f"   peak {peak[name]:.2f} GiB" if name in peak else ""
         print(f"  {name:55s} {1000 * v:8.1f} ms   {v / base:5.2f}x plain{mem}")
-    print(f"  {'amortised CAT (every %d-th step), average step' % k:55s} {1000 * amortised:8.1f} ms   {amortised / base:5.2f}x plain")
+    label = f"amortised CAT (every {k}-th step), average step"
+    print(f"  {label:55s} {1000 * amortised:8.1f} ms   {amortised / base:5.2f}x plain")
     n_params_after = sum(p.numel() for p in unet.parameters())
     lora_n = sum(p.numel() for p in params)
     print(f"UNet parameters: {n_params_before:,} base + {lora_n:,} LoRA = {n_params_after:,} held during every step "

@@ -14,7 +14,14 @@ from catlab.toyworld.assets import ASSET_DIR, ToyWorldAssetError, load_oracle, t
 from catlab.toyworld.oracle import read_images
 from catlab.toyworld.pretrain import _truth_matrix
 from catlab.toyworld.world import (
-    CAPTION_TEMPLATES, COLOUR_NAMES, CONCEPTS, SHAPES, TRIGGER_WORDS, caption_for, concept_images, make_world_dataset,
+    CAPTION_TEMPLATES,
+    COLOUR_NAMES,
+    CONCEPTS,
+    SHAPES,
+    TRIGGER_WORDS,
+    caption_for,
+    concept_images,
+    make_world_dataset,
 )
 
 
