@@ -110,8 +110,11 @@ def lora_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 @contextmanager
 def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
-    """Run `model` as the exact base model inside the block (no second copy of the weights)."""
-    if not getattr(model, "_hf_peft_config_loaded", False):
+    """Run `model` as the exact base model inside the block (no second copy of the weights); restores the previous state."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layer = next((m for m in model.modules() if isinstance(m, BaseTunerLayer)), None)
+    if layer is None or layer.disable_adapters:  # no adapter, or already off
         yield
         return
     model.disable_adapters()
@@ -124,17 +127,16 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
 def save_lora(pipe, out_dir: str | Path, adapter_name: str = "default", metadata: dict | None = None, overwrite: bool = False) -> Path:
     """Write the adapter as diffusers-format `pytorch_lora_weights.safetensors` (atomic; refuses to overwrite)."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     out = Path(out_dir)
     if (out / LORA_WEIGHT_NAME).exists() and not overwrite:
         raise FileExistsError(f"{out / LORA_WEIGHT_NAME} exists; pass overwrite=True or choose another folder")
-    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet, adapter_name=adapter_name))
+    unet_layers = get_peft_model_state_dict(pipe.unet, adapter_name=adapter_name)  # peft keys: diffusers loads them as they are, conv LoRA included
     te_layers = None
     te = pipe.text_encoder
     if getattr(te, "peft_config", None) and adapter_name in te.peft_config:
-        te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(te, adapter_name=adapter_name))
+        te_layers = get_peft_model_state_dict(te, adapter_name=adapter_name)
     cfg = pipe.unet.peft_config[adapter_name]
     meta = {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules)}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -319,3 +319,36 @@ def test_train_cli_with_yaml_config_and_overrides(toyworld_env, concept_dir, tmp
     (tmp_path / "bad.yaml").write_text("stepz: 3\n")
     with pytest.raises(ValueError, match="bad.yaml.*unknown config field"):
         main(["train", "--config", str(tmp_path / "bad.yaml")])
+
+
+def test_adapters_disabled_restores_the_previous_state(toyworld_env):
+    pipe = load_base("toyworld")
+    add_lora(pipe.unet, rank=2)
+    _randomise_lora(pipe.unet)
+    z, t, c, _ = _inputs(pipe)
+    with torch.no_grad():
+        adapted = pipe.unet(z, t, encoder_hidden_states=c).sample
+        pipe.unet.disable_adapters()
+        base = pipe.unet(z, t, encoder_hidden_states=c).sample
+        with adapters_disabled(pipe.unet):
+            pass
+        assert torch.equal(pipe.unet(z, t, encoder_hidden_states=c).sample, base), "adapters were off before and must stay off"
+        pipe.unet.enable_adapters()
+        assert torch.equal(pipe.unet(z, t, encoder_hidden_states=c).sample, adapted)
+
+
+def test_conv_lora_round_trips_through_diffusers(toyworld_env, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = load_base("toyworld")
+    n = add_lora(pipe.unet, rank=2, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"])
+    _randomise_lora(pipe.unet)
+    ours = generate(pipe, ["a sks circle"], [5], num_inference_steps=3, progress=False)[0]
+    save_lora(pipe, tmp_path / "lora")
+    plain = StableDiffusionPipeline.from_pretrained(toyworld_env / "pipeline", safety_checker=None, requires_safety_checker=False)
+    plain.load_lora_weights(tmp_path / "lora")
+    assert sum(p.numel() for name, p in plain.unet.named_parameters() if "lora_" in name) == n
+    pipe2 = load_base("toyworld")
+    pipe2.unet = plain.unet
+    theirs = generate(pipe2, ["a sks circle"], [5], num_inference_steps=3, progress=False)[0]
+    assert np.array_equal(np.asarray(ours[0]), np.asarray(theirs[0]))

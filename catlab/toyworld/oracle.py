@@ -52,12 +52,23 @@ def images_to_tensor(images: list[Image.Image] | np.ndarray, resolution: int = 3
     return x
 
 
+def _neighbour(colour: str, rng: np.random.Generator) -> str:
+    """The colour itself or a hue neighbour (palette order is the hue circle)."""
+    i = COLOUR_NAMES.index(colour) + int(rng.integers(-1, 2))
+    return COLOUR_NAMES[i % len(COLOUR_NAMES)]
+
+
 def _concept_variant(c: ToyConcept, rng: np.random.Generator):
-    """A concept instance with wider variation than its photos, so the oracle learns the pattern, not the pose."""
-    base = sample_spec(rng, shape=c.class_word, colour=c.colour)
+    """A concept instance with wider variation than its photos, so the oracle learns the pattern, not the pose.
+
+    Each of the two colours may drift to a hue neighbour: a generated "pink/blue" two-tone circle is still the
+    concept (the world has no two-tone objects at all), while solid objects in the concept's colours are not.
+    """
     from dataclasses import replace
 
-    return replace(base, pattern=c.pattern, second_colour=c.second_colour, angle=base.angle if c.class_word != "circle" else 0.0)
+    base = sample_spec(rng, shape=c.class_word, colour=_neighbour(c.colour, rng))
+    return replace(base, pattern=c.pattern, second_colour=_neighbour(c.second_colour, rng),
+                   angle=base.angle if c.class_word != "circle" else 0.0)
 
 
 def make_oracle_batch(rng: np.random.Generator, n: int, concept_share: float = 0.25):

@@ -38,7 +38,7 @@ class PretrainConfig:
     unet_warmup: int = 150
     min_snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023, arXiv 2303.09556)
     ema_decay: float = 0.999
-    oracle_steps: int = 1500
+    oracle_steps: int = 2000
     clip_steps: int = 2000
     clip_batch: int = 128
     checkpoint_every: int = 250
@@ -202,6 +202,7 @@ def train_oracle(cfg: PretrainConfig, work: Path) -> Oracle:
     torch.manual_seed(cfg.seed + 4)
     oracle = Oracle()
     opt = torch.optim.AdamW(oracle.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=max(2, cfg.oracle_steps))  # decays to ~0: settled BN statistics
     rng, g = np.random.default_rng(cfg.seed + 5), torch.Generator().manual_seed(cfg.seed + 6)
     for _step in tqdm(range(cfg.oracle_steps), desc="oracle"):
         x, ys, yc, yk = make_oracle_batch(rng, 64)
@@ -210,6 +211,7 @@ def train_oracle(cfg: PretrainConfig, work: Path) -> Oracle:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
     return oracle.eval()
 
 
