@@ -26,7 +26,10 @@ class DemoRecipe:
     learning_rate: float = 3e-3  # toy-world scale; SD 1.5 LoRAs use ~1e-4 at 512 px
     rank: int = 4
     batch_size: int = 4
-    cat_lambda: float = 1.0  # the authors' value
+    # The toy UNet has attention only at 4x4, so an attention-only LoRA cannot draw a spatial pattern; adding the
+    # ResNet convolutions (as LoCon / LyCORIS users do) gives it the capacity SD 1.5's attention at 64..8 px has.
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
+    cat_lambda: float = 4.0  # the authors used 1.0 and 6.0; see docs/results.md for the sweep
     prior_loss_weight: float = 1.0  # DreamBooth's default
     num_class_images: int = 50
     eval_seeds: int = 16
@@ -47,6 +50,7 @@ def _train_config(regime: str, seed: int, recipe: DemoRecipe, concept, out: Path
     return TrainConfig(
         concepts=[ConceptConfig(str(out / "concept"), concept.trigger, concept.class_word)], output_dir=str(out / "runs" / f"{regime}_seed{seed}"),
         regime=regime, seed=seed, steps=recipe.steps, learning_rate=recipe.learning_rate, rank=recipe.rank, batch_size=recipe.batch_size,
+        target_modules=list(recipe.target_modules),
         cat_lambda=recipe.cat_lambda, prior_loss_weight=recipe.prior_loss_weight, num_class_images=recipe.num_class_images,
         class_images_dir=str(out / "class_images"), random_flip=False,  # the two-tone concepts are not mirror-symmetric
         checkpoint_every=0, validate_every=0, log_every=10,

@@ -101,6 +101,11 @@ SCHEDULER_CONFIG = dict(
 )
 
 
+# Sampler defaults written beside model_index.json (catlab_sampling.json). A tiny model oversaturates under
+# SD's guidance 7.5: colours mix and shapes distort; low guidance follows prompts best (benchmarks/toyworld_quality.py).
+SAMPLING_DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 3.0}
+
+
 def build_scheduler():
     from diffusers import DDIMScheduler
 

@@ -314,6 +314,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, work_dir: s
         timings["unet_s"] = time.time() - t
         pipe = build.assemble_pipeline(unet, vae, te, tokenizer)
         pipe.save_pretrained(out / "pipeline")
+        _save_json(out / "pipeline" / "catlab_sampling.json", build.SAMPLING_DEFAULTS)
     write_assets(out, work, tokenizer)
     _save_json(out / "recipe.json", {"config": asdict(cfg), "timings_s": timings})
     return out
