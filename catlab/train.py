@@ -198,8 +198,8 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
         t_step = time.time()
         terms = _train_step(cfg, step, acc, unet, vae, te, tok, text, noise_sched, dataset, class_images,
                             class_prompts, weight_dtype)
-        if not torch.isfinite(terms.loss):
-            raise FloatingPointError(f"loss became {float(terms.loss)} at step {step}; training stopped. Last good checkpoint: "
+        if not torch.isfinite(terms.loss.detach()):
+            raise FloatingPointError(f"loss became {terms.loss.item()} at step {step}; training stopped. Last good checkpoint: "
                                      f"{last_ckpt or 'none'}. Lower learning_rate or use mixed_precision='no', then resume.")
         acc.backward(terms.loss)
         if acc.sync_gradients and cfg.max_grad_norm > 0:
