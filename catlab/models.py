@@ -100,7 +100,13 @@ def add_lora(model: torch.nn.Module, rank: int = 4, alpha: float | None = None, 
                         target_modules=list(target_modules))
     if adapter_name in getattr(model, "peft_config", {}):
         raise ValueError(f"{type(model).__name__} already has an adapter named {adapter_name!r}; pick another adapter_name")
-    model.add_adapter(config, adapter_name=adapter_name)
+    try:
+        model.add_adapter(config, adapter_name=adapter_name)
+    except ValueError as e:
+        if "version of PEFT" in str(e):  # transformers' own PEFT integration (text encoders) wants a newer peft
+            raise RuntimeError(f"cannot add a LoRA to {type(model).__name__}: {e}. Upgrade peft, or train the UNet only "
+                               "(train_text_encoder: false, the default)") from e
+        raise
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -352,3 +352,22 @@ def test_conv_lora_round_trips_through_diffusers(toyworld_env, tmp_path):
     pipe2.unet = plain.unet
     theirs = generate(pipe2, ["a sks circle"], [5], num_inference_steps=3, progress=False)[0]
     assert np.array_equal(np.asarray(ours[0]), np.asarray(theirs[0]))
+
+
+def test_text_encoder_lora_option_trains_and_saves(toyworld_env, concept_dir, tmp_path):
+    import peft
+    from packaging.version import Version
+
+    from catlab.models import load_lora
+
+    cfg = _cfg(concept_dir, tmp_path / "te", steps=2, checkpoint_every=0, train_text_encoder=True, regime="none")
+    if Version(peft.__version__) < Version("0.22"):  # transformers 5 refuses text-encoder adapters with older peft
+        with pytest.raises(RuntimeError, match="Upgrade peft, or train the UNet only"):
+            train(cfg)
+        return
+    res = train(cfg)
+    keys = load_file(res.adapter_dir / "pytorch_lora_weights.safetensors").keys()
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    pipe = load_base("toyworld")
+    load_lora(pipe, res.adapter_dir, "te")
+    assert "te" in pipe.text_encoder.peft_config
