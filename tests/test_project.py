@@ -67,3 +67,10 @@ def test_toyworld_concepts_and_export(tmp_path, capsys):
         main(["toyworld", "export-concept", "striped_square", "--out", str(tmp_path / "c")])
     with pytest.raises(SystemExit, match="unknown concept"):
         main(["toyworld", "export-concept", "nope", "--out", str(tmp_path / "d")])
+
+
+def test_toyworld_pretrain_quick_keeps_work_files_out_of_the_asset_folder(tmp_path):
+    assert main(["toyworld", "pretrain", "--quick", "--out", str(tmp_path / "assets")]) == 0
+    assert (tmp_path / "assets" / "pipeline" / "model_index.json").is_file()
+    assert not list((tmp_path / "assets").glob("*.ckpt")) and not (tmp_path / "assets" / "_work").exists()
+    assert (tmp_path / "assets-work" / "unet.ckpt").is_file()

@@ -273,12 +273,14 @@ def _soft_contrastive(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor
 
 
 def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, work_dir: str | Path | None = None) -> Path:
-    """Run the whole recipe and write an asset folder (pipeline/, clip/, oracle.safetensors) to `out_dir`."""
+    """Run the whole recipe and write an asset folder (pipeline/, clip/, oracle.safetensors) to `out_dir` (work files: `<out_dir>-work`)."""
     from safetensors.torch import save_file
 
     cfg = cfg or PretrainConfig()
     out = Path(out_dir)
-    work = Path(work_dir) if work_dir else out / "_work"
+    # checkpoints and the image cache (~150 MB) live beside the asset folder, never inside it: the asset
+    # folder may be catlab/assets/toyworld, which ships as package data
+    work = Path(work_dir) if work_dir else out.with_name(out.name + "-work")
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
