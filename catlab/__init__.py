@@ -13,7 +13,7 @@ _EXPORTS = {
     "load_base": "models", "add_lora": "models", "load_lora": "models", "save_lora": "models",
     "set_active_adapters": "models", "adapters_disabled": "models",
     "generate": "sample", "image_grid": "sample",
-    "evaluate": "metrics", "load_embedder": "embedders",
+    "evaluate": "evaluation", "load_embedder": "embedders",
     "run_demo": "demo",
 }
 __all__ = sorted(_EXPORTS)

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return sample_cli(args)
     if args.command == "eval":
-        from .metrics import evaluate_cli
+        from .evaluation import evaluate_cli
 
         return evaluate_cli(args)
     if args.command == "demo":

@@ -62,7 +62,7 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "tw
     """Train, evaluate and report; returns the tables and the report path."""
     import torch
 
-    from .metrics import evaluate
+    from .evaluation import evaluate
     from .models import load_base
     from .toyworld.assets import load_oracle
     from .toyworld.world import CONCEPTS, export_concept
@@ -111,7 +111,7 @@ COLUMNS = ["IS", "PS", "KP", "KPS", "DIV", "Vendi", "PRES", "colour_entropy", "c
 
 def summarise_by_method(per_image: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
     """One row per method: mean and std over training seeds of each score (each seed's score is a mean over images)."""
-    from .metrics import BASE, per_seed_scores
+    from .evaluation import BASE, per_seed_scores
 
     seed_scores = per_seed_scores(per_image)  # per (adapter name, eval seed)
     by_adapter = seed_scores.groupby("method").mean(numeric_only=True)

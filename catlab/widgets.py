@@ -55,7 +55,7 @@ class WorldPreset:
 
     name: str
     base_model: str  # for load_base / TrainConfig.base_model
-    embedder: str  # for catlab.metrics.load_embedder
+    embedder: str  # for catlab.embedders.load_embedder
     use_oracle: bool  # the toy world's oracle reads shape, colour and concept; real photos have none
     concept_px: int  # size at which a toy concept is exported (SD 1.5 needs >= 512 px images)
     resolution: int | None  # training resolution; None = the base model's native size

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from catlab import evaluation as E
 from catlab import metrics as M
 from catlab.embedders import CachedEmbedder, CallableEmbedder, ClipEmbedder, hash_image, load_embedder
 from catlab.toyworld.oracle import OracleReading
@@ -236,7 +237,7 @@ def run_eval(out_dir, adapters, embedder=None, **kw):
     kw = {"templates": ["a {trigger} {class}", "a red {trigger} {class}", "a {trigger} {class} on a dark background"],
           "seeds": 4, "generate_fn": fake_generate, "activate_fn": fake_activate, "progress": False, **kw}
     embedder = embedder or CallableEmbedder(mean_colour, text_fn=text_colour)
-    return M.evaluate(FakePipe(), adapters, refs, trigger="sks", class_word="circle", embedder=embedder, out_dir=out_dir, **kw)
+    return E.evaluate(FakePipe(), adapters, refs, trigger="sks", class_word="circle", embedder=embedder, out_dir=out_dir, **kw)
 
 
 def test_evaluate_scores_tables_and_files(tmp_path, adapters):
@@ -257,7 +258,7 @@ def test_evaluate_scores_tables_and_files(tmp_path, adapters):
     assert (s["n_seeds"] == 4).all() and np.isfinite(s.loc["cat", "IS_ci95"])
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "eval" / "summary.csv"), summary, check_dtype=False)
     assert (tmp_path / "eval" / "per_image.csv").is_file() and (tmp_path / "eval" / df.image[0]).is_file()
-    html = M.style_summary(summary).to_html()
+    html = E.style_summary(summary).to_html()
     assert "KPS ↑" in html and "PRES ↓" in html and "±" in html
 
 
@@ -315,16 +316,16 @@ def test_evaluate_clear_errors(tmp_path, adapters):
         run_eval(tmp_path, {"lost": tmp_path / "nope"})
     with pytest.raises(ValueError, match="unpaired generations"):
         df = pd.DataFrame({"method": ["cat"], "kind": ["class"], "template": ["a {trigger} {class}"], "prompt": ["a circle"], "seed": [0]})
-        M.score_images(df, [solid((1, 2, 3))], M.Concept("sks", "circle", [solid((4, 5, 6))]), CallableEmbedder(mean_colour))
+        E.score_images(df, [solid((1, 2, 3))], E.Concept("sks", "circle", [solid((4, 5, 6))]), CallableEmbedder(mean_colour))
 
 
 def test_templates_and_concepts():
-    assert M.trigger_free("a {trigger} {class} on a dark background") == "a {class} on a dark background"
-    assert M.expand_templates(["a red {trigger} {class}"], "sks", "circle") == [("a red {trigger} {class}", "a red sks circle", "a red circle")]
-    c = M.load_concept("two_tone_circle")
+    assert E.trigger_free("a {trigger} {class} on a dark background") == "a {class} on a dark background"
+    assert E.expand_templates(["a red {trigger} {class}"], "sks", "circle") == [("a red {trigger} {class}", "a red sks circle", "a red circle")]
+    c = E.load_concept("two_tone_circle")
     assert (c.trigger, c.class_word, c.name, len(c.references)) == ("sks", "circle", "two_tone_circle", 5)
     with pytest.raises(ValueError, match="a trigger and a class word are needed"):
-        M.load_concept([solid((1, 2, 3))])
+        E.load_concept([solid((1, 2, 3))])
 
 
 def test_evaluate_with_a_toy_oracle_folder(tmp_path, adapters):
@@ -377,6 +378,6 @@ def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_r
         calls.append(1)
         return generate(*args, **kwargs)
 
-    df, again = M.evaluate(pipe, {"lora": tmp_path / "lora", "same": None}, concept, seeds=1, embedder=clip, out_dir=out, generate_fn=counted)
+    df, again = E.evaluate(pipe, {"lora": tmp_path / "lora", "same": None}, concept, seeds=1, embedder=clip, out_dir=out, generate_fn=counted)
     assert calls == [] and again.set_index("method").loc["same", "KP_mean"] == pytest.approx(1.0)
     pd.testing.assert_frame_equal(again.iloc[:2], cli_summary, check_dtype=False)
