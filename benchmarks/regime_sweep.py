@@ -3,7 +3,7 @@
     python benchmarks/regime_sweep.py --steps 300 --lr 3e-3 none:0 cat:0.3 cat:1 cat:2 ppl:0
     python benchmarks/regime_sweep.py --targets to_q,to_k,to_v,to_out.0 --lr 1e-2 --steps 400 none:0 cat:1
 
-For each REGIME:LAMBDA it trains one adapter and prints, for 24 samples of "a {class}" and 16 of
+For each REGIME:LAMBDA it trains one adapter and prints, for 24 (--class-samples) samples of "a {class}" and 16 of
 "a {trigger} {class}": the collapse rate (class samples the oracle reads as the concept), the normalised colour
 entropy of the class samples, and the identity rate (trigger samples read as the concept). The base model's row
 comes first. Used to choose the demo recipe (docs/results.md).
@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--targets", default="to_q,to_k,to_v,to_out.0,conv1,conv2")
     ap.add_argument("--concept", default="two_tone_circle")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--class-samples", type=int, default=24, help="samples of 'a {class}' per model (more = less noisy entropy)")
+    ap.add_argument("--null-share", type=float, default=0.0, help="TrainConfig.cat_null_share for the cat runs")
     args = ap.parse_args()
     from catlab.config import ConceptConfig, TrainConfig
     from catlab.metrics import colour_entropy
@@ -45,7 +47,7 @@ def main() -> None:
     oracle, pipe = load_oracle(), load_base("toyworld")
 
     def read_out(label: str, extra: str = "") -> None:
-        cls = generate(pipe, [f"a {c.class_word}"], list(range(24)), progress=False)[0]
+        cls = generate(pipe, [f"a {c.class_word}"], list(range(args.class_samples)), progress=False)[0]
         trg = generate(pipe, [f"a {c.trigger} {c.class_word}"], list(range(16)), progress=False)[0]
         rc, rt = read_images(oracle, cls), read_images(oracle, trg)
         print(f"{label:10s}{extra} collapse {np.mean([x == c.name for x in rc.concept]):.2f}  colour entropy {colour_entropy(rc.colour):.2f}  "
@@ -58,7 +60,7 @@ def main() -> None:
         regime, lam = spec.split(":")
         t0 = time.time()
         res = TrainConfig(concepts=[ConceptConfig(str(root / "concept"), c.trigger, c.class_word)], output_dir=str(root / f"run{k}"),
-                          regime=regime, cat_lambda=float(lam), steps=args.steps, learning_rate=args.lr, rank=args.rank, batch_size=4,
+                          regime=regime, cat_lambda=float(lam), cat_null_share=args.null_share, steps=args.steps, learning_rate=args.lr, rank=args.rank, batch_size=4,
                           random_flip=False, checkpoint_every=0, validate_every=0, seed=args.seed, target_modules=args.targets.split(","),
                           num_class_images=50, class_images_dir=str(root / "class_images"))
         from catlab.train import train

@@ -34,6 +34,7 @@ class TrainConfig:
     cat_lambda: float = 1.0  # weight of the CAT term; the authors' configs use 1.0 (6.0 in one)
     cat_prompt: str = "remove"  # trigger-free caption: "remove" the trigger (authors) or replace it by the "class" word
     cat_every: int = 1  # amortised CAT: apply the term every k-th step only (k=1: every step), scaled by k
+    cat_null_share: float = 0.0  # share of the CAT rows whose trigger-free caption is "" (CFG's unconditional branch, see docs/training.md)
     prior_loss_weight: float = 1.0  # DreamBooth's default
     num_class_images: int = 50  # prior images generated once by the base model and cached
     class_prompt: str | None = None  # default "a {class_word}"
@@ -77,6 +78,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "rank", "gradient_accumulation", "cat_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
+        if not 0.0 <= self.cat_null_share <= 1.0:
+            problems.append(f"cat_null_share={self.cat_null_share}: must be between 0 and 1 (a share of the batch)")
         for name in ("cat_lambda", "prior_loss_weight", "learning_rate", "lora_dropout"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 0")

@@ -30,6 +30,9 @@ class DemoRecipe:
     # ResNet convolutions (as LoCon / LyCORIS users do) gives it the capacity SD 1.5's attention at 64..8 px has.
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
     cat_lambda: float = 1.0  # the authors' value (one config used 6.0); docs/results.md reports a small sweep
+    # half of the CAT rows hold the empty caption too: sampling uses CFG, and an adapter that shifts eps("") while
+    # CAT holds eps("a circle") pushes guided class samples to the concept's opposite hues (docs/results.md)
+    cat_null_share: float = 0.5
     prior_loss_weight: float = 1.0  # DreamBooth's default
     num_class_images: int = 50
     eval_seeds: int = 12
@@ -51,7 +54,7 @@ def _train_config(regime: str, seed: int, recipe: DemoRecipe, concept, out: Path
         concepts=[ConceptConfig(str(out / "concept"), concept.trigger, concept.class_word)], output_dir=str(out / "runs" / f"{regime}_seed{seed}"),
         regime=regime, seed=seed, steps=recipe.steps, learning_rate=recipe.learning_rate, rank=recipe.rank, batch_size=recipe.batch_size,
         target_modules=list(recipe.target_modules),
-        cat_lambda=recipe.cat_lambda, prior_loss_weight=recipe.prior_loss_weight, num_class_images=recipe.num_class_images,
+        cat_lambda=recipe.cat_lambda, cat_null_share=recipe.cat_null_share, prior_loss_weight=recipe.prior_loss_weight, num_class_images=recipe.num_class_images,
         class_images_dir=str(out / "class_images"), random_flip=False,  # the two-tone concepts are not mirror-symmetric
         checkpoint_every=0, validate_every=0, log_every=10,
     )

@@ -240,6 +240,11 @@ def _train_step(cfg, step, acc, unet, vae, te, tok, text, noise_sched, dataset, 
     pixels = torch.stack([it["pixel_values"] for it in items])  # (B, 3, R, R)
     captions = [it["caption"] for it in items]
     free = [it["caption_free"] for it in items]
+    if cfg.regime == "cat" and cfg.cat_null_share > 0:
+        # classifier-free guidance samples with eps(c) and eps(""): an adapter that shifts eps("") while CAT holds
+        # eps(c_free) moves guided class samples *away* from the concept; holding eps("") too prevents that
+        n_null = round(len(free) * cfg.cat_null_share)
+        free = [""] * n_null + free[n_null:]
     n_inst = len(items)
     if class_images is not None:
         ci = rng.integers(len(class_images), size=cfg.batch_size)

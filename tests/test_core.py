@@ -282,6 +282,28 @@ def test_non_finite_loss_stops_with_clear_message(toyworld_env, concept_dir, tmp
     assert all(torch.isfinite(v).all() for v in state["unet_lora"].values())
 
 
+def test_cat_null_share_holds_the_unconditional_caption_too(toyworld_env, concept_dir, tmp_path, monkeypatch):
+    import catlab.train as train_module
+
+    seen = []
+
+    def spy(unet, noisy, t, cond, cond_free, target, **kw):
+        seen.append(cond_free.detach().clone())
+        return cat_loss(unet, noisy, t, cond, cond_free, target, **kw)
+
+    monkeypatch.setattr(train_module, "cat_loss", spy)
+    train(_cfg(concept_dir, tmp_path / "null", steps=1, batch_size=2, cat_null_share=0.5))
+    pipe = load_base("toyworld")
+    ids = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        null = pipe.text_encoder(ids)[0][0]  # (L, D): CFG's unconditional caption
+    assert len(seen) == 1 and seen[0].shape[0] == 2
+    assert torch.allclose(seen[0][0], null, atol=1e-6), "the first half of the CAT rows must use the empty caption"
+    assert not torch.allclose(seen[0][1], null, atol=1e-3), "the rest keep their trigger-free caption"
+    with pytest.raises(ValueError, match="cat_null_share=1.5"):
+        TrainConfig(cat_null_share=1.5)
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="regime='bogus'"):
         TrainConfig(regime="bogus")
