@@ -37,7 +37,7 @@ class PretrainConfig:
     unet_lr: float = 1.5e-3  # high for a tiny model; warmup + cosine decay keep it stable
     unet_warmup: int = 150
     # cosine cycles with warm restarts (SGDR, Loshchilov & Hutter 2017, arXiv 1608.03983): after the first cycle
-    # colours and round shapes are learnt; a second, gentler cycle sharpens corners (shape accuracy 0.75 -> see docs)
+    # colours and round shapes are learnt; a second, gentler cycle sharpens corners (shape accuracy 0.75 -> 0.94, docs/results.md)
     unet_restarts: tuple[int, ...] = (4000,)  # steps at which a new cosine cycle starts
     unet_restart_lr: float = 0.5  # peak of every later cycle, as a fraction of unet_lr
     min_snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023, arXiv 2303.09556)
