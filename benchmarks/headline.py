@@ -22,14 +22,16 @@ def main() -> int:
     ap.add_argument("--out", default="runs/headline")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--concept", default="two_tone_circle")
+    ap.add_argument("--cat-null-share", type=float, default=None, help="override DemoRecipe.cat_null_share (an ablation)")
     args = ap.parse_args()
-    from catlab.demo import run_demo
+    from catlab.demo import DemoRecipe, run_demo
 
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)  # this script's own output folder
     t0 = time.time()
-    res = run_demo(out=out, n_seeds=args.seeds, concept=args.concept)
+    recipe = DemoRecipe() if args.cat_null_share is None else DemoRecipe(cat_null_share=args.cat_null_share)
+    res = run_demo(out=out, n_seeds=args.seeds, concept=args.concept, recipe=recipe)
     minutes = (time.time() - t0) / 60
     t = res["table"].set_index("method")
     base, lora, cat, db = t.loc["base model"], t.loc["LoRA"], t.loc["CAT"], t.loc["DreamBooth-LoRA"]
