@@ -23,6 +23,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--concept", default="two_tone_circle")
     ap.add_argument("--cat-null-share", type=float, default=None, help="override DemoRecipe.cat_null_share (an ablation)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a numeric DemoRecipe field, e.g. learning_rate=5e-3")
     args = ap.parse_args()
     from catlab.demo import DemoRecipe, run_demo
 
@@ -30,7 +31,13 @@ def main() -> int:
     if out.exists():
         shutil.rmtree(out)  # this script's own output folder
     t0 = time.time()
-    recipe = DemoRecipe() if args.cat_null_share is None else DemoRecipe(cat_null_share=args.cat_null_share)
+    overrides = {} if args.cat_null_share is None else {"cat_null_share": args.cat_null_share}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in DemoRecipe.__dataclass_fields__ or not value:
+            ap.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(DemoRecipe.__dataclass_fields__)}")
+        overrides[key] = type(getattr(DemoRecipe(), key))(value)
+    recipe = DemoRecipe(**overrides)
     res = run_demo(out=out, n_seeds=args.seeds, concept=args.concept, recipe=recipe)
     minutes = (time.time() - t0) / 60
     t = res["table"].set_index("method")
