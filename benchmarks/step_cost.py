@@ -1,11 +1,13 @@
 """What a training step costs under each regime, measured side by side on the same batch.
 
-    python benchmarks/step_cost.py [--batch 4] [--repeats 30] [--base toyworld]
+    python benchmarks/step_cost.py [--batches 1,4,16] [--repeats 30] [--base toyworld]
     python benchmarks/step_cost.py --sd15-gpu      # SD-1.5-shaped UNet (random weights), 512 px, fp16, batch 1
 
-Each round runs every variant once, in turn, so machine noise hits all of them alike; the script prints median
-step times and their ratio to plain LoRA. Forward + backward + AdamW step of the LoRA parameters, everything else
-(VAE, text encoder) excluded because all regimes share it.
+UNet steps: each round runs every variant once, in turn, so machine noise hits all of them alike; the script
+prints median step times and their ratio to plain LoRA, for each batch size. Forward + backward + AdamW step of
+the LoRA parameters; everything else (VAE, text encoder) is excluded because all regimes share it. Then whole
+steps of `catlab.train` (data, VAE, text, UNet, optimizer), the regimes alternated, and the cost of switching the
+adapters off and on for CAT's base pass.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import time
 import torch
 
 from catlab.losses import cat_loss, prior_preservation_loss
-from catlab.models import add_lora, lora_parameters
+from catlab.models import adapters_disabled, add_lora, lora_parameters
+
+CAT_FULL = "CAT (batched: 1 adapted fwd of 2B + 1 base fwd)"
 
 
 def make_unet(args):
@@ -34,26 +38,11 @@ def make_unet(args):
     return pipe.unet, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default="toyworld")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--amortise-every", type=int, default=5)
-    ap.add_argument("--loop-steps", type=int, default=40, help="steps per regime for the whole-training-step measurement (0: skip)")
-    ap.add_argument("--sd15-gpu", action="store_true")
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    unet, seq, dim = make_unet(args)
-    n_params_before = sum(p.numel() for p in unet.parameters())
-    add_lora(unet, rank=4)
-    device, dtype = unet.device, unet.dtype
-    if args.sd15_gpu:
-        for p in lora_parameters(unet):
-            p.data = p.data.float()
-    params = lora_parameters(unet)
+def measure_unet_steps(unet, params, b: int, seq: int, dim: int, args) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per UNet step for each regime at batch b (and CUDA peak GiB); variants interleaved."""
     opt = torch.optim.AdamW(params, lr=1e-4)
-    b, c, s = args.batch, unet.config.in_channels, unet.config.sample_size
+    device, dtype = unet.device, unet.dtype
+    c, s = unet.config.in_channels, unet.config.sample_size
     z = torch.randn(b, c, s, s, device=device, dtype=dtype)
     t = torch.randint(0, 1000, (b,), device=device)
     cond = torch.randn(b, seq, dim, device=device, dtype=dtype)
@@ -72,7 +61,7 @@ def main() -> None:
 
     variants = {
         "plain LoRA": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=0.0)),
-        "CAT (batched: 1 adapted fwd of 2B + 1 base fwd)": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0)),
+        CAT_FULL: step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0)),
         "CAT (separate passes, as the authors)": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0, batched=False)),
         "CAT on half the batch": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0, cat_share=0.5)),
         "DreamBooth prior preservation (B instance + B class)": step(
@@ -92,26 +81,75 @@ def main() -> None:
                 peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated() / 2**30)
             if rnd >= 2:  # warm-up rounds
                 times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    base = med["plain LoRA"]
+    return {k: statistics.median(v) for k, v in times.items()}, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default="toyworld")
+    ap.add_argument("--batches", default="1,4,16", help="comma-separated batch sizes for the UNet-step table")
+    ap.add_argument("--batch", type=int, default=4, help="batch size of the whole-training-step measurement")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--amortise-every", type=int, default=5)
+    ap.add_argument("--loop-steps", type=int, default=40, help="steps per regime for the whole-training-step measurement (0: skip)")
+    ap.add_argument("--sd15-gpu", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    unet, seq, dim = make_unet(args)
+    n_params_before = sum(p.numel() for p in unet.parameters())
+    add_lora(unet, rank=4)
+    if args.sd15_gpu:
+        for p in lora_parameters(unet):
+            p.data = p.data.float()
+    params = lora_parameters(unet)
+    batches = [1] if args.sd15_gpu else [int(x) for x in args.batches.split(",")]
     k = args.amortise_every
-    amortised = (med["CAT (batched: 1 adapted fwd of 2B + 1 base fwd)"] + (k - 1) * base) / k
-    print(f"device {device}, dtype {dtype}, batch {b}, {args.repeats} interleaved rounds, median step time")
-    for name, v in med.items():
-        mem = f"   peak {peak[name]:.2f} GiB" if name in peak else ""
-        print(f"  {name:55s} {1000 * v:8.1f} ms   {v / base:5.2f}x plain{mem}")
-    label = f"amortised CAT (every {k}-th step), average step"
-    print(f"  {label:55s} {1000 * amortised:8.1f} ms   {amortised / base:5.2f}x plain")
+    print(f"UNet step: device {unet.device}, dtype {unet.dtype}, {torch.get_num_threads()} threads, "
+          f"{args.repeats} interleaved rounds, median step time and ratio to plain LoRA")
+    for b in batches:
+        med, peak = measure_unet_steps(unet, params, b, seq, dim, args)
+        base = med["plain LoRA"]
+        med[f"amortised CAT (every {k}-th step), average step"] = (med[CAT_FULL] + (k - 1) * base) / k
+        print(f" batch {b}")
+        for name, v in med.items():
+            mem = f"   peak {peak[name]:.2f} GiB" if name in peak else ""
+            print(f"  {name:55s} {1000 * v:8.1f} ms   {v / base:5.2f}x plain{mem}")
     n_params_after = sum(p.numel() for p in unet.parameters())
     lora_n = sum(p.numel() for p in params)
     print(f"UNet parameters: {n_params_before:,} base + {lora_n:,} LoRA = {n_params_after:,} held during every step "
           f"(one UNet: the base prediction uses the same weights with adapters disabled)")
+    measure_toggle(unet)
     if args.loop_steps and not args.sd15_gpu:
         measure_training_loop(args)
 
 
+def measure_toggle(unet, rounds: int = 200) -> None:
+    """CAT switches the adapters off and on again every step: catlab's per-layer switch vs diffusers' model-level one."""
+
+    def catlab_switch():
+        with adapters_disabled(unet):
+            pass
+
+    def diffusers_switch():
+        unet.disable_adapters()
+        unet.enable_adapters()
+
+    times: dict[str, list[float]] = {"catlab adapters_disabled": [], "diffusers disable_adapters + enable_adapters": []}
+    for _ in range(rounds):
+        for name, fn in zip(times, (catlab_switch, diffusers_switch)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    ref = statistics.median(times["diffusers disable_adapters + enable_adapters"])
+    print("adapters off and on again (once per CAT step), median of", rounds)
+    for name, v in times.items():
+        print(f"  {name:55s} {1e6 * statistics.median(v):8.0f} us   {statistics.median(v) / ref:5.2f}x diffusers")
+
+
 def measure_training_loop(args) -> None:
     """Whole steps of catlab.train (data, VAE encoding, text, UNet, optimizer), regimes alternated three times."""
+    import contextlib
+    import io
     import tempfile
     from pathlib import Path
 
@@ -128,13 +166,15 @@ def measure_training_loop(args) -> None:
         for name, kw in regimes.items():
             cfg = TrainConfig(concepts=[ConceptConfig(str(tmp / "concept"), "sks", "circle")], output_dir=str(tmp / f"{rnd}_{len(step_s[name])}_{kw['regime']}{kw.get('cat_every', '')}"),
                               steps=args.loop_steps, batch_size=args.batch, checkpoint_every=0, validate_every=0, base_model=args.base, **kw)
-            times = [h["step_s"] for h in train(cfg).history[2:]]
+            with contextlib.redirect_stderr(io.StringIO()):  # sixteen progress bars would bury the table
+                times = [h["step_s"] for h in train(cfg).history[2:]]
             if rnd:
                 step_s[name] += times
-    base = statistics.median(step_s["plain LoRA"])
-    print(f"whole training steps (catlab.train, batch {args.batch}, {args.loop_steps} steps x 3 alternating runs each), median step time")
+    # the mean, not the median: an amortised run's dear steps are a minority that a median would hide
+    base = statistics.mean(step_s["plain LoRA"])
+    print(f"whole training steps (catlab.train, batch {args.batch}, {args.loop_steps} steps x 3 alternating runs each), mean step time")
     for name, v in step_s.items():
-        print(f"  {name:55s} {1000 * statistics.median(v):8.1f} ms   {statistics.median(v) / base:5.2f}x plain")
+        print(f"  {name:55s} {1000 * statistics.mean(v):8.1f} ms   {statistics.mean(v) / base:5.2f}x plain")
 
 
 if __name__ == "__main__":

@@ -119,15 +119,17 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
     """Run `model` as the exact base model inside the block (no second copy of the weights); restores the previous state."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    layer = next((m for m in model.modules() if isinstance(m, BaseTunerLayer)), None)
-    if layer is None or layer.disable_adapters:  # no adapter, or already off
-        yield
-        return
-    model.disable_adapters()
+    # peft's per-layer switch, on exactly the layers that are on now. CAT calls this every step: diffusers'
+    # model-level disable_adapters()/enable_adapters() re-check the peft version and walk the module tree twice
+    # each, about 1 ms of a ~25 ms toy step (benchmarks/step_cost.py)
+    switched = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
+    for layer in switched:
+        layer.enable_adapters(False)
     try:
         yield
     finally:
-        model.enable_adapters()
+        for layer in switched:
+            layer.enable_adapters(True)
 
 
 def save_lora(pipe, out_dir: str | Path, adapter_name: str = "default", metadata: dict | None = None, overwrite: bool = False) -> Path:

@@ -363,6 +363,31 @@ def test_adapters_disabled_restores_the_previous_state(toyworld_env):
         assert torch.equal(pipe.unet(z, t, encoder_hidden_states=c).sample, adapted)
 
 
+def test_adapters_disabled_switches_every_layer_and_restores_a_mixed_state(toyworld_env):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    pipe = load_base("toyworld")
+    z, t, c, _ = _inputs(pipe)
+    with torch.no_grad():
+        base = pipe.unet(z, t, encoder_hidden_states=c).sample
+    add_lora(pipe.unet, rank=2)
+    _randomise_lora(pipe.unet)
+    layers = [m for m in pipe.unet.modules() if isinstance(m, BaseTunerLayer)]
+    with torch.no_grad():
+        layers[0].enable_adapters(False)  # one layer already off, the rest on
+        mixed = pipe.unet(z, t, encoder_hidden_states=c).sample
+        trainable = [n for n, p in pipe.unet.named_parameters() if p.requires_grad]
+        with adapters_disabled(pipe.unet):
+            assert all(m.disable_adapters for m in layers)
+            off = pipe.unet(z, t, encoder_hidden_states=c).sample
+    assert torch.equal(off, base), "inside the block every layer must be off: the exact base model"
+    assert [m.disable_adapters for m in layers] == [True] + [False] * (len(layers) - 1), "each layer's own state must come back"
+    with torch.no_grad():
+        assert torch.equal(pipe.unet(z, t, encoder_hidden_states=c).sample, mixed)
+    assert trainable and [n for n, p in pipe.unet.named_parameters() if p.requires_grad] == trainable, \
+        "the LoRA weights that were trainable before must be trainable again"
+
+
 def test_conv_lora_round_trips_through_diffusers(toyworld_env, tmp_path):
     from diffusers import StableDiffusionPipeline
 
