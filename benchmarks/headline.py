@@ -21,6 +21,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/headline")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="first training seed: 3 checks a recipe on seeds it was not chosen on")
     ap.add_argument("--concept", default="two_tone_circle")
     ap.add_argument("--cat-null-share", type=float, default=None, help="override DemoRecipe.cat_null_share (an ablation)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a numeric DemoRecipe field, e.g. learning_rate=5e-3")
@@ -38,7 +39,7 @@ def main() -> int:
             ap.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(DemoRecipe.__dataclass_fields__)}")
         overrides[key] = type(getattr(DemoRecipe(), key))(value)
     recipe = DemoRecipe(**overrides)
-    res = run_demo(out=out, n_seeds=args.seeds, concept=args.concept, recipe=recipe)
+    res = run_demo(out=out, n_seeds=args.seeds, concept=args.concept, recipe=recipe, first_seed=args.first_seed)
     minutes = (time.time() - t0) / 60
     t = res["table"].set_index("method")
     base, lora, cat, db = t.loc["base model"], t.loc["LoRA"], t.loc["CAT"], t.loc["DreamBooth-LoRA"]

@@ -16,6 +16,7 @@ def _add_demo(sub) -> None:
                                    "same data, seed and budget; evaluate them and the base model; write a report.")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seeds", type=int, default=3, help="number of training seeds (default: 3)")
+    p.add_argument("--first-seed", type=int, default=0, help="first training seed (default: 0; seeds are consecutive)")
     p.add_argument("--concept", default="two_tone_circle", help="toy concept (default: two_tone_circle)")
     p.add_argument("--quick", action="store_true", help="a few steps and samples: checks the plumbing in under 2 minutes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        run_demo(out=Path(args.out), n_seeds=args.seeds, concept=args.concept, quick=args.quick, overwrite=args.overwrite)
+        run_demo(out=Path(args.out), n_seeds=args.seeds, concept=args.concept, quick=args.quick, overwrite=args.overwrite,
+                 first_seed=args.first_seed)
         return 0
     return 2  # unreachable: argparse rejects unknown commands
 

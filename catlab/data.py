@@ -1,31 +1,23 @@
 """Concept data: a folder of photos with captions, a trigger token and a class word, checked up front.
 
 `validate_concept_folder` reads everything once and lists every problem in one error, so a notebook user
-fixes a folder in one pass instead of meeting one crash per file. `ConceptDataset` turns one or more folders
-into training items; for CAT (arXiv 2404.07554) each item carries its caption with the trigger and without
-it, the latter being the prompt on which the adapted model must keep agreeing with the frozen base model.
+fixes a folder in one pass instead of meeting one crash per file. Caption text lives in `catlab.captions`;
+`catlab.dataset.ConceptDataset` turns checked folders into training items.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from PIL import Image, ImageOps
 
-from .config import ConceptConfig
+from .captions import CAPTION_FILES, DEFAULT_CAPTION, _read_caption_files, _read_text, format_prompt, has_trigger
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-CAPTION_FILES = ("captions.txt", "captions.jsonl")
 METADATA_FILES = ("concept.json",)  # written by export_concept; describes the folder, is not data
-DEFAULT_CAPTION = "a {trigger} {class}"
-DEFAULT_CLASS_PROMPT = "a {class}"
 MODE_NAMES = {"L": "grayscale", "LA": "grayscale+alpha", "1": "1-bit", "P": "palette", "PA": "palette+alpha",
               "RGBA": "RGBA", "CMYK": "CMYK", "I;16": "16-bit grayscale", "I": "32-bit grayscale", "F": "float grayscale"}
 SINGLE_TOKEN_ADVICE = "a rare word that the tokenizer keeps as one known token is best (e.g. 'sks')"
@@ -89,116 +81,6 @@ class ConceptReport:
 
 def _bullets(items: list[str], indent: str = "  ") -> str:
     return "\n".join(f"{indent}- {x}" for x in items)
-
-
-# ----------------------------------------------------------------------------- captions and triggers
-
-
-def format_prompt(template: str, trigger: str, class_word: str) -> str:
-    """Fill `{trigger}` and `{class}` (or `{class_word}`) in a caption template."""
-    try:
-        return template.format_map({"trigger": trigger, "class": class_word, "class_word": class_word})
-    except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"template {template!r} may only use {{trigger}} and {{class}} ({e!r})") from e
-
-
-def _word_pattern(word: str) -> str:
-    # lookarounds rather than \b: "sks" must not match inside "asks", and "<sks>" starts with a non-word character
-    return rf"(?<!\w){re.escape(word)}(?!\w)"
-
-
-def has_trigger(caption: str, trigger: str) -> bool:
-    """Whether `trigger` occurs in `caption` as a whole word (case-insensitive, as CLIP lowercases)."""
-    return re.search(_word_pattern(trigger), caption, flags=re.IGNORECASE) is not None
-
-
-def _tidy(text: str) -> str:
-    text = re.sub(r"\(\s*\)|\[\s*\]", " ", text)  # brackets the removal left empty
-    text = re.sub(r"\s+", " ", text)
-    text = re.sub(r"\s+([,.;:!?])", r"\1", text)
-    text = re.sub(r",(\s*,)+", ",", text)
-    return text.strip(" ,;:")
-
-
-def remove_trigger(caption: str, trigger: str, mode: str = "remove", class_word: str | None = None) -> str:
-    """The trigger-free caption for CAT.
-
-    mode="remove" drops the trigger ("a sks circle" -> "a circle", the authors' choice); mode="class" puts the
-    class word in its place unless the class word is already beside it ("sks on a rug" -> "circle on a rug").
-    """
-    if mode not in ("remove", "class"):
-        raise ValueError(f"mode={mode!r}: choose 'remove' or 'class'")
-    if mode == "class" and not class_word:
-        raise ValueError("mode='class' needs class_word, e.g. remove_trigger(caption, 'sks', 'class', class_word='circle')")
-    if not has_trigger(caption, trigger):
-        return caption
-    if mode == "remove":
-        return _tidy(re.sub(_word_pattern(trigger), " ", caption, flags=re.IGNORECASE))
-    cls = re.escape(class_word) + r"(?:e?s)?(?!\w)"  # the class word, singular or plural
-
-    def replace(m: re.Match) -> str:
-        # "beside" allows brackets and commas: "a circle (sks)" must not become "a circle (circle)"
-        gap = r"[\s,()\[\]]*"
-        beside = re.match(gap + cls, m.string[m.end():], re.I) or re.search(rf"(?<!\w){cls}{gap}$", m.string[:m.start()], re.I)
-        return " " if beside else class_word
-
-    return _tidy(re.sub(_word_pattern(trigger), replace, caption, flags=re.IGNORECASE))
-
-
-def _read_text(path: Path, errors: list[str], where: str) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8-sig")  # -sig: Windows editors put a byte-order mark first
-    except (OSError, UnicodeDecodeError) as e:
-        errors.append(f"{where}: cannot be read as UTF-8 text ({e}). Fix: save it as UTF-8")
-        return None
-
-
-def _parse_caption_line(name: str, line: str, where: str, errors: list[str]) -> tuple[str, str] | None:
-    if name.endswith(".jsonl"):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            row, why = None, f"not valid JSON ({e.msg})"
-        else:
-            why = "needs string fields 'file' and 'caption'"
-        if isinstance(row, dict):
-            file, caption = row.get("file", row.get("file_name")), row.get("caption", row.get("text"))
-            if isinstance(file, str) and isinstance(caption, str):
-                return file.strip(), caption
-        errors.append(f'{where}: {why}. Fix: one object per line, e.g. {{"file": "img1.png", "caption": "a sks circle"}}')
-        return None
-    sep = "\t" if "\t" in line else "|" if "|" in line else None
-    if sep is None:
-        errors.append(f"{where}: expected 'filename<TAB>caption' or 'filename|caption', got {line!r}. Fix: add the separator")
-        return None
-    file, caption = line.split(sep, 1)
-    return file.strip(), caption
-
-
-def _read_caption_files(folder: Path, images: list[Path], errors: list[str]) -> dict[str, tuple[str, str]]:
-    """Captions from captions.txt / captions.jsonl: image name -> (caption, source)."""
-    present = [n for n in CAPTION_FILES if (folder / n).is_file()]
-    if len(present) > 1:
-        errors.append("captions.txt and captions.jsonl are both present. Fix: keep one, so that it is clear which captions are used")
-    names = {p.name: p.name for p in images} | {p.stem: p.name for p in images}  # "img1.png" or just "img1"
-    out: dict[str, tuple[str, str]] = {}
-    for name in present:
-        text = _read_text(folder / name, errors, name)
-        for lineno, line in enumerate((text or "").splitlines(), 1):
-            where = f"{name} line {lineno}"
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            parsed = _parse_caption_line(name, line.strip(), where, errors)
-            if parsed is None:
-                continue
-            file, caption = parsed
-            if file not in names:
-                errors.append(f"{where}: no image named {file!r} in the folder. Fix: correct the file name or delete the line")
-            elif names[file] in out:
-                errors.append(f"{where}: {file!r} already has a caption ({out[names[file]][1]}). Fix: keep one line per image")
-            else:
-                out[names[file]] = (" ".join(caption.split()), where)
-    return out
 
 
 # ----------------------------------------------------------------------------- images
@@ -351,98 +233,3 @@ def validate_concept_folder(folder: str | Path, trigger: str, class_word: str, r
     if raise_errors:
         report.raise_if_errors()
     return report
-
-
-# ----------------------------------------------------------------------------- dataset
-
-
-def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
-    """Scale so that the shorter side is `size` px (LANCZOS: antialiased when shrinking)."""
-    w, h = img.size
-    if min(w, h) == size:
-        return img
-    scale = size / min(w, h)
-    return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.LANCZOS)
-
-
-def crop_and_flip(img: Image.Image, size: int, rng: np.random.Generator, center_crop: bool, random_flip: bool) -> torch.Tensor:
-    """A `size` x `size` crop as a float tensor (3, size, size) in [-1, 1]; random parts drawn from `rng`."""
-    w, h = img.size
-    # draw all random numbers every time, so that toggling one option does not change the other's choices
-    dx, dy, flip = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1)), bool(rng.random() < 0.5)
-    if center_crop:
-        dx, dy = (w - size) // 2, (h - size) // 2
-    arr = np.asarray(img.crop((dx, dy, dx + size, dy + size)), dtype=np.float32)  # (size, size, 3)
-    x = torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0  # (3, size, size)
-    return x.flip(-1) if random_flip and flip else x
-
-
-class ConceptDataset(torch.utils.data.Dataset):
-    """Images of one or more concepts with captions, trigger-free captions and class prompts.
-
-    Random crops and flips depend only on (seed, epoch, index): call `set_epoch(n)` at each epoch and a
-    resumed run sees the same batches as an uninterrupted one. With DataLoader workers, keep
-    persistent_workers=False so that the workers see the new epoch.
-    """
-
-    def __init__(self, concepts: list[ConceptConfig | dict], resolution: int, center_crop: bool = False, random_flip: bool = True,
-                 cat_prompt: str = "remove", seed: int = 0, tokenizer: Any = None, caption_template: str = DEFAULT_CAPTION,
-                 class_prompt_template: str = DEFAULT_CLASS_PROMPT):
-        if cat_prompt not in ("remove", "class"):
-            raise ValueError(f"cat_prompt={cat_prompt!r}: choose 'remove' or 'class'")
-        if not concepts:
-            raise ValueError("no concepts given. Fix: pass e.g. [ConceptConfig(folder='data/sks', trigger='sks', class_word='circle')]")
-        self.concepts = [c if isinstance(c, ConceptConfig) else _concept_from_dict(c, i) for i, c in enumerate(concepts)]
-        self.resolution, self.center_crop, self.random_flip, self.seed, self.epoch = resolution, center_crop, random_flip, seed, 0
-        self.reports = [validate_concept_folder(c.folder, c.trigger, c.class_word, resolution, tokenizer, caption_template, raise_errors=False)
-                        for c in self.concepts]
-        seen: dict[str, int] = {}
-        for i, c in enumerate(self.concepts):
-            if c.trigger.lower() in seen:
-                self.reports[i].errors.append(f"trigger {c.trigger!r} is also the trigger of concept {seen[c.trigger.lower()]}. "
-                                              "Fix: give each concept its own trigger")
-            seen.setdefault(c.trigger.lower(), i)
-        bad = [r for r in self.reports if r.errors]
-        if bad:
-            problems = [e for r in bad for e in r.errors]
-            sections = "\n".join(f"  {r.header()}:\n{_bullets(r.errors, '    ')}" for r in bad)
-            raise ConceptDataError(f"concept data has {len(problems)} problem(s):\n{sections}", problems)
-        self.records = [dict(path=path, caption=cap, caption_free=remove_trigger(cap, c.trigger, cat_prompt, c.class_word),
-                             class_prompt=format_prompt(class_prompt_template, c.trigger, c.class_word), concept=i)
-                        for i, (c, r) in enumerate(zip(self.concepts, self.reports)) for path, cap in zip(r.images, r.captions)]
-        self._cache: dict[int, Image.Image] = {}  # resized once: only the crop and flip change between epochs
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the random crops/flips of epoch `epoch` (deterministic given the seed)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rec = self.records[index]
-        if index not in self._cache:
-            self._cache[index] = resize_shorter_side(convert_to_rgb(open_image(rec["path"])), self.resolution)
-        rng = np.random.default_rng([self.seed, self.epoch, index])  # independent of call order and worker
-        pixels = crop_and_flip(self._cache[index], self.resolution, rng, self.center_crop, self.random_flip)  # (3, R, R)
-        return dict(pixel_values=pixels, caption=rec["caption"], caption_free=rec["caption_free"],
-                    class_prompt=rec["class_prompt"], concept=rec["concept"], path=str(rec["path"]))
-
-    def summary(self) -> str:
-        """Every concept's report, for notebooks."""
-        return "\n\n".join(r.summary() for r in self.reports)
-
-
-def _concept_from_dict(d: dict, i: int) -> ConceptConfig:
-    try:
-        return ConceptConfig(**d)
-    except TypeError as e:
-        raise ValueError(f"concept {i}: {d!r} needs exactly the keys folder, trigger, class_word ({e})") from e
-
-
-def collate_concept_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack pixel_values to (B, 3, R, R) and concept to (B,); keep the strings as lists."""
-    batch: dict[str, Any] = {k: [it[k] for it in items] for k in items[0]}
-    batch["pixel_values"] = torch.stack(batch["pixel_values"])  # (B, 3, R, R)
-    batch["concept"] = torch.tensor(batch["concept"], dtype=torch.long)  # (B,)
-    return batch

@@ -61,8 +61,11 @@ def _train_config(regime: str, seed: int, recipe: DemoRecipe, concept, out: Path
 
 
 def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "two_tone_circle", quick: bool = False,
-             overwrite: bool = False, recipe: DemoRecipe | None = None) -> dict:
-    """Train, evaluate and report; returns the tables and the report path."""
+             overwrite: bool = False, recipe: DemoRecipe | None = None, first_seed: int = 0) -> dict:
+    """Train, evaluate and report; returns the tables and the report path.
+
+    Training seeds are first_seed, ..., first_seed + n_seeds - 1: a recipe chosen on seeds 0-2 can be checked on
+    seeds it was not chosen on."""
     import torch
 
     from .evaluation import evaluate
@@ -86,7 +89,9 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "tw
     t0 = time.time()
     runs = []
     print(f"catlab demo: concept {concept!r} ('a {c.trigger} {c.class_word}'), {n_seeds} training seed(s), {recipe.steps} steps each")
-    for seed in range(n_seeds):
+    if first_seed < 0:
+        raise ValueError(f"first_seed={first_seed}: training seeds must be >= 0")
+    for seed in range(first_seed, first_seed + n_seeds):
         for regime in METHODS:
             torch.manual_seed(seed)
             res = train(_train_config(regime, seed, recipe, c, out))
@@ -105,7 +110,7 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "tw
     print("\n" + costs.to_string(index=False))
     print(f"\nreport: {report}  ({time.time() - t0:.0f} s in all)")
     table.to_csv(out / "table.csv", index=False)
-    _write_json(out / "recipe.json", {**asdict(recipe), "n_seeds": n_seeds, "concept": concept})
+    _write_json(out / "recipe.json", {**asdict(recipe), "n_seeds": n_seeds, "first_seed": first_seed, "concept": concept})
     return {"table": table, "costs": costs, "per_image": result.per_image, "report": report, "runs": runs}
 
 
@@ -114,7 +119,7 @@ COLUMNS = ["IS", "PS", "KP", "KPS", "DIV", "Vendi", "PRES", "colour_entropy", "c
 
 def summarise_by_method(per_image: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
     """One row per method: mean and std over training seeds of each score (each seed's score is a mean over images)."""
-    from .evaluation import BASE, per_seed_scores
+    from .scoring import BASE, per_seed_scores
 
     seed_scores = per_seed_scores(per_image)  # per (adapter name, eval seed)
     by_adapter = seed_scores.groupby("method").mean(numeric_only=True)

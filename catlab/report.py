@@ -23,7 +23,7 @@ def _open(out: Path, rel: str) -> Image.Image:
 def method_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], prompt_kind: str, template: str, n_cols: int, title: str) -> Image.Image:
     """Rows: base model and each method (training seed 0); columns: the same sampling seeds."""
     from .demo import METHODS
-    from .evaluation import BASE
+    from .scoring import BASE
 
     rows, labels = [], []
     first = {r["regime"]: f"{r['regime']}_s{r['seed']}" for r in sorted(runs, key=lambda r: -r["seed"])}
@@ -59,7 +59,7 @@ def colour_figure(per_image: pd.DataFrame, runs: list[dict], concept):
     import matplotlib.pyplot as plt
 
     from .demo import METHODS
-    from .evaluation import BASE
+    from .scoring import BASE
     from .toyworld.world import COLOURS
 
     groups = [("base model", [BASE])] + [(name, [f"{g}_s{r['seed']}" for r in runs if r["regime"] == g]) for g, name in METHODS.items()]

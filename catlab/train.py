@@ -126,7 +126,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
 
-    from .data import ConceptDataset
+    from .dataset import ConceptDataset
 
     if not cfg.concepts:
         raise ValueError("TrainConfig.concepts is empty: add at least one ConceptConfig(folder, trigger, class_word)")

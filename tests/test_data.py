@@ -10,16 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from catlab.captions import remove_trigger
 from catlab.config import ConceptConfig
-from catlab.data import (
-    ConceptDataError,
-    ConceptDataset,
-    ConceptDataWarning,
-    collate_concept_batch,
-    load_images,
-    remove_trigger,
-    validate_concept_folder,
-)
+from catlab.data import ConceptDataError, ConceptDataWarning, load_images, validate_concept_folder
+from catlab.dataset import ConceptDataset, collate_concept_batch
 
 
 def make_image(path, size=(40, 40), mode="RGB", seed=0):

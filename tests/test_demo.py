@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -25,3 +27,14 @@ def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch,
         assert method in printed
     with pytest.raises(FileExistsError, match="--overwrite"):
         main(["demo", "--quick", "--out", str(out)])
+    assert json.loads((out / "recipe.json").read_text())["first_seed"] == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["cat_seed0", "none_seed0", "ppl_seed0"]
+
+
+def test_demo_trains_the_seeds_it_is_asked_for(tiny_assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--seeds", "1", "--first-seed", "4", "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["cat_seed4", "none_seed4", "ppl_seed4"]
+    assert json.loads((out / "recipe.json").read_text())["first_seed"] == 4
+    assert set(pd.read_csv(out / "eval" / "summary.csv")["method"]) >= {"base", "none_s4", "cat_s4"}

@@ -12,6 +12,7 @@ from PIL import Image
 
 from catlab import evaluation as E
 from catlab import metrics as M
+from catlab import scoring as S
 from catlab.embedders import CachedEmbedder, CallableEmbedder, ClipEmbedder, hash_image, load_embedder
 from catlab.toyworld.oracle import OracleReading
 
@@ -258,7 +259,7 @@ def test_evaluate_scores_tables_and_files(tmp_path, adapters):
     assert (s["n_seeds"] == 4).all() and np.isfinite(s.loc["cat", "IS_ci95"])
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "eval" / "summary.csv"), summary, check_dtype=False)
     assert (tmp_path / "eval" / "per_image.csv").is_file() and (tmp_path / "eval" / df.image[0]).is_file()
-    html = E.style_summary(summary).to_html()
+    html = S.style_summary(summary).to_html()
     assert "KPS ↑" in html and "PRES ↓" in html and "±" in html
 
 
@@ -316,7 +317,7 @@ def test_evaluate_clear_errors(tmp_path, adapters):
         run_eval(tmp_path, {"lost": tmp_path / "nope"})
     with pytest.raises(ValueError, match="unpaired generations"):
         df = pd.DataFrame({"method": ["cat"], "kind": ["class"], "template": ["a {trigger} {class}"], "prompt": ["a circle"], "seed": [0]})
-        E.score_images(df, [solid((1, 2, 3))], E.Concept("sks", "circle", [solid((4, 5, 6))]), CallableEmbedder(mean_colour))
+        S.score_images(df, [solid((1, 2, 3))], S.Concept("sks", "circle", [solid((4, 5, 6))]), CallableEmbedder(mean_colour))
 
 
 def test_templates_and_concepts():

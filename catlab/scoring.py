@@ -1,0 +1,184 @@
+"""Scoring: per-image scores of generated images against a concept and the base model, and their summaries.
+
+`score_images` embeds the images and applies the pure functions of `catlab.metrics` (plus, with an oracle, the
+toy world's shape/colour/concept readings) row by row; `per_seed_scores` and `summarise` reduce the table to
+mean and 95% CI per method, and `style_summary` shows that in a notebook. `catlab.evaluation` generates the images.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .embedders import load_embedder
+from .metrics import (
+    colour_entropy,
+    identity_similarity,
+    knowledge_preservation,
+    kps,
+    mean_ci95,
+    pairwise_diversity,
+    prompt_similarity,
+    vendi_score,
+)
+from .toyworld.world import COLOUR_NAMES, SHAPES
+
+BASE = "base"  # method name of the base model, always evaluated: KP needs it
+HIGHER_IS_BETTER = {"IS": True, "PS": True, "KP": True, "KPS": True, "DIV": True, "Vendi": True, "PRES": False,
+                    "colour_entropy": True, "collapse_rate": False, "attr_acc": True, "identity_acc": True}
+SEED_SCORES = ("IS", "PS", "KP", "KPS", "PRES", "collapse_rate", "attr_acc", "identity_acc")  # CI across seeds
+SET_SCORES = ("DIV", "Vendi", "colour_entropy")  # one value per (method, class prompt): CI across prompts
+
+
+@dataclass
+class Concept:
+    """What generated images are scored against: trigger, class word and reference images (see `evaluation.load_concept`)."""
+
+    trigger: str
+    class_word: str
+    references: list[Image.Image]
+    name: str | None = None  # toy concept name: lets the oracle score collapse and identity
+
+
+def _named_colour(prompt: str) -> str | None:
+    return next((c for c in COLOUR_NAMES if re.search(rf"\b{c}\b", prompt)), None)
+
+
+def _read_oracle(oracle: Any, images: list[Image.Image]):
+    import torch
+
+    from .toyworld.oracle import read_images
+
+    if isinstance(oracle, (str, Path)):
+        from .toyworld.assets import load_oracle
+
+        oracle = load_oracle(None if str(oracle) == "toyworld" else oracle)
+    if isinstance(oracle, torch.nn.Module):
+        return read_images(oracle, images)
+    if callable(oracle):
+        return oracle(images)
+    raise TypeError(f"oracle: expected 'toyworld', an asset folder, an Oracle or a function images -> OracleReading; got {type(oracle).__name__}")
+
+
+def score_images(df: pd.DataFrame, images: list[Image.Image], concept: Concept, embedder: Any = "toyworld", oracle: Any = None) -> pd.DataFrame:
+    """Per-image scores for rows (method, kind, prompt, seed) with `images` aligned to the rows.
+
+    Trigger rows get IS, class rows get KP (against the base row of the same prompt and seed) and PRES, all rows PS.
+    Set scores (DIV, Vendi, colour entropy) belong to a (method, class prompt) group and are repeated on its rows.
+    """
+    df = df.reset_index(drop=True).copy()
+    if len(images) != len(df):
+        raise ValueError(f"score_images: {len(images)} images for {len(df)} rows; pass one image per row")
+    embedder = load_embedder(embedder)
+    emb = embedder.embed_images(images)  # (N, D)
+    ref = embedder.embed_images(concept.references)  # (R, D)
+    trig = (df["kind"] == "trigger").to_numpy()
+    cls = np.flatnonzero(~trig)
+    sim = identity_similarity(emb, ref, per_image=True)  # (N,)
+    df["IS"], df["PRES"] = np.where(trig, sim, np.nan), np.where(~trig, sim, np.nan)
+
+    base_rows = {(p, s): i for i, (m, k, p, s) in enumerate(zip(df.method, df.kind, df.prompt, df.seed)) if m == BASE and k == "class"}
+    pairs = [base_rows.get((df.prompt[i], df.seed[i])) for i in cls]
+    if any(j is None for j in pairs):
+        raise ValueError(f"unpaired generations: the base model has no image for some (class prompt, seed) of the adapters; "
+                         f"KP needs method {BASE!r} generated on the same prompts and seeds")
+    df["KP"] = np.nan
+    if len(cls):
+        df.loc[cls, "KP"] = knowledge_preservation(emb[cls], emb[pairs], per_image=True)
+
+    try:
+        prompts = list(dict.fromkeys(df["prompt"]))
+        text = dict(zip(prompts, embedder.embed_texts(prompts)))
+        df["PS"] = prompt_similarity(np.stack([text[p] for p in df["prompt"]]), emb, per_image=True)
+    except NotImplementedError as e:
+        warnings.warn(f"prompt similarity (PS) left empty: {e}", stacklevel=2)
+        df["PS"] = np.nan
+
+    groups = df.iloc[cls].groupby(["method", "prompt"], sort=False).groups
+    df["DIV"], df["Vendi"] = np.nan, np.nan
+    for idx in groups.values():
+        df.loc[idx, "DIV"], df.loc[idx, "Vendi"] = pairwise_diversity(emb[idx]), vendi_score(emb[idx])
+    if oracle is not None:
+        df = _score_oracle(df, _read_oracle(oracle, images), concept, groups)
+    return df
+
+
+def _score_oracle(df: pd.DataFrame, reading, concept: Concept, groups: Mapping) -> pd.DataFrame:
+    df["oracle_shape"], df["oracle_colour"], df["oracle_concept"] = reading.shape, reading.colour, reading.concept
+    trig = (df["kind"] == "trigger").to_numpy()
+    shape = concept.class_word if concept.class_word in SHAPES else None
+    ok = []
+    for i, prompt in enumerate(df["prompt"]):
+        expected = [(df.oracle_shape[i], shape), (df.oracle_colour[i], None if trig[i] else _named_colour(prompt))]
+        checks = [read == want for read, want in expected if want is not None]
+        ok.append(np.nan if trig[i] or not checks else float(all(checks)))
+    df["attr_ok"] = ok
+    if concept.name is None:
+        warnings.warn(f"the oracle knows no toy concept with trigger {concept.trigger!r} and class {concept.class_word!r}: "
+                      "collapse rate and identity accuracy left empty", stacklevel=3)
+    is_concept = (df["oracle_concept"] == concept.name).astype(float).to_numpy() if concept.name else np.full(len(df), np.nan)
+    df["collapsed"], df["identity_ok"] = np.where(trig, np.nan, is_concept), np.where(trig, is_concept, np.nan)
+    df["colour_entropy"] = np.nan
+    for (_, prompt), idx in groups.items():
+        if _named_colour(prompt) is None:  # a prompt that names the colour is supposed to be single-coloured
+            df.loc[idx, "colour_entropy"] = colour_entropy(df.oracle_colour[idx].tolist())
+    return df
+
+
+def per_seed_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, seed): IS, PS (trigger prompts), KP, PRES (class prompts), KPS = harmonic mean of that seed's IS and KP."""
+    rows = []
+    for (method, seed), g in df.groupby(["method", "seed"], sort=False):
+        t, c = g[g["kind"] == "trigger"], g[g["kind"] == "class"]
+        r = {"method": method, "seed": seed, "IS": t["IS"].mean(), "PS": t["PS"].mean(), "KP": c["KP"].mean(), "PRES": c["PRES"].mean()}
+        r["KPS"] = kps(r["IS"], r["KP"])
+        if "attr_ok" in g:
+            r |= {"collapse_rate": c["collapsed"].mean(), "attr_acc": c["attr_ok"].mean(), "identity_acc": t["identity_ok"].mean()}
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method: mean and 95% CI half-width of each score, across seeds (set scores: across class prompts)."""
+    seeds = per_seed_scores(df)
+    sets = df[df["kind"] == "class"].groupby(["method", "prompt"], sort=False).first().reset_index()
+    rows = []
+    for method in dict.fromkeys(df["method"]):
+        s, p = seeds[seeds["method"] == method], sets[sets["method"] == method]
+        r: dict[str, Any] = {"method": method, "n_seeds": len(s), "n_prompts": len(p)}
+        for score in HIGHER_IS_BETTER:
+            src = s if score in SEED_SCORES else p
+            if score in src:
+                r[f"{score}_mean"], r[f"{score}_ci95"] = mean_ci95(src[score])
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def style_summary(summary: pd.DataFrame, digits: int = 3):
+    """A pandas Styler for notebooks: 'mean ± CI' per score, the best adapter per score in bold (base excluded)."""
+    scores = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
+    means = summary.set_index("method")[[f"{s}_mean" for s in scores]]
+    means.columns = scores
+    table = pd.DataFrame(index=means.index)
+    for s in scores:
+        ci = summary.set_index("method")[f"{s}_ci95"]
+        table[s] = [f"{m:.{digits}f}" + ("" if not np.isfinite(c) else f" ± {c:.{digits}f}") for m, c in zip(means[s], ci)]
+
+    def bold_best(col: pd.Series) -> list[str]:
+        vals = means[col.name].drop(BASE, errors="ignore") if len(means) > 1 else means[col.name]
+        if vals.isna().all():
+            return [""] * len(col)
+        best = vals.max() if HIGHER_IS_BETTER.get(col.name, True) else vals.min()
+        return ["font-weight: bold" if m in vals.index and vals[m] == best else "" for m in col.index]
+
+    arrows = {s: f"{s} {'↑' if HIGHER_IS_BETTER.get(s, True) else '↓'}" for s in scores}
+    return (table.style.apply(bold_best, axis=0).format_index(lambda s: arrows.get(s, s), axis=1)
+            .set_caption("mean ± 95% CI across seeds (DIV, Vendi, colour entropy: across class prompts); bold = best adapter"))

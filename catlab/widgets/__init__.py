@@ -1,0 +1,66 @@
+"""Notebook helpers: widget panels over plain values, a live training monitor, and the notebooks' figures.
+
+Every helper works without a Jupyter frontend (papermill, nbval, a plain kernel): widgets are only displayed,
+nothing waits for a click, and the figures are plain `matplotlib.figure.Figure` objects (no pyplot state).
+A notebook keeps its settings as plain values in its `parameters` cell; a `ParamPanel` shows them as widgets,
+and its `values()` are those plain values until a person edits a widget.
+
+The helpers live in small modules, one idea each, and are all re-exported here (`from catlab.widgets import X`):
+`presets` (quiet, world presets, concept configs), `figures` (images and matplotlib figures), `method_grids`
+(methods sampled and laid out side by side), `controls` (parameter panels, slider view, live training monitor),
+`concept_editor` (uploads, captions, concept reports and folders) and `cat_explained` (the predictions CAT compares).
+Heavy libraries (torch, diffusers, ipywidgets) are imported only inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from .cat_explained import NoisePredictions, noise_prediction_figure, noise_predictions
+from .concept_editor import CaptionEditor, report_html, save_uploads, write_concept_folder
+from .controls import LiveTrainingMonitor, ParamPanel, slider_view
+from .figures import (
+    colour_histograms,
+    fig_png,
+    image_strip,
+    loss_figure,
+    pca_scatter,
+    pil_png,
+    smooth,
+    sweep_figure,
+    tensor_image,
+    tradeoff_figure,
+)
+from .method_grids import generate_methods, method_blocks, method_grid
+from .presets import SD15_CLIP, SD15_MODEL, WORLDS, WorldPreset, concept_config, quiet, world_preset
+
+__all__ = [
+    "SD15_CLIP",
+    "SD15_MODEL",
+    "WORLDS",
+    "CaptionEditor",
+    "LiveTrainingMonitor",
+    "NoisePredictions",
+    "ParamPanel",
+    "WorldPreset",
+    "colour_histograms",
+    "concept_config",
+    "fig_png",
+    "generate_methods",
+    "image_strip",
+    "loss_figure",
+    "method_blocks",
+    "method_grid",
+    "noise_prediction_figure",
+    "noise_predictions",
+    "pca_scatter",
+    "pil_png",
+    "quiet",
+    "report_html",
+    "save_uploads",
+    "slider_view",
+    "smooth",
+    "sweep_figure",
+    "tensor_image",
+    "tradeoff_figure",
+    "world_preset",
+    "write_concept_folder",
+]

@@ -1,0 +1,168 @@
+"""Widgets over plain values: `ParamPanel` (a notebook's parameters as widgets, with buttons), `slider_view` (an image
+redrawn from a slider) and `LiveTrainingMonitor` (a TrainCallback that draws the loss curve and validation grids).
+ipywidgets is imported only when a widget is built.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+from PIL import Image
+
+from ..train import TrainCallback, TrainResult
+from .figures import fig_png, loss_figure, pil_png
+
+# ----------------------------------------------------------------------------- parameter panels
+
+
+def _widget_for(name: str, value: Any, options: Sequence | None):
+    import ipywidgets as w
+
+    style, layout = {"description_width": "140px"}, w.Layout(width="420px")
+    if options is not None:
+        return w.Dropdown(options=list(options), value=value, description=name, style=style, layout=layout)
+    if isinstance(value, bool):
+        return w.Checkbox(value=value, description=name, style=style, layout=layout)
+    if isinstance(value, int):
+        return w.IntText(value=value, description=name, style=style, layout=layout)
+    if isinstance(value, float):
+        return w.FloatText(value=value, description=name, style=style, layout=layout)
+    if isinstance(value, str):
+        return w.Text(value=value, description=name, style=style, layout=layout)
+    # None, lists, ...: a Python literal in a text box
+    return w.Text(value="" if value is None else repr(value), placeholder="None", description=name, style=style, layout=layout)
+
+
+def _parse(text: str) -> Any:
+    text = text.strip()
+    if not text or text == "None":
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+class ParamPanel:
+    """Widgets over plain values. `values()` returns the current values: the plain ones until a person edits.
+
+    `options` maps a name to the choices of a dropdown (values, or (label, value) pairs). `add_button(label, fn)`
+    adds a button that calls `fn(**values())` and prints into the panel's output area; nothing waits for it.
+    """
+
+    def __init__(self, values: Mapping[str, Any], options: Mapping[str, Sequence] | None = None, title: str | None = None):
+        import ipywidgets as w
+
+        self.defaults = dict(values)
+        self._literal = {k for k, v in values.items() if not isinstance(v, (bool, int, float, str)) and k not in (options or {})}
+        self.controls = {k: _widget_for(k, v, (options or {}).get(k)) for k, v in values.items()}
+        self.output = w.Output()
+        self.buttons = w.HBox([])
+        self.result: Any = None
+        head = [w.HTML(f"<b>{title}</b>")] if title else []
+        self.widget = w.VBox([*head, *self.controls.values(), self.buttons, self.output])
+
+    def values(self) -> dict[str, Any]:
+        """The current value of every control (plain Python values)."""
+        return {k: _parse(c.value) if k in self._literal else c.value for k, c in self.controls.items()}
+
+    def changed(self) -> dict[str, Any]:
+        """Only the values a person changed."""
+        return {k: v for k, v in self.values().items() if v != self.defaults[k]}
+
+    def add_button(self, description: str, fn: Callable[..., Any], button_style: str = "primary"):
+        """A button that runs `fn(**self.values())` into the output area and keeps its return value in `self.result`."""
+        import ipywidgets as w
+
+        button = w.Button(description=description, button_style=button_style)
+
+        def on_click(_: Any) -> None:
+            with self.output:
+                self.output.clear_output()
+                try:
+                    self.result = fn(**self.values())
+                except Exception as e:  # show it in the panel: a widget callback has nowhere else to report
+                    print(f"{type(e).__name__}: {e}")
+
+        button.on_click(on_click)
+        self.buttons.children = (*self.buttons.children, button)
+        return button
+
+    def _repr_mimebundle_(self, **kwargs: Any):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def slider_view(render: Callable[[float], Image.Image], value: float, min: float = 0.0, max: float = 1.5, step: float = 0.25,
+                description: str = "scale"):
+    """A FloatSlider above an image; `render(value)` draws the image now and again whenever the slider is released."""
+    import ipywidgets as w
+
+    slider = w.FloatSlider(value=value, min=min, max=max, step=step, description=description, continuous_update=False)
+    view, status = w.Image(format="png"), w.HTML()
+
+    def update(change: Any = None) -> None:
+        status.value = f"<i>drawing {description} = {slider.value:g} …</i>"
+        view.value = pil_png(render(slider.value))
+        status.value = f"{description} = {slider.value:g}"
+
+    slider.observe(update, names="value")
+    update()
+    return w.VBox([slider, status, view])
+
+
+# ----------------------------------------------------------------------------- training monitor
+
+
+class LiveTrainingMonitor(TrainCallback):
+    """A TrainCallback that redraws the loss curve every `every` steps and shows each validation grid.
+
+    Display it (`display(monitor)`) before training. Without a frontend the widgets just hold their last value;
+    at the end the final loss figure and sample grid are also shown as plain outputs, and a summary line is printed.
+    """
+
+    def __init__(self, total_steps: int, every: int = 5, title: str = "training", show_final: bool = True):
+        import ipywidgets as w
+
+        self.total_steps, self.every, self.title, self.show_final = total_steps, max(1, every), title, show_final
+        self.history: list[dict] = []
+        self.grids: list[tuple[int, Image.Image]] = []
+        self.status = w.HTML(f"<b>{title}</b>: waiting for the first step")
+        self.loss_view = w.Image(format="png")
+        self.grid_view = w.Image(format="png")
+        self.widget = w.VBox([self.status, w.HBox([self.loss_view, self.grid_view])])
+
+    def _repr_mimebundle_(self, **kwargs: Any):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def figure(self) -> Figure:
+        return loss_figure(self.history, self.title, self.total_steps)
+
+    def on_step(self, step: int, logs: dict) -> None:
+        self.history.append(dict(logs))
+        self.status.value = f"<b>{self.title}</b>: step {step}/{self.total_steps}, loss {logs['loss']:.4f}"
+        if step % self.every == 0 or step == self.total_steps:
+            self.loss_view.value = fig_png(self.figure(), dpi=80)
+
+    def on_validation(self, step: int, images: dict[str, list]) -> None:
+        from ..sample import image_grid
+
+        grid = image_grid(list(images.values()), row_labels=list(images), cell=64, title=f"step {step}")
+        self.grids.append((step, grid))
+        self.grid_view.value = pil_png(grid)
+
+    def on_end(self, result: TrainResult) -> None:
+        from IPython.display import display
+
+        self.loss_view.value = fig_png(self.figure(), dpi=80)
+        last = self.history[-1] if self.history else {}
+        terms = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "ldm", "cat", "prior") if k in last)
+        line = f"{self.title}: {len(self.history)} steps in {result.wall_time_s:.1f} s ({terms}); adapter: {result.adapter_dir}"
+        self.status.value = f"<b>done</b> — {line}"
+        print(line)
+        if self.show_final:
+            display(self.figure())
+            if self.grids:
+                display(self.grids[-1][1])
