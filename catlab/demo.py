@@ -74,6 +74,8 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "tw
     from .toyworld.world import CONCEPTS, export_concept
     from .train import train
 
+    if first_seed < 0:
+        raise ValueError(f"first_seed={first_seed}: training seeds must be >= 0")
     if concept not in CONCEPTS:
         raise ValueError(f"unknown toy concept {concept!r}; choose one of {sorted(CONCEPTS)}")
     recipe = recipe or (DemoRecipe.quick() if quick else DemoRecipe())
@@ -89,8 +91,6 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "tw
     t0 = time.time()
     runs = []
     print(f"catlab demo: concept {concept!r} ('a {c.trigger} {c.class_word}'), {n_seeds} training seed(s), {recipe.steps} steps each")
-    if first_seed < 0:
-        raise ValueError(f"first_seed={first_seed}: training seeds must be >= 0")
     for seed in range(first_seed, first_seed + n_seeds):
         for regime in METHODS:
             torch.manual_seed(seed)

@@ -17,6 +17,13 @@ def tiny_assets(tmp_path_factory):
     return out
 
 
+@pytest.fixture()
+def toyworld_env(tiny_assets, monkeypatch):
+    """Point catlab's "toyworld" at the tiny assets for one test."""
+    monkeypatch.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
+    return tiny_assets
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline_path(tiny_assets):
     return tiny_assets / "pipeline"

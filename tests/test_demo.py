@@ -38,3 +38,6 @@ def test_demo_trains_the_seeds_it_is_asked_for(tiny_assets, tmp_path, monkeypatc
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["cat_seed4", "none_seed4", "ppl_seed4"]
     assert json.loads((out / "recipe.json").read_text())["first_seed"] == 4
     assert set(pd.read_csv(out / "eval" / "summary.csv")["method"]) >= {"base", "none_s4", "cat_s4"}
+    with pytest.raises(ValueError, match="first_seed=-1"):
+        main(["demo", "--quick", "--first-seed", "-1", "--out", str(tmp_path / "neg")])
+    assert not (tmp_path / "neg").exists(), "a rejected demo must not leave a folder behind"
