@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (cosine to 0.1x after 100 warm-up steps)")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--flip", type=float, default=0.5,
+                    help="share of training images mirrored left-right (pretraining used 0.5; 0 keeps left/right information)")
     args = ap.parse_args()
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerFast
@@ -96,7 +98,7 @@ def main() -> None:
     for step in range(args.steps):
         idx = rng.integers(len(latents), size=args.batch)
         caps = [caption_for(ShapeSpec(**spec_dicts[i]), rng) for i in idx]
-        flip = torch.from_numpy(rng.random(args.batch) < 0.5)
+        flip = torch.from_numpy(rng.random(args.batch) < args.flip)
         z0 = latents[idx].clone()  # (B, 4, 16, 16)
         z0[flip] = z0[flip].flip(-1)
         ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids

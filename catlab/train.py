@@ -120,7 +120,6 @@ def _load_class_tensors(paths: list[Path], resolution: int) -> torch.Tensor:
 
 def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback] | tuple = ()) -> TrainResult:
     """Train one adapter as configured; returns where it was saved and the loss history."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -132,7 +131,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
         raise ValueError("TrainConfig.concepts is empty: add at least one ConceptConfig(folder, trigger, class_word)")
     t_start = time.time()
     out = prepare_output_dir(cfg, resume)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation)
+    acc = _make_accelerator(cfg)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     pipe = load_base(cfg.base_model, device=acc.device)
     resolution = cfg.resolution or native_resolution(pipe)
@@ -216,7 +215,10 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
         for cb in callbacks:
             cb.on_step(step + 1, logs)
         if cfg.validate_every and (step + 1) % cfg.validate_every == 0 and acc.is_main_process:
-            _validate(cfg, pipe, acc.unwrap_model(unet), step + 1, out, callbacks)
+            # accelerate's mixed-precision wrapper returns fp32 from the UNet; the VAE and text encoder are in
+            # fp16/bf16, so the pipeline runs under the same autocast as training (diffusers' scripts do the same)
+            with acc.autocast():
+                _validate(cfg, pipe, acc.unwrap_model(unet), step + 1, out, callbacks)
         if acc.is_main_process and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             last_ckpt = _checkpoint(out, step + 1, pipe, acc.unwrap_model(unet), te, opt, lr_sched, history, cfg)
     acc.wait_for_everyone()
@@ -229,6 +231,18 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
     for cb in callbacks:
         cb.on_end(result)
     return result
+
+
+def _make_accelerator(cfg: TrainConfig):
+    """An Accelerator for this run. accelerate keeps one process-wide state, so a second run in the same notebook
+    kernel with another `mixed_precision` would raise; outside `accelerate launch` that state is reset first."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, DistributedType
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != cfg.mixed_precision and state.get("distributed_type") == DistributedType.NO:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation)
 
 
 def _train_step(cfg, step, acc, unet, vae, te, tok, text, noise_sched, dataset, class_images, class_prompts, weight_dtype) -> LossTerms:
