@@ -130,6 +130,39 @@ def collapse_rate(concepts_read: Sequence[str], concept: str) -> float:
     return float(np.mean([c == concept for c in concepts_read])) if len(concepts_read) else math.nan
 
 
+# ----------------------------------------------------------------------------- ground-truth preservation
+# With an oracle, "the class stays the base model's" can be measured per seed rather than as a set statistic:
+# entropy counts a class that drifted to other hues as diverse; these scores do not.
+
+
+def paired_preservation(adapted: Sequence[Any], base: Sequence[Any]) -> float:
+    """Share of seeds whose adapted sample has the same oracle reading (e.g. (colour, shape)) as the base's sample
+    from the same seed; 1 = every class sample is the one the base model drew."""
+    if len(adapted) != len(base):
+        raise ValueError(f"paired_preservation: {len(adapted)} adapted readings for {len(base)} base readings; pair them by seed")
+    return float(np.mean([a == b for a, b in zip(adapted, base)])) if len(base) else math.nan
+
+
+def colour_distance(adapted: Sequence[str], base: Sequence[str], palette: Sequence[str] = COLOUR_NAMES) -> float:
+    """Total-variation distance between two colour histograms: 0 = same distribution, 1 = disjoint colours."""
+    unknown = sorted((set(adapted) | set(base)) - set(palette))
+    if unknown:
+        raise ValueError(f"colour_distance: colours {unknown} are not in the palette {list(palette)}")
+    if not len(adapted) or not len(base):
+        return math.nan
+    p = np.array([list(adapted).count(c) for c in palette], dtype=np.float64) / len(adapted)
+    q = np.array([list(base).count(c) for c in palette], dtype=np.float64) / len(base)
+    return float(0.5 * np.abs(p - q).sum())
+
+
+def valid_rate(shapes_read: Sequence[str], shape_confidence: Sequence[float], class_word: str, threshold: float = 0.9) -> float:
+    """Share of class samples the oracle reads as `class_word` with probability >= `threshold` (broken samples fail)."""
+    if len(shapes_read) != len(shape_confidence):
+        raise ValueError(f"valid_rate: {len(shapes_read)} shapes for {len(shape_confidence)} confidences")
+    ok = [s == class_word and p >= threshold for s, p in zip(shapes_read, shape_confidence)]
+    return float(np.mean(ok)) if ok else math.nan
+
+
 # ----------------------------------------------------------------------------- confidence intervals
 
 # Student t 0.975 quantiles for 1..30 degrees of freedom (scipy is not a dependency)

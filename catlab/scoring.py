@@ -20,6 +20,7 @@ from PIL import Image
 
 from .embedders import load_embedder
 from .metrics import (
+    colour_distance,
     colour_entropy,
     identity_similarity,
     knowledge_preservation,
@@ -33,9 +34,12 @@ from .toyworld.world import COLOUR_NAMES, SHAPES
 
 BASE = "base"  # method name of the base model, always evaluated: KP needs it
 HIGHER_IS_BETTER = {"IS": True, "PS": True, "KP": True, "KPS": True, "DIV": True, "Vendi": True, "PRES": False,
-                    "colour_entropy": True, "collapse_rate": False, "attr_acc": True, "identity_acc": True}
-SEED_SCORES = ("IS", "PS", "KP", "KPS", "PRES", "collapse_rate", "attr_acc", "identity_acc")  # CI across seeds
-SET_SCORES = ("DIV", "Vendi", "colour_entropy")  # one value per (method, class prompt): CI across prompts
+                    "colour_entropy": True, "collapse_rate": False, "attr_acc": True, "identity_acc": True,
+                    "paired_preservation": True, "colour_distance": False, "valid_rate": True}
+SEED_SCORES = ("IS", "PS", "KP", "KPS", "PRES", "collapse_rate", "attr_acc", "identity_acc", "paired_preservation",
+               "valid_rate")  # CI across seeds
+SET_SCORES = ("DIV", "Vendi", "colour_entropy", "colour_distance")  # one value per (method, class prompt): CI across prompts
+VALID_CONFIDENCE = 0.9  # a class sample is valid when the oracle reads the class's shape with at least this probability
 
 
 @dataclass
@@ -126,10 +130,21 @@ def _score_oracle(df: pd.DataFrame, reading, concept: Concept, groups: Mapping) 
                       "collapse rate and identity accuracy left empty", stacklevel=3)
     is_concept = (df["oracle_concept"] == concept.name).astype(float).to_numpy() if concept.name else np.full(len(df), np.nan)
     df["collapsed"], df["identity_ok"] = np.where(trig, np.nan, is_concept), np.where(trig, is_concept, np.nan)
-    df["colour_entropy"] = np.nan
+    # ground-truth preservation: each class sample against the base model's sample from the same prompt and seed
+    read = list(zip(df.oracle_colour, df.oracle_shape))
+    base_of = {(p, s): i for i, (m, k, p, s) in enumerate(zip(df.method, df.kind, df.prompt, df.seed)) if m == BASE and k == "class"}
+    pair = [None if trig[i] else base_of.get((df.prompt[i], df.seed[i])) for i in range(len(df))]
+    df["preserved"] = [np.nan if j is None else float(read[i] == read[j]) for i, j in enumerate(pair)]
+    confidence = reading.shape_prob if getattr(reading, "shape_prob", None) is not None else np.ones(len(df))
+    df["valid"] = [np.nan if trig[i] or shape is None else float(df.oracle_shape[i] == shape and confidence[i] >= VALID_CONFIDENCE)
+                   for i in range(len(df))]
+    df["colour_entropy"], df["colour_distance"] = np.nan, np.nan
+    base_colours = {p: df.oracle_colour[idx].tolist() for (m, p), idx in groups.items() if m == BASE}
     for (_, prompt), idx in groups.items():
         if _named_colour(prompt) is None:  # a prompt that names the colour is supposed to be single-coloured
             df.loc[idx, "colour_entropy"] = colour_entropy(df.oracle_colour[idx].tolist())
+            if prompt in base_colours:
+                df.loc[idx, "colour_distance"] = colour_distance(df.oracle_colour[idx].tolist(), base_colours[prompt])
     return df
 
 
@@ -141,7 +156,8 @@ def per_seed_scores(df: pd.DataFrame) -> pd.DataFrame:
         r = {"method": method, "seed": seed, "IS": t["IS"].mean(), "PS": t["PS"].mean(), "KP": c["KP"].mean(), "PRES": c["PRES"].mean()}
         r["KPS"] = kps(r["IS"], r["KP"])
         if "attr_ok" in g:
-            r |= {"collapse_rate": c["collapsed"].mean(), "attr_acc": c["attr_ok"].mean(), "identity_acc": t["identity_ok"].mean()}
+            r |= {"collapse_rate": c["collapsed"].mean(), "attr_acc": c["attr_ok"].mean(), "identity_acc": t["identity_ok"].mean(),
+                  "paired_preservation": c["preserved"].mean(), "valid_rate": c["valid"].mean()}
         rows.append(r)
     return pd.DataFrame(rows)
 

@@ -382,3 +382,45 @@ def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_r
     df, again = E.evaluate(pipe, {"lora": tmp_path / "lora", "same": None}, concept, seeds=1, embedder=clip, out_dir=out, generate_fn=counted)
     assert calls == [] and again.set_index("method").loc["same", "KP_mean"] == pytest.approx(1.0)
     pd.testing.assert_frame_equal(again.iloc[:2], cli_summary, check_dtype=False)
+
+
+def test_ground_truth_preservation_scores_on_hand_made_readings():
+    base = [("red", "circle"), ("green", "circle"), ("blue", "circle"), ("pink", "circle")]
+    same_but_one = [("red", "circle"), ("green", "circle"), ("blue", "circle"), ("cyan", "circle")]
+    shuffled = base[1:] + base[:1]  # the same colours overall, none on its own seed
+    assert M.paired_preservation(base, base) == 1.0
+    assert M.paired_preservation(same_but_one, base) == 0.75
+    assert M.paired_preservation(shuffled, base) == 0.0
+    with pytest.raises(ValueError, match="pair them by seed"):
+        M.paired_preservation(base[:3], base)
+    colours = [c for c, _ in base]
+    assert M.colour_distance([c for c, _ in shuffled], colours) == 0.0  # a histogram cannot see the shuffle
+    assert M.colour_distance(["red"] * 4, ["blue"] * 4) == 1.0
+    assert M.colour_distance(["red", "red", "blue", "blue"], ["red", "blue", "blue", "blue"]) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="not in the palette"):
+        M.colour_distance(["mauve"], ["red"])
+    assert M.valid_rate(["circle", "circle", "square", "circle"], [0.99, 0.5, 0.99, 0.95], "circle") == 0.5
+    assert math.isnan(M.valid_rate([], [], "circle"))
+
+
+def test_evaluate_reports_paired_preservation_colour_distance_and_valid_rate(tmp_path, adapters):
+    def oracle(images):  # colour by the strongest channel; the shape is read confidently only for bright images
+        rgb = mean_colour(images)
+        return OracleReading(shape=["circle"] * len(images), colour=[("red", "green", "blue")[int(np.argmax(c))] for c in rgb],
+                             concept=["none"] * len(images), concept_prob=np.zeros((len(images), 4)),
+                             shape_prob=np.where(rgb.max(1) > 0.2, 0.99, 0.4))
+
+    df, summary = run_eval(tmp_path / "eval", {"same": adapters["same"], "drift": adapters["drift"]}, oracle=oracle,
+                           templates=["a {trigger} {class}"])
+    s = summary.set_index("method")
+    assert s.loc["base", "paired_preservation_mean"] == 1.0 and s.loc["same", "paired_preservation_mean"] == 1.0
+    assert s.loc["base", "colour_distance_mean"] == 0.0 and s.loc["same", "colour_distance_mean"] == 0.0
+    cls = df[df.kind == "class"]
+    for method in ("drift",):  # recompute from the rows with the pure functions
+        mine, base = cls[cls.method == method].sort_values("seed"), cls[cls.method == "base"].sort_values("seed")
+        expected = M.paired_preservation(list(zip(mine.oracle_colour, mine.oracle_shape)), list(zip(base.oracle_colour, base.oracle_shape)))
+        assert s.loc[method, "paired_preservation_mean"] == pytest.approx(expected)
+        assert s.loc[method, "colour_distance_mean"] == pytest.approx(M.colour_distance(mine.oracle_colour.tolist(), base.oracle_colour.tolist()))
+    assert s.loc["drift", "paired_preservation_mean"] < 0.5  # pink everywhere: few seeds keep the base's colour
+    assert df.loc[df.kind == "trigger", ["preserved", "valid"]].isna().all().all()
+    assert set(cls["valid"].unique()) <= {0.0, 1.0}

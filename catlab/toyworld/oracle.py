@@ -117,6 +117,7 @@ class OracleReading:
     colour: list[str]
     concept: list[str]
     concept_prob: np.ndarray  # (N, len(CONCEPT_NAMES))
+    shape_prob: np.ndarray | None = None  # (N,) probability of the shape read; None for hand-made readings
 
 
 @torch.no_grad()
@@ -125,7 +126,8 @@ def read_images(oracle: Oracle, images, batch_size: int = 256) -> OracleReading:
     oracle.eval()
     x = images_to_tensor(images)
     outs = [oracle(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    shape = torch.cat([o["shape"] for o in outs]).argmax(1)
+    shape_p = torch.cat([o["shape"] for o in outs]).softmax(1)
+    shape = shape_p.argmax(1)
     colour = torch.cat([o["colour"] for o in outs]).argmax(1)
     cprob = torch.cat([o["concept"] for o in outs]).softmax(1)
     return OracleReading(
@@ -133,4 +135,5 @@ def read_images(oracle: Oracle, images, batch_size: int = 256) -> OracleReading:
         colour=[COLOUR_NAMES[i] for i in colour.tolist()],
         concept=[CONCEPT_NAMES[i] for i in cprob.argmax(1).tolist()],
         concept_prob=cprob.numpy(),
+        shape_prob=shape_p.max(1).values.numpy(),
     )
