@@ -1,5 +1,5 @@
 """Base models and adapters: load any diffusers Stable Diffusion pipeline (the toy world is just another one),
-inject LoRA with peft, save/load it in the diffusers format, toggle and combine adapters.
+inject LoRA with peft, save it in the diffusers format and in kohya's (for the webuis), load it, toggle and combine adapters.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' load_lora_weights looks for
+WEBUI_WEIGHT_NAME = "lora_webui.safetensors"  # the same adapter in kohya's format, for AUTOMATIC1111 / Forge / ComfyUI
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection, as the CAT authors
 SD_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 7.5}  # diffusers' SD 1.5 defaults, used by the authors
 SAMPLING_FILE = "catlab_sampling.json"  # optional per-model sampling defaults beside model_index.json
@@ -133,9 +134,12 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
 
 
 def save_lora(pipe, out_dir: str | Path, adapter_name: str = "default", metadata: dict | None = None, overwrite: bool = False) -> Path:
-    """Write the adapter as diffusers-format `pytorch_lora_weights.safetensors` (atomic; refuses to overwrite)."""
+    """Write the adapter twice, atomically (refuses to overwrite): diffusers/peft-format `pytorch_lora_weights.safetensors`
+    and kohya-format `lora_webui.safetensors` (AUTOMATIC1111, Forge, ComfyUI), both with `metadata` in their header."""
     from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     out = Path(out_dir)
     if (out / LORA_WEIGHT_NAME).exists() and not overwrite:
@@ -147,11 +151,16 @@ def save_lora(pipe, out_dir: str | Path, adapter_name: str = "default", metadata
         te_layers = get_peft_model_state_dict(te, adapter_name=adapter_name)
     cfg = pipe.unet.peft_config[adapter_name]
     meta = {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules)}
+    header = adapter_metadata(pipe, adapter_name, metadata)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".lora-", dir=out.parent))
     try:
         StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers,
                                                   unet_lora_adapter_metadata=meta, safe_serialization=True)
+        with safe_open(tmp / LORA_WEIGHT_NAME, framework="pt") as f:  # diffusers' own header (format, lora_adapter_metadata) + ours
+            own = f.metadata() or {}
+        save_file(load_file(tmp / LORA_WEIGHT_NAME), tmp / LORA_WEIGHT_NAME, metadata={**header, **own})
+        save_file(webui_state_dict(pipe, adapter_name), tmp / WEBUI_WEIGHT_NAME, metadata={**header, **_kohya_header(header)})
         if metadata:
             (tmp / "catlab_adapter.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
         out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +169,69 @@ def save_lora(pipe, out_dir: str | Path, adapter_name: str = "default", metadata
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / LORA_WEIGHT_NAME
+
+
+def webui_state_dict(pipe, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter in kohya's format (`lora_unet_*` / `lora_te_*` modules with `lora_down`, `lora_up` and `alpha`), which
+    AUTOMATIC1111, Forge and ComfyUI load. Keys come from diffusers' `convert_state_dict_to_kohya`; each `.alpha` is the
+    layer's own lora_alpha (diffusers writes the rank there, which would rescale the adapter by rank / lora_alpha)."""
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import get_peft_model_state_dict
+
+    def sd1_name(prefix: str, name: str) -> str:  # transformers 5 dropped CLIPTextModel's `text_model.`; the webuis expect it
+        return f"text_model.{name}" if prefix == "text_encoder" and not name.startswith("text_model.") else name
+
+    peft_sd, alphas = {}, {}
+    for prefix, kohya_prefix, model in (("unet", "lora_unet_", pipe.unet), ("text_encoder", "lora_te_", pipe.text_encoder)):
+        if adapter_name not in getattr(model, "peft_config", {}):
+            continue
+        if getattr(model.peft_config[adapter_name], "use_rslora", False):
+            raise ValueError("rsLoRA scaling (alpha / sqrt(r)) has no kohya equivalent; save with use_rslora=False")
+        layers = get_peft_model_state_dict(model, adapter_name=adapter_name)
+        peft_sd.update({f"{prefix}.{sd1_name(prefix, k)}": v for k, v in layers.items()})
+        alphas.update({kohya_prefix + sd1_name(prefix, name).replace(".", "_"): float(m.lora_alpha[adapter_name])
+                       for name, m in model.named_modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_alpha})
+    # SD 1.x has one text encoder: kohya and the webuis spell it lora_te_ (diffusers' converter writes SDXL's lora_te1_)
+    kohya = {k.replace("lora_te1_", "lora_te_", 1) if k.startswith("lora_te1_") else k: v
+             for k, v in convert_state_dict_to_kohya(peft_sd).items()}
+    for key in [k for k in kohya if k.endswith(".alpha")]:
+        module = key[: -len(".alpha")]
+        if module not in alphas:
+            raise ValueError(f"kohya conversion produced module {module!r}, which is no LoRA layer of the pipeline")
+        kohya[key] = torch.tensor(alphas[module], dtype=torch.float32)
+    return {k: v.contiguous() for k, v in kohya.items()}
+
+
+def adapter_metadata(pipe, adapter_name: str = "default", extra: dict | None = None) -> dict[str, str]:
+    """The safetensors header (str -> str) both adapter files carry: rank, alpha, targets, catlab version and `extra`
+    (trigger, class word, base model, regime, cat_lambda, steps from a training run)."""
+    from . import __version__
+
+    cfg = pipe.unet.peft_config[adapter_name]
+    meta = {"catlab_version": __version__, "rank": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules)}
+    te_cfg = getattr(pipe.text_encoder, "peft_config", {}).get(adapter_name)
+    if te_cfg is not None:
+        meta["text_encoder_target_modules"] = sorted(te_cfg.target_modules)
+    meta.update(extra or {})
+    return {str(k): _header_value(v) for k, v in meta.items()}
+
+
+def _header_value(v) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (list, tuple, set)) and all(isinstance(x, str) for x in v):
+        return ",".join(v)
+    return json.dumps(v, default=str)
+
+
+def _kohya_header(header: dict[str, str]) -> dict[str, str]:
+    """The kohya (sd-scripts) keys that the webuis show in their LoRA info panels."""
+    kohya = {"ss_network_module": "networks.lora", "ss_network_dim": header["rank"], "ss_network_alpha": header["lora_alpha"]}
+    for ours, theirs in (("base_model", "ss_sd_model_name"), ("steps", "ss_max_train_steps")):
+        if ours in header:
+            kohya[theirs] = header[ours]
+    return kohya
 
 
 def load_lora(pipe, path: str | Path, adapter_name: str = "default", scale: float = 1.0) -> str:

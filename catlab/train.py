@@ -225,8 +225,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
     adapter_dir = out / "adapter"
     if acc.is_main_process:
         pipe.unet = acc.unwrap_model(unet)
-        save_lora(pipe, adapter_dir, metadata={"regime": cfg.regime, "steps": cfg.steps, "cat_lambda": cfg.cat_lambda,
-                                               "base_model": cfg.base_model}, overwrite=True)
+        save_lora(pipe, adapter_dir, metadata=adapter_metadata(cfg), overwrite=True)
     result = TrainResult(out, adapter_dir, history, time.time() - t_start, class_s)
     for cb in callbacks:
         cb.on_end(result)
@@ -303,11 +302,17 @@ def _checkpoint(out: Path, step: int, pipe, unet, te, opt, lr_sched, history, cf
                  "te_lora": get_peft_model_state_dict(te) if cfg.train_text_encoder else None}
         torch.save(state, tmp / "state.pt")
         pipe.unet = unet
-        save_lora(pipe, tmp / "adapter", overwrite=True)
+        save_lora(pipe, tmp / "adapter", metadata=adapter_metadata(cfg, step), overwrite=True)
 
     final.parent.mkdir(parents=True, exist_ok=True)
     _atomic_dir_write(final, write)
     return final
+
+
+def adapter_metadata(cfg: TrainConfig, step: int | None = None) -> dict:
+    """What the adapter files record about the run (catlab_adapter.json and both safetensors headers)."""
+    return {"trigger": ",".join(c.trigger for c in cfg.concepts), "class_word": ",".join(c.class_word for c in cfg.concepts),
+            "base_model": cfg.base_model, "regime": cfg.regime, "cat_lambda": cfg.cat_lambda, "steps": cfg.steps if step is None else step}
 
 
 def validation_prompts(cfg: TrainConfig) -> list[str]:

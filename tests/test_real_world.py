@@ -1,0 +1,106 @@
+"""Using catlab beyond the toy notebook: webui-format adapters, experiment trackers, checkpoint limits, resume without
+pickle, and one-line CLI errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from lora_helpers import randomise_lora
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from catlab.config import ConceptConfig, TrainConfig
+from catlab.models import LORA_WEIGHT_NAME, WEBUI_WEIGHT_NAME, add_lora, load_base, load_lora, save_lora
+from catlab.sample import generate
+from catlab.toyworld.world import export_concept
+from catlab.train import train
+
+
+@pytest.fixture(scope="module")
+def concept_dir(tmp_path_factory):
+    return export_concept("two_tone_circle", tmp_path_factory.mktemp("concept") / "two_tone_circle")
+
+
+def _cfg(concept_dir, out, **kw):
+    base = dict(concepts=[ConceptConfig(str(concept_dir), "sks", "circle")], output_dir=str(out), steps=4, batch_size=2,
+                checkpoint_every=0, validate_every=0, log_every=1, random_flip=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def _header(path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+# --- adapters in the webuis' (kohya) format
+
+
+def test_webui_file_has_kohya_keys_real_alpha_and_samples_like_catlab(toyworld_env, tmp_path):
+    pipe = load_base("toyworld")
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]  # attention and ResNet convolutions (the demo's)
+    add_lora(pipe.unet, rank=4, alpha=2.0, target_modules=targets)
+    randomise_lora(pipe.unet)
+    save_lora(pipe, tmp_path / "adapter", metadata={"trigger": "sks", "class_word": "circle"})
+    webui = load_file(tmp_path / "adapter" / WEBUI_WEIGHT_NAME)
+    modules = {k.split(".")[0] for k in webui}
+    assert all(m.startswith(("lora_unet_", "lora_te_")) for m in modules)
+    for m in modules:
+        assert {f"{m}.lora_down.weight", f"{m}.lora_up.weight", f"{m}.alpha"} <= webui.keys(), m
+        assert webui[f"{m}.alpha"].item() == 2.0, "alpha must be the adapter's lora_alpha, not its rank"
+        assert webui[f"{m}.lora_down.weight"].shape[0] == 4
+    assert len(webui) == 3 * len(modules) == 3 * len(load_file(tmp_path / "adapter" / LORA_WEIGHT_NAME)) // 2
+    assert any("_conv1" in m for m in modules) and any("attn2_to_out_0" in m for m in modules)
+
+    ours, theirs = load_base("toyworld"), load_base("toyworld")
+    load_lora(ours, tmp_path / "adapter")
+    theirs.load_lora_weights(str(tmp_path / "adapter"), weight_name=WEBUI_WEIGHT_NAME)  # diffusers' own kohya loader
+    base = generate(load_base("toyworld"), ["a sks circle"], [0, 1], progress=False)[0]
+    a = generate(ours, ["a sks circle"], [0, 1], progress=False)[0]
+    b = generate(theirs, ["a sks circle"], [0, 1], progress=False)[0]
+    for x, y, z in zip(a, b, base):
+        x, y, z = (np.asarray(im, dtype=int) for im in (x, y, z))
+        assert np.abs(x - y).max() <= 1, "the webui file must sample like catlab's own adapter"
+        assert np.abs(x - z).max() > 10, "and the adapter must matter"
+
+
+def test_webui_file_spells_text_encoder_layers_as_sd1_webuis_do(toyworld_env, tmp_path):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    pipe = load_base("toyworld")
+    add_lora(pipe.unet, rank=2)
+    te_cfg = LoraConfig(r=2, lora_alpha=1.0, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    inject_adapter_in_model(te_cfg, pipe.text_encoder, adapter_name="default")  # peft directly: works with every transformers
+    pipe.text_encoder.peft_config = {"default": te_cfg}
+    randomise_lora(pipe.text_encoder, seed=3)
+    save_lora(pipe, tmp_path / "adapter")
+    webui = load_file(tmp_path / "adapter" / WEBUI_WEIGHT_NAME)
+    te_keys = [k for k in webui if k.startswith("lora_te_")]
+    assert te_keys and all(k.startswith("lora_te_text_model_encoder_layers_") for k in te_keys)
+    assert all(webui[k].item() == 1.0 for k in te_keys if k.endswith(".alpha"))
+    loaded = load_base("toyworld")
+    loaded.load_lora_weights(str(tmp_path / "adapter"), weight_name=WEBUI_WEIGHT_NAME)
+    ids = pipe.tokenizer(["a sks circle"], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(pipe.text_encoder(ids)[0], loaded.text_encoder(ids)[0], atol=1e-6)
+        assert not torch.allclose(pipe.text_encoder(ids)[0], load_base("toyworld").text_encoder(ids)[0], atol=1e-3)
+
+
+def test_both_adapter_files_carry_the_run_in_their_metadata(toyworld_env, concept_dir, tmp_path):
+    res = train(_cfg(concept_dir, tmp_path / "run", steps=2, rank=2, lora_alpha=3.0, cat_lambda=2.5))
+    for name in (LORA_WEIGHT_NAME, WEBUI_WEIGHT_NAME):
+        meta = _header(res.adapter_dir / name)
+        assert meta["rank"] == "2" and float(meta["lora_alpha"]) == 3.0, name
+        assert meta["target_modules"] == "to_k,to_out.0,to_q,to_v"
+        assert (meta["trigger"], meta["class_word"], meta["base_model"], meta["regime"]) == ("sks", "circle", "toyworld", "cat")
+        assert float(meta["cat_lambda"]) == 2.5 and meta["steps"] == "2"
+        import catlab
+
+        assert meta["catlab_version"] == catlab.__version__
+    assert "lora_adapter_metadata" in _header(res.adapter_dir / LORA_WEIGHT_NAME), "diffusers' own header is kept"
+    assert _header(res.adapter_dir / WEBUI_WEIGHT_NAME)["ss_network_dim"] == "2"
+    assert all(v.item() == 3.0 for k, v in load_file(res.adapter_dir / WEBUI_WEIGHT_NAME).items() if k.endswith(".alpha"))
+    assert not list(res.adapter_dir.parent.glob(".lora-*")), "no temporary folder is left behind"
+    assert json.loads((res.adapter_dir / "catlab_adapter.json").read_text())["trigger"] == "sks"
