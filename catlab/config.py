@@ -6,11 +6,15 @@ Defaults are the toy world's CPU preset; `TrainConfig.sd15()` gives the authors'
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REGIMES = ("none", "ppl", "cat")
+TRACKERS = ("none", "tensorboard", "wandb")
+_TYPES = {"int": (numbers.Integral,), "float": (numbers.Real,), "str": (str, os.PathLike), "bool": (bool,)}  # numpy numbers too
 
 
 @dataclass
@@ -60,6 +64,9 @@ class TrainConfig:
     seed: int = 0
     # --- bookkeeping
     checkpoint_every: int = 100  # 0 = only at the end
+    checkpoints_total_limit: int | None = None  # keep only the newest n checkpoints (None = keep all)
+    resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder: continue from there (as --resume does)
+    report_to: str = "none"  # experiment tracker through accelerate: "none", "tensorboard" or "wandb" (install it)
     validate_every: int = 100  # 0 = never
     validation_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     log_every: int = 10
@@ -70,7 +77,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming every bad field and how to fix it."""
-        problems = []
+        problems = _type_problems(self)
+        if problems:  # the checks below assume the right types
+            raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
         if self.regime not in REGIMES:
             problems.append(f"regime={self.regime!r}: choose one of {REGIMES}")
         if self.cat_prompt not in ("remove", "class"):
@@ -85,6 +94,10 @@ class TrainConfig:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 0")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             problems.append(f"mixed_precision={self.mixed_precision!r}: choose 'no', 'fp16' or 'bf16'")
+        if self.report_to not in TRACKERS:
+            problems.append(f"report_to={self.report_to!r}: choose one of {TRACKERS}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            problems.append(f"checkpoints_total_limit={self.checkpoints_total_limit}: must be >= 1, or null to keep every checkpoint")
         if problems:
             raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
 
@@ -104,7 +117,27 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as e:  # a concept without folder / trigger / class_word
+            raise ValueError(f"invalid training config: {e}") from e
+
+
+def _type_problems(cfg) -> list[str]:
+    """Fields whose value has the wrong type ('steps: ten', '--set rank=true'), from the annotations."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        v, kinds = getattr(cfg, f.name), [k.strip() for k in str(f.type).split("|")]
+        if v is None and "None" in kinds:
+            continue
+        if kinds[0].startswith("list[") and isinstance(v, (list, tuple)):
+            inner = _TYPES.get(kinds[0][5:-1])
+            if inner is None or all(isinstance(x, inner) and not (isinstance(x, bool) and kinds[0] != "list[bool]") for x in v):
+                continue
+        elif kinds[0] in _TYPES and isinstance(v, _TYPES[kinds[0]]) and not (isinstance(v, bool) and kinds[0] != "bool"):
+            continue
+        problems.append(f"{f.name}={v!r}: expected {' or '.join(k.replace('None', 'null') for k in kinds)}")
+    return problems
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -114,7 +147,10 @@ def load_config(path: str | Path) -> TrainConfig:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p} is not valid YAML: {' '.join(str(e).split())}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{p}: expected a mapping of config fields, got {type(data).__name__}")
     try:

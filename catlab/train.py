@@ -1,4 +1,5 @@
-"""The training loop: accelerate for devices / mixed precision / multi-GPU, exact resume, atomic checkpoints.
+"""The training loop: accelerate for devices / mixed precision / multi-GPU / experiment trackers, exact resume
+(catlab.checkpoints writes and reads the checkpoints).
 
 Every random choice of step s (which images, crops, flips, noise, timesteps, dropout) is drawn from
 generators seeded by (seed, s). A resumed run therefore replays exactly what an uninterrupted run would
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoints import latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
 from .config import TrainConfig, save_config
 from .losses import LossTerms, cat_loss, denoising_target, min_snr_weights, prior_preservation_loss
 from .models import add_lora, load_base, lora_parameters, native_resolution, save_lora
@@ -42,34 +43,6 @@ class TrainResult:
 
 def _step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 7919 + salt) % (2**63 - 1)
-
-
-def prepare_output_dir(cfg: TrainConfig, resume: bool) -> Path:
-    out = Path(cfg.output_dir)
-    ckpts = sorted((out / "checkpoints").glob("step-*")) if out.exists() else []
-    if resume:
-        if not ckpts:
-            raise FileNotFoundError(f"cannot resume: no checkpoint in {out / 'checkpoints'}; start a new run without resume")
-    elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output folder {out} already holds a run; pass resume=True (--resume) to continue it, "
-                              "or choose another output_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("step-*"))
-    return ckpts[-1] if ckpts else None
-
-
-def _atomic_dir_write(final: Path, write) -> None:
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.replace(final)
 
 
 class _TextCache:
@@ -130,8 +103,12 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
     if not cfg.concepts:
         raise ValueError("TrainConfig.concepts is empty: add at least one ConceptConfig(folder, trigger, class_word)")
     t_start = time.time()
-    out = prepare_output_dir(cfg, resume)
-    acc = _make_accelerator(cfg)
+    _check_tracker(cfg.report_to)
+    # every concept-data problem surfaces now, not after loading the base model (gigabytes for SD 1.5); the images'
+    # size against the model's native resolution and the trigger against its tokenizer are checked again below
+    ConceptDataset([c.__dict__ for c in cfg.concepts], resolution=cfg.resolution or 1, cat_prompt=cfg.cat_prompt, seed=cfg.seed)
+    out, ckpt = prepare_output_dir(cfg.output_dir, cfg.resume_from_checkpoint or ("latest" if resume else None))
+    acc = _make_accelerator(cfg, out)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     pipe = load_base(cfg.base_model, device=acc.device)
     resolution = cfg.resolution or native_resolution(pipe)
@@ -174,53 +151,52 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
 
     start = 0
     history: list[dict] = []
-    if resume:
-        ckpt = latest_checkpoint(out)
-        state = torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")
-        from peft.utils import set_peft_model_state_dict
-
-        set_peft_model_state_dict(acc.unwrap_model(unet), state["unet_lora"])
-        if state.get("te_lora"):
-            set_peft_model_state_dict(te, state["te_lora"])
-        opt.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["lr_scheduler"])
-        start, history = state["step"], state["history"]
-    else:
+    if ckpt is not None:
+        start, history = load_checkpoint(ckpt, unet=acc.unwrap_model(unet), te=te if cfg.train_text_encoder else None, opt=opt,
+                                         lr_sched=lr_sched, scaler=acc.scaler)
+    if ckpt is None or not (out / "config.yaml").exists():
         save_config(cfg, out / "config.yaml")
+    if cfg.report_to != "none":
+        acc.init_trackers("catlab", config=_tracker_config(cfg), init_kwargs={"wandb": {"name": out.name, "dir": str(out)}})
 
     text = _TextCache(tok, te, acc.device) if not cfg.train_text_encoder else None
-    log_path = out / "metrics.jsonl"
     bar = tqdm(range(start, cfg.steps), desc=f"train [{cfg.regime}]", initial=start, total=cfg.steps, disable=not acc.is_local_main_process)
     last_ckpt = latest_checkpoint(out)
+    log_path = out / "metrics.jsonl"
     unet.train()
-    for step in bar:
-        t_step = time.time()
-        terms = _train_step(cfg, step, acc, unet, vae, te, tok, text, noise_sched, dataset, class_images,
-                            class_prompts, weight_dtype)
-        if not torch.isfinite(terms.loss.detach()):
-            raise FloatingPointError(f"loss became {terms.loss.item()} at step {step}; training stopped. Last good checkpoint: "
-                                     f"{last_ckpt or 'none'}. Lower learning_rate or use mixed_precision='no', then resume.")
-        acc.backward(terms.loss)
-        if acc.sync_gradients and cfg.max_grad_norm > 0:
-            acc.clip_grad_norm_(params, cfg.max_grad_norm)  # the trainable (LoRA) parameters, not the frozen base
-        opt.step()
-        lr_sched.step()
-        opt.zero_grad(set_to_none=True)
-        logs = {"step": step + 1, **terms.as_floats(), "lr": lr_sched.get_last_lr()[0], "step_s": time.time() - t_step}
-        history.append(logs)
-        bar.set_postfix(loss=f"{logs['loss']:.4f}")
-        if acc.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
-            with log_path.open("a") as f:
-                f.write(json.dumps(logs) + "\n")
-        for cb in callbacks:
-            cb.on_step(step + 1, logs)
-        if cfg.validate_every and (step + 1) % cfg.validate_every == 0 and acc.is_main_process:
-            # accelerate's mixed-precision wrapper returns fp32 from the UNet; the VAE and text encoder are in
-            # fp16/bf16, so the pipeline runs under the same autocast as training (diffusers' scripts do the same)
-            with acc.autocast():
-                _validate(cfg, pipe, acc.unwrap_model(unet), step + 1, out, callbacks)
-        if acc.is_main_process and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            last_ckpt = _checkpoint(out, step + 1, pipe, acc.unwrap_model(unet), te, opt, lr_sched, history, cfg)
+    try:
+        for step in bar:
+            t_step = time.time()
+            terms = _train_step(cfg, step, acc, unet, vae, te, tok, text, noise_sched, dataset, class_images,
+                                class_prompts, weight_dtype)
+            if not torch.isfinite(terms.loss.detach()):
+                raise FloatingPointError(f"loss became {terms.loss.item()} at step {step}; training stopped. Last good checkpoint: "
+                                         f"{last_ckpt or 'none'}. Lower learning_rate or use mixed_precision='no', then resume.")
+            acc.backward(terms.loss)
+            if acc.sync_gradients and cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(params, cfg.max_grad_norm)  # the trainable (LoRA) parameters, not the frozen base
+            opt.step()
+            lr_sched.step()
+            opt.zero_grad(set_to_none=True)
+            logs = {"step": step + 1, **terms.as_floats(), "lr": lr_sched.get_last_lr()[0], "step_s": time.time() - t_step}
+            history.append(logs)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            if acc.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
+                with log_path.open("a") as f:
+                    f.write(json.dumps(logs) + "\n")
+                acc.log({k: v for k, v in logs.items() if k != "step"}, step=step + 1)
+            for cb in callbacks:
+                cb.on_step(step + 1, logs)
+            if cfg.validate_every and (step + 1) % cfg.validate_every == 0 and acc.is_main_process:
+                # accelerate's mixed-precision wrapper returns fp32 from the UNet; the VAE and text encoder are in
+                # fp16/bf16, so the pipeline runs under the same autocast as training (diffusers' scripts do the same)
+                with acc.autocast():
+                    _validate(cfg, acc, pipe, acc.unwrap_model(unet), step + 1, out, callbacks)
+            if acc.is_main_process and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                last_ckpt = _checkpoint(cfg, acc, out, step + 1, pipe, unet, te, opt, lr_sched, history)
+    finally:
+        for tracker in acc.trackers:  # flush and close the event files even when a run stops early
+            tracker.finish()
     acc.wait_for_everyone()
     adapter_dir = out / "adapter"
     if acc.is_main_process:
@@ -232,16 +208,48 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
     return result
 
 
-def _make_accelerator(cfg: TrainConfig):
+def _make_accelerator(cfg: TrainConfig, out: Path):
     """An Accelerator for this run. accelerate keeps one process-wide state, so a second run in the same notebook
     kernel with another `mixed_precision` would raise; outside `accelerate launch` that state is reset first."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, DistributedType
+    from accelerate.utils import ProjectConfiguration
 
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") != cfg.mixed_precision and state.get("distributed_type") == DistributedType.NO:
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation)
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
+                       log_with=None if cfg.report_to == "none" else cfg.report_to,
+                       project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def _check_tracker(report_to: str) -> None:
+    """accelerate only warns and logs nowhere when a tracker's package is missing; stop before anything runs instead."""
+    import importlib.util
+
+    pkg = TRACKER_PACKAGES.get(report_to)
+    if pkg and importlib.util.find_spec(pkg) is None:
+        raise ValueError(f"report_to={report_to!r} needs the {pkg} package, which is not installed: pip install {pkg} "
+                         "(or report_to: none)")
+
+
+def _tracker_config(cfg: TrainConfig) -> dict:
+    """The config as trackers take it: numbers, strings, booleans and None (lists and concepts as JSON)."""
+    return {k: v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in cfg.to_dict().items()}
+
+
+def _checkpoint(cfg, acc, out, step, pipe, unet, te, opt, lr_sched, history) -> Path:
+    unwrapped = acc.unwrap_model(unet)
+
+    def write_adapter(folder: Path) -> None:
+        pipe.unet = unwrapped
+        save_lora(pipe, folder, metadata=adapter_metadata(cfg, step), overwrite=True)
+
+    return save_checkpoint(out, step, unet=unwrapped, te=te if cfg.train_text_encoder else None, opt=opt, lr_sched=lr_sched,
+                           history=history, scaler=acc.scaler, write_adapter=write_adapter, keep=cfg.checkpoints_total_limit)
 
 
 def _train_step(cfg, step, acc, unet, vae, te, tok, text, noise_sched, dataset, class_images, class_prompts, weight_dtype) -> LossTerms:
@@ -291,24 +299,6 @@ def _train_step(cfg, step, acc, unet, vae, te, tok, text, noise_sched, dataset, 
         return cat_loss(unet, noisy, t, cond, cond_free, target, lam=lam, weights=weights)
 
 
-def _checkpoint(out: Path, step: int, pipe, unet, te, opt, lr_sched, history, cfg) -> Path:
-    from peft.utils import get_peft_model_state_dict
-
-    final = out / "checkpoints" / f"step-{step:06d}"
-
-    def write(tmp: Path) -> None:
-        state = {"step": step, "history": history, "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(),
-                 "unet_lora": get_peft_model_state_dict(unet),
-                 "te_lora": get_peft_model_state_dict(te) if cfg.train_text_encoder else None}
-        torch.save(state, tmp / "state.pt")
-        pipe.unet = unet
-        save_lora(pipe, tmp / "adapter", metadata=adapter_metadata(cfg, step), overwrite=True)
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_dir_write(final, write)
-    return final
-
-
 def adapter_metadata(cfg: TrainConfig, step: int | None = None) -> dict:
     """What the adapter files record about the run (catlab_adapter.json and both safetensors headers)."""
     return {"trigger": ",".join(c.trigger for c in cfg.concepts), "class_word": ",".join(c.class_word for c in cfg.concepts),
@@ -323,7 +313,7 @@ def validation_prompts(cfg: TrainConfig) -> list[str]:
 
 
 @torch.no_grad()
-def _validate(cfg, pipe, unet, step, out, callbacks) -> None:
+def _validate(cfg, acc, pipe, unet, step, out, callbacks) -> None:
     from .sample import generate, image_grid, save_image_atomic
 
     was_training = unet.training
@@ -334,8 +324,22 @@ def _validate(cfg, pipe, unet, step, out, callbacks) -> None:
     save_image_atomic(image_grid(images, prompts, [f"seed {s}" for s in cfg.validation_seeds], title=f"step {step}"),
                       out / "validation" / f"step-{step:06d}.png")
     unet.train(was_training)
+    _log_images(acc, prompts, images, cfg.validation_seeds, step)
     for cb in callbacks:
         cb.on_validation(step, dict(zip(prompts, images)))
+
+
+def _log_images(acc, prompts, images, seeds, step) -> None:
+    """Validation samples to the trackers: one image row per prompt, one image per seed."""
+    for tracker in acc.trackers:
+        for prompt, row in zip(prompts, images):
+            if tracker.name == "tensorboard":
+                tracker.writer.add_images(f"validation/{prompt}", np.stack([np.asarray(im.convert("RGB")) for im in row]), step,
+                                          dataformats="NHWC")
+            elif tracker.name == "wandb":
+                import wandb
+
+                tracker.log({f"validation/{prompt}": [wandb.Image(im, caption=f"seed {s}") for im, s in zip(row, seeds)]}, step=step)
 
 
 def steps_per_second(history: list[dict]) -> float:

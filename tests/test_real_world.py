@@ -104,3 +104,69 @@ def test_both_adapter_files_carry_the_run_in_their_metadata(toyworld_env, concep
     assert all(v.item() == 3.0 for k, v in load_file(res.adapter_dir / WEBUI_WEIGHT_NAME).items() if k.endswith(".alpha"))
     assert not list(res.adapter_dir.parent.glob(".lora-*")), "no temporary folder is left behind"
     assert json.loads((res.adapter_dir / "catlab_adapter.json").read_text())["trigger"] == "sks"
+
+
+# --- experiment trackers, checkpoint limits, resume without pickle
+
+
+def test_tensorboard_gets_loss_terms_lr_and_validation_images(toyworld_env, concept_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    res = train(_cfg(concept_dir, tmp_path / "tb", steps=2, report_to="tensorboard", validate_every=2, validation_seeds=[0, 1]))
+    run = res.output_dir / "logs" / "catlab"
+    assert list(run.glob("events.out.tfevents.*")), "tensorboard event files are written under output_dir/logs/catlab"
+    acc = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = acc.Tags()
+    assert {"loss", "ldm", "cat", "lr"} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2]
+    assert [e.value for e in acc.Scalars("loss")] == pytest.approx([h["loss"] for h in res.history])
+    assert {"validation/a sks circle", "validation/a circle"} <= set(tags["images"])
+    (img,) = acc.Images("validation/a sks circle")  # add_images tiles the seeds into one image
+    assert img.step == 2 and (img.width, img.height) == (2 * 32, 32)
+
+
+def test_missing_tracker_package_is_a_clear_error_before_anything_runs(toyworld_env, concept_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ValueError, match=r"report_to='wandb' needs the wandb package.*pip install wandb"):
+        train(_cfg(concept_dir, tmp_path / "wb", report_to="wandb"))
+    assert not (tmp_path / "wb").exists()
+
+
+def test_checkpoints_total_limit_keeps_the_newest(toyworld_env, concept_dir, tmp_path):
+    res = train(_cfg(concept_dir, tmp_path / "lim", steps=7, checkpoint_every=2, checkpoints_total_limit=2))
+    assert [p.name for p in sorted((res.output_dir / "checkpoints").iterdir())] == ["step-000004", "step-000006"]
+    res = train(_cfg(concept_dir, tmp_path / "all", steps=5, checkpoint_every=2))
+    assert [p.name for p in sorted((res.output_dir / "checkpoints").iterdir())] == ["step-000002", "step-000004"]
+
+
+def test_checkpoint_holds_no_pickle_and_resumes_from_latest_or_a_named_one(toyworld_env, concept_dir, tmp_path):
+    full = train(_cfg(concept_dir, tmp_path / "full", steps=6, checkpoint_every=2, lora_dropout=0.1))
+    ckpt = full.output_dir / "checkpoints" / "step-000004"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["adapter", "state.json", "state.safetensors"]
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 4 and len(state["history"]) == 4 and state["lr_scheduler"]["last_epoch"] == 4
+    assert any(k.startswith("optimizer.") for k in load_file(ckpt / "state.safetensors"))
+    assert _header(ckpt / "adapter" / LORA_WEIGHT_NAME)["steps"] == "4"
+
+    final = load_file(full.adapter_dir / LORA_WEIGHT_NAME)
+    for name, how in (("latest", "latest"), ("named", "step-000002"), ("path", str(ckpt))):
+        out = tmp_path / name
+        if how != str(ckpt):
+            import shutil
+
+            shutil.copytree(full.output_dir / "checkpoints", out / "checkpoints")
+        res = train(_cfg(concept_dir, out, steps=6, checkpoint_every=2, lora_dropout=0.1, resume_from_checkpoint=how))
+        assert len(res.history) == 6 and [h["loss"] for h in res.history] == [h["loss"] for h in full.history], name
+        got = load_file(res.adapter_dir / LORA_WEIGHT_NAME)
+        assert all(torch.equal(final[k], got[k]) for k in final), f"resume from {how} must give the uninterrupted weights"
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(toyworld_env, concept_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(_cfg(concept_dir, tmp_path / "none", resume_from_checkpoint="latest"))
+    with pytest.raises(FileNotFoundError, match="step-000999 does not exist"):
+        train(_cfg(concept_dir, tmp_path / "none", resume_from_checkpoint=str(tmp_path / "step-000999")))

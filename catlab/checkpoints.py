@@ -1,0 +1,133 @@
+"""Run folders and checkpoints: refuse to overwrite a run, find the checkpoint to resume, write and prune checkpoints.
+
+A checkpoint holds no pickle: `state.safetensors` has the tensors (the LoRA weights of the UNet and, when trained, of
+the text encoder, and the optimizer's per-parameter state) and `state.json` the rest (step, loss history, optimizer
+hyper-parameters, LR-scheduler and grad-scaler state). `adapter/` beside them is the adapter as `save_lora` writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+STATE_TENSORS, STATE_JSON = "state.safetensors", "state.json"
+FORMAT = "catlab-checkpoint-1"
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """The finished checkpoints of a run, oldest first (unfinished `.tmp` folders are not checkpoints)."""
+    return sorted(p for p in (Path(out) / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = checkpoint_dirs(out)
+    return ckpts[-1] if ckpts else None
+
+
+def prepare_output_dir(output_dir: str | Path, resume_from: str | None) -> tuple[Path, Path | None]:
+    """Create the run folder; returns it and the checkpoint to resume from (None: a new run).
+
+    resume_from: None, "latest" (the newest checkpoint of this run), or a checkpoint folder (a path, or a name such as
+    step-000300 under output_dir/checkpoints). A new run refuses a folder that already holds files."""
+    out = Path(output_dir)
+    ckpt = None
+    if resume_from == "latest":
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            raise FileNotFoundError(f"cannot resume: no checkpoint in {out / 'checkpoints'}; start a new run without resume "
+                                    "(no --resume, resume_from_checkpoint: null)")
+    elif resume_from:
+        ckpt = Path(resume_from).expanduser()
+        if not ckpt.exists() and (out / "checkpoints" / resume_from).exists():
+            ckpt = out / "checkpoints" / resume_from
+        if not ckpt.is_dir():
+            raise FileNotFoundError(f"resume_from_checkpoint={resume_from!r}: {ckpt} does not exist; pass a checkpoints/step-* "
+                                    "folder of a run, or 'latest'")
+    elif out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"output folder {out} already holds a run; pass resume=True (--resume, or resume_from_checkpoint: "
+                              "latest) to continue it, or choose another output_dir")
+    if ckpt is not None and not (ckpt / STATE_JSON).is_file():
+        raise FileNotFoundError(f"{ckpt} has no {STATE_JSON}: it is not a catlab checkpoint, or one from an earlier catlab that "
+                                "pickled its state (state.pt), which is not loaded; start a new run")
+    out.mkdir(parents=True, exist_ok=True)
+    return out, ckpt
+
+
+def atomic_dir_write(final: Path, write) -> None:
+    """`write(tmp)` fills a temporary folder, which then replaces `final`: a crash never leaves half a checkpoint."""
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.replace(final)
+
+
+def save_checkpoint(out: Path, step: int, *, unet, te, opt, lr_sched, history: list[dict], scaler=None,
+                    write_adapter=None, keep: int | None = None) -> Path:
+    """Write checkpoints/step-NNNNNN atomically, then delete the oldest beyond `keep` (None: keep all).
+    `write_adapter(folder)` writes the adapter beside the state."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    tensors = {f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()}
+    if te is not None:
+        tensors.update({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(te).items()})
+    opt_state = opt.state_dict()
+    scalars: dict[str, dict] = {}
+    for idx, st in opt_state["state"].items():
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optimizer.{idx}.{name}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[name] = v
+    state = {"format": FORMAT, "step": step, "history": history, "optimizer": {"param_groups": opt_state["param_groups"],
+             "scalars": scalars}, "lr_scheduler": lr_sched.state_dict(), "grad_scaler": scaler.state_dict() if scaler else None}
+    final = out / "checkpoints" / f"step-{step:06d}"
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / STATE_TENSORS, metadata={"format": FORMAT})
+        (tmp / STATE_JSON).write_text(json.dumps(state, indent=1) + "\n")
+        if write_adapter is not None:
+            write_adapter(tmp / "adapter")
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    atomic_dir_write(final, write)
+    if keep is not None:
+        for old in checkpoint_dirs(out)[:-keep]:
+            shutil.rmtree(old)
+    return final
+
+
+def load_checkpoint(ckpt: Path, *, unet, te, opt, lr_sched, scaler=None) -> tuple[int, list[dict]]:
+    """Restore what `save_checkpoint` wrote into the prepared objects; returns (step, history)."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = json.loads((ckpt / STATE_JSON).read_text())
+    tensors = load_file(ckpt / STATE_TENSORS)
+    parts: dict[str, dict] = {"unet": {}, "text_encoder": {}, "optimizer": {}}
+    for key, v in tensors.items():
+        part, _, rest = key.partition(".")
+        parts[part][rest] = v
+    set_peft_model_state_dict(unet, parts["unet"])
+    if parts["text_encoder"] and te is not None:
+        set_peft_model_state_dict(te, parts["text_encoder"])
+    per_param: dict[int, dict] = {}
+    for key, v in parts["optimizer"].items():
+        idx, _, name = key.partition(".")
+        per_param.setdefault(int(idx), {})[name] = v
+    for idx, values in state["optimizer"]["scalars"].items():
+        per_param.setdefault(int(idx), {}).update(values)
+    groups = state["optimizer"]["param_groups"]
+    for saved, now in zip(groups, opt.param_groups):  # JSON has no tuples (AdamW's betas)
+        saved.update({k: tuple(v) for k, v in saved.items() if isinstance(now.get(k), tuple)})
+    opt.load_state_dict({"state": per_param, "param_groups": groups})
+    lr_sched.load_state_dict(state["lr_scheduler"])
+    if scaler is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
+    return state["step"], state["history"]
