@@ -1,10 +1,20 @@
-"""`catlab` command line: argument parsing only; the work happens in the package."""
+"""`catlab` command line: argument parsing only; the work happens in the package.
+
+A user's mistake (a bad config field, a missing file, an empty concept folder, a run that diverged) ends as one
+`catlab: error: ...` line on stderr (details, if any, indented below it) and exit status 1; `CATLAB_DEBUG=1` shows the
+traceback instead. Other exceptions are bugs and keep their traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+# what catlab raises for bad input: ValueError (configs, data: ConceptDataError, AdapterMismatchError), OSError
+# (FileNotFoundError, FileExistsError, a base model that cannot be loaded), FloatingPointError (a diverged run)
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 DESCRIPTION = """catlab: knowledge-preserving adapter training (Contrastive Adapter Training, arXiv 2404.07554)
 for diffusion models. Runs offline on a CPU with the shipped toy world, or on Stable Diffusion 1.5 with a GPU."""
@@ -27,7 +37,8 @@ def _add_train(sub) -> None:
                        description="Train an adapter. Fields of the config can be overridden with --set key=value.")
     p.add_argument("--config", required=True, help="YAML run config (see docs/training.md for every field)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in output_dir from its last checkpoint (as resume_from_checkpoint: latest)")
 
 
 def _add_eval(sub) -> None:
@@ -87,10 +98,36 @@ def _parse_overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"catlab: error: --set expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
         k, v = pair.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {pair!r}: the value is not valid YAML ({' '.join(str(e).split())})") from e
     return out
+
+
+def _train_config(args):
+    from .config import TrainConfig, load_config
+
+    cfg = load_config(args.config)
+    if args.set:
+        try:
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), **_parse_overrides(args.set)})
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith("--set") else f"--set: {e}") from e
+    return cfg
+
+
+def _check_adapter(path: str) -> None:
+    """Before any model loads: the adapter a command names exists."""
+    from .models import LORA_WEIGHT_NAME
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"adapter {p} does not exist; pass the adapter folder of a run (output_dir/adapter) or a .safetensors file")
+    if p.is_dir() and not (p / LORA_WEIGHT_NAME).is_file():
+        raise FileNotFoundError(f"no {LORA_WEIGHT_NAME} in {p}; pass the adapter folder of a run (output_dir/adapter)")
 
 
 def _run_toyworld(args) -> int:
@@ -121,26 +158,46 @@ def _run_toyworld(args) -> int:
     return 0
 
 
+def _error(message: str) -> int:
+    print(f"catlab: error: {message}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)  # a command's own SystemExit("catlab: error: ...") passes: Python prints it as one line, exit 1
+    except USER_ERRORS as e:
+        if os.environ.get("CATLAB_DEBUG", "").strip() not in ("", "0"):
+            raise
+        return _error(str(e))
+    except KeyboardInterrupt:
+        print("catlab: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
     if args.command == "toyworld":
         return _run_toyworld(args)
     if args.command == "train":
-        from .config import load_config
         from .train import train
 
-        cfg = load_config(args.config)
-        if args.set:
-            cfg = type(cfg).from_dict({**cfg.to_dict(), **_parse_overrides(args.set)})
+        cfg = _train_config(args)
         train(cfg, resume=args.resume)
         return 0
     if args.command == "sample":
         from .sample import sample_cli
 
+        if args.adapter:
+            _check_adapter(args.adapter)
         return sample_cli(args)
     if args.command == "eval":
         from .evaluation import evaluate_cli
 
+        for pair in args.adapter:
+            name, sep, path = pair.partition("=")
+            if sep and name and path:
+                _check_adapter(path)
         return evaluate_cli(args)
     if args.command == "demo":
         from .demo import run_demo

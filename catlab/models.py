@@ -62,6 +62,24 @@ def load_base(name_or_path: str = "toyworld", device: str | torch.device | None 
     return pipe
 
 
+def configured_resolution(name_or_path: str) -> int | None:
+    """The native resolution from the pipeline's config files alone (no weights are loaded): a local folder, or a hub
+    id already in the local cache; None when they are not at hand."""
+    path = resolve_base(name_or_path)
+    configs = {}
+    for part in ("unet", "vae"):
+        f = Path(path) / part / "config.json"
+        if not f.is_file():
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(path, f"{part}/config.json") if not Path(path).exists() else None
+            if not isinstance(cached, str):
+                return None
+            f = Path(cached)
+        configs[part] = json.loads(f.read_text())
+    return int(configs["unet"]["sample_size"] * 2 ** (len(configs["vae"]["block_out_channels"]) - 1))  # diffusers' vae_scale_factor
+
+
 def sampling_defaults_for(path: str) -> dict:
     f = Path(path) / SAMPLING_FILE
     if f.is_file():

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .checkpoints import latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
 from .config import TrainConfig, save_config
 from .losses import LossTerms, cat_loss, denoising_target, min_snr_weights, prior_preservation_loss
-from .models import add_lora, load_base, lora_parameters, native_resolution, save_lora
+from .models import add_lora, configured_resolution, load_base, lora_parameters, native_resolution, save_lora
 
 
 class TrainCallback:
@@ -104,9 +104,10 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
         raise ValueError("TrainConfig.concepts is empty: add at least one ConceptConfig(folder, trigger, class_word)")
     t_start = time.time()
     _check_tracker(cfg.report_to)
-    # every concept-data problem surfaces now, not after loading the base model (gigabytes for SD 1.5); the images'
-    # size against the model's native resolution and the trigger against its tokenizer are checked again below
-    ConceptDataset([c.__dict__ for c in cfg.concepts], resolution=cfg.resolution or 1, cat_prompt=cfg.cat_prompt, seed=cfg.seed)
+    # every concept-data problem surfaces now, not after loading the base model (gigabytes for SD 1.5); the trigger
+    # against the model's tokenizer (and the image size, when only the weights know the resolution) is checked below
+    early = cfg.resolution or configured_resolution(cfg.base_model) or 1
+    ConceptDataset([c.__dict__ for c in cfg.concepts], resolution=early, cat_prompt=cfg.cat_prompt, seed=cfg.seed)
     out, ckpt = prepare_output_dir(cfg.output_dir, cfg.resume_from_checkpoint or ("latest" if resume else None))
     acc = _make_accelerator(cfg, out)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)

@@ -170,3 +170,55 @@ def test_resume_without_a_checkpoint_is_a_clear_error(toyworld_env, concept_dir,
         train(_cfg(concept_dir, tmp_path / "none", resume_from_checkpoint="latest"))
     with pytest.raises(FileNotFoundError, match="step-000999 does not exist"):
         train(_cfg(concept_dir, tmp_path / "none", resume_from_checkpoint=str(tmp_path / "step-000999")))
+
+
+# --- the command line: one error line for a user's mistake, never a traceback
+
+
+def _one_error_line(capsys, argv, *expected) -> str:
+    from catlab.cli import main
+
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert [line for line in err.splitlines() if line.startswith("catlab: error:")] == [err.splitlines()[0]], err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in err, (text, err)
+    return err
+
+
+def test_cli_errors_are_one_line(toyworld_env, concept_dir, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    import catlab.train
+
+    def no_model(*a, **k):
+        raise AssertionError("the base model must not load before the input is checked")
+
+    monkeypatch.setattr(catlab.train, "load_base", no_model)
+    (tmp_path / "empty").mkdir()
+    run = {"concepts": [{"folder": str(tmp_path / "empty"), "trigger": "sks", "class_word": "circle"}], "output_dir": str(tmp_path / "run")}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    _one_error_line(capsys, ["train", "--config", str(tmp_path / "run.yaml")], "folder is empty")
+    assert not (tmp_path / "run").exists()
+    _one_error_line(capsys, ["train", "--config", str(tmp_path / "nope.yaml")], "nope.yaml does not exist")
+    good = {**run, "concepts": [{"folder": str(concept_dir), "trigger": "sks", "class_word": "circle"}]}
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump(good))
+    _one_error_line(capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--set", "steps"], "--set expects KEY=VALUE")
+    _one_error_line(capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--set", "stepz=3"], "--set", "['stepz']")
+    _one_error_line(capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--set", "steps=ten"], "steps='ten': expected int")
+    (tmp_path / "broken.yaml").write_text("steps: [1,\n")
+    _one_error_line(capsys, ["train", "--config", str(tmp_path / "broken.yaml")], "broken.yaml is not valid YAML")
+    _one_error_line(capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--resume"], "no checkpoint")
+    _one_error_line(capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--set", "base_model=./nowhere"], "'./nowhere' is neither")
+    _one_error_line(capsys, ["sample", "a circle", "--adapter", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png")],
+                    "missing does not exist")
+    _one_error_line(capsys, ["eval", "--adapter", f"cat={tmp_path / 'missing'}", "--concept", str(concept_dir), "--trigger", "sks",
+                             "--class-word", "circle", "--out", str(tmp_path / "eval")], "missing does not exist")
+    monkeypatch.setenv("CATLAB_DEBUG", "1")
+    from catlab.cli import main
+
+    with pytest.raises(FileNotFoundError):  # for a bug report: the traceback
+        main(["train", "--config", str(tmp_path / "nope.yaml")])
