@@ -3,9 +3,11 @@
     python benchmarks/regime_sweep.py --steps 300 --lr 3e-3 none:0 cat:0.3 cat:1 cat:2 ppl:0
     python benchmarks/regime_sweep.py --targets to_q,to_k,to_v,to_out.0 --lr 1e-2 --steps 400 none:0 cat:1
 
-For each REGIME:LAMBDA it trains one adapter and prints, for 24 (--class-samples) samples of "a {class}" and 16 of
-"a {trigger} {class}": the collapse rate (class samples the oracle reads as the concept), the normalised colour
-entropy of the class samples, and the identity rate (trigger samples read as the concept). The base model's row
+For each REGIME:LAMBDA[:NULL_SHARE] it trains one adapter and prints, for 24 (--class-samples) samples of "a {class}"
+and 16 of "a {trigger} {class}": the collapse rate (class samples the oracle reads as the concept), the normalised
+colour entropy of the class samples, the identity rate (trigger samples read as the concept), and the ground-truth
+preservation scores against the base model's samples from the same seeds: paired preservation (same colour and
+shape), colour distance (total variation of the class colours) and the valid-sample rate. The base model's row
 comes first. Used to choose the demo recipe (docs/results.md).
 """
 
@@ -34,7 +36,7 @@ def main() -> None:
     ap.add_argument("--null-share", type=float, default=0.0, help="TrainConfig.cat_null_share for the cat runs")
     args = ap.parse_args()
     from catlab.config import ConceptConfig, TrainConfig
-    from catlab.metrics import colour_entropy
+    from catlab.metrics import colour_distance, colour_entropy, paired_preservation, valid_rate
     from catlab.models import load_base, load_lora, set_active_adapters
     from catlab.sample import generate
     from catlab.toyworld.assets import load_oracle
@@ -46,21 +48,29 @@ def main() -> None:
     export_concept(args.concept, root / "concept")
     oracle, pipe = load_oracle(), load_base("toyworld")
 
+    base_reading = []
+
     def read_out(label: str, extra: str = "") -> None:
         cls = generate(pipe, [f"a {c.class_word}"], list(range(args.class_samples)), progress=False)[0]
         trg = generate(pipe, [f"a {c.trigger} {c.class_word}"], list(range(16)), progress=False)[0]
         rc, rt = read_images(oracle, cls), read_images(oracle, trg)
-        print(f"{label:10s}{extra} collapse {np.mean([x == c.name for x in rc.concept]):.2f}  colour entropy {colour_entropy(rc.colour):.2f}  "
-              f"identity {np.mean([x == c.name for x in rt.concept]):.2f}  class colours {dict(Counter(rc.colour).most_common(4))}", flush=True)
+        base = base_reading[0] if base_reading else rc
+        base_reading.append(rc)
+        paired = paired_preservation(list(zip(rc.colour, rc.shape)), list(zip(base.colour, base.shape)))
+        valid = valid_rate(rc.shape, rc.shape_prob, c.class_word) / max(1e-9, valid_rate(base.shape, base.shape_prob, c.class_word))
+        print(f"{label:14s}{extra} collapse {np.mean([x == c.name for x in rc.concept]):.2f}  entropy {colour_entropy(rc.colour):.2f}  "
+              f"identity {np.mean([x == c.name for x in rt.concept]):.2f}  paired {paired:.2f}  "
+              f"colour-dist {colour_distance(rc.colour, base.colour):.2f}  valid/base {valid:.2f}  "
+              f"class colours {dict(Counter(rc.colour).most_common(4))}", flush=True)
 
     print(f"concept {c.name}, {args.steps} steps, lr {args.lr}, rank {args.rank}, targets {args.targets}, seed {args.seed}")
     set_active_adapters(pipe, None)
     read_out("base")
     for k, spec in enumerate(args.runs):
-        regime, lam = spec.split(":")
+        regime, lam, *null = spec.split(":")
         t0 = time.time()
         res = TrainConfig(concepts=[ConceptConfig(str(root / "concept"), c.trigger, c.class_word)], output_dir=str(root / f"run{k}"),
-                          regime=regime, cat_lambda=float(lam), cat_null_share=args.null_share, steps=args.steps, learning_rate=args.lr, rank=args.rank, batch_size=4,
+                          regime=regime, cat_lambda=float(lam), cat_null_share=float(null[0]) if null else args.null_share, steps=args.steps, learning_rate=args.lr, rank=args.rank, batch_size=4,
                           random_flip=False, checkpoint_every=0, validate_every=0, seed=args.seed, target_modules=args.targets.split(","),
                           num_class_images=50, class_images_dir=str(root / "class_images"))
         from catlab.train import train

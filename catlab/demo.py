@@ -114,7 +114,8 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "tw
     return {"table": table, "costs": costs, "per_image": result.per_image, "report": report, "runs": runs}
 
 
-COLUMNS = ["IS", "PS", "KP", "KPS", "DIV", "Vendi", "PRES", "colour_entropy", "collapse_rate", "identity_acc"]
+COLUMNS = ["IS", "PS", "KP", "KPS", "DIV", "Vendi", "PRES", "colour_entropy", "collapse_rate", "identity_acc",
+           "paired_preservation", "colour_distance", "valid_rate"]
 
 
 def summarise_by_method(per_image: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
@@ -125,7 +126,7 @@ def summarise_by_method(per_image: pd.DataFrame, runs: list[dict]) -> pd.DataFra
     by_adapter = seed_scores.groupby("method").mean(numeric_only=True)
     cls = per_image[per_image["kind"] == "class"]
     sets = cls.groupby(["method", "prompt"]).first().reset_index()
-    set_means = sets.groupby("method")[["DIV", "Vendi", "colour_entropy"]].mean()
+    set_means = sets.groupby("method")[[c for c in ("DIV", "Vendi", "colour_entropy", "colour_distance") if c in sets]].mean()
     by_adapter = by_adapter.join(set_means)
     rows = []
     groups = [("base model", [BASE])] + [(name, [f"{r}_s{s['seed']}" for s in runs if s["regime"] == r])
@@ -141,15 +142,15 @@ def summarise_by_method(per_image: pd.DataFrame, runs: list[dict]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def format_table(table: pd.DataFrame) -> str:
-    """mean ± std as text, for the terminal and the report."""
+def format_table(table: pd.DataFrame, as_frame: bool = False) -> str | pd.DataFrame:
+    """mean ± std per score, as text for the terminal (or as a DataFrame of strings for an HTML table)."""
     out = pd.DataFrame({"method": table["method"]})
     for col in COLUMNS:
         if col in table:
             std = table.get(f"{col}_std")
             out[col] = [f"{m:.3f}" + (f" ± {s:.3f}" if s is not None and np.isfinite(s) else "")
                         for m, s in zip(table[col], std if std is not None else [None] * len(table))]
-    return out.to_string(index=False)
+    return out if as_frame else out.to_string(index=False)
 
 
 def cost_table(runs: list[dict]) -> pd.DataFrame:

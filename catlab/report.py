@@ -51,6 +51,30 @@ def headline_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], concept,
     return canvas
 
 
+def paired_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], n_cols: int) -> Image.Image:
+    """Class samples per seed: the base model's on top, each method's below it; a green frame marks a sample the oracle
+    reads as the same colour and shape as the base's sample from that seed (paired preservation), a red frame one that is not."""
+    from PIL import ImageOps
+
+    template = per_image["template"].iloc[0]
+    if "preserved" not in per_image:  # no oracle: the plain grid
+        return method_grid(out, per_image, runs, "class", template, n_cols, "class samples, same seeds")
+    from .demo import METHODS
+    from .scoring import BASE
+
+    first = {r["regime"]: f"{r['regime']}_s{r['seed']}" for r in sorted(runs, key=lambda r: -r["seed"])}
+    rows = []
+    for method in [BASE] + list(first.values()):
+        sel = per_image[(per_image.method == method) & (per_image.kind == "class") & (per_image.template == template)].sort_values("seed").head(n_cols)
+        rows.append([ImageOps.expand(_open(out, f).resize((60, 60)), border=2, fill=(200, 200, 200) if method == BASE else
+                                     ((40, 170, 60) if kept == 1.0 else (220, 40, 40))) for f, kept in zip(sel["image"], sel["preserved"])])
+    labels = ["base model"] + [METHODS[g] for g in first]
+    seeds = sorted(per_image["seed"].unique())[:n_cols]
+    return image_grid(rows, labels, [f"seed {s}" for s in seeds], cell=64,
+                      title=f'"{per_image[(per_image.template == template) & (per_image.kind == "class")]["prompt"].iloc[0]}": '
+                            "green = same colour and shape as the base model's sample, red = changed")
+
+
 def colour_figure(per_image: pd.DataFrame, runs: list[dict], concept):
     """Oracle colour histogram of class-prompt generations (prompts that name no colour), per method."""
     import matplotlib
@@ -124,10 +148,11 @@ def _b64(path: Path) -> str:
 def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs: pd.DataFrame, runs: list[dict], concept,
                  recipe, n_seeds: int, total_s: float) -> Path:
     """report.md + PNGs + a self-contained report.html in `out`; returns the HTML path."""
-    from .demo import COLUMNS, format_table
+    from .demo import format_table
 
     figs = {
         "grid.png": save_image_atomic(headline_grid(out, per_image, runs, concept, recipe.grid_seeds), out / "grid.png"),
+        "paired.png": save_image_atomic(paired_grid(out, per_image, runs, recipe.grid_seeds), out / "paired.png"),
         "colours.png": _save_fig(colour_figure(per_image, runs, concept), out / "colours.png"),
         "losses.png": _save_fig(loss_figure(runs), out / "losses.png"),
     }
@@ -137,22 +162,28 @@ def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs:
              f"data, {recipe.steps} steps, lr {recipe.learning_rate}, rank {recipe.rank}, batch {recipe.batch_size}, over {n_seeds} training "
              f"seed(s); evaluated on {recipe.eval_seeds} sampling seeds per prompt. Scores: mean ± std over training seeds. "
              f"IS, KP, KPS, PRES in [0, 1] (CLIP (cos+1)/2); colour entropy normalised to [0, 1]; collapse rate = share of class-prompt "
-             f"images the oracle reads as the concept; identity_acc = share of trigger-prompt images it reads as the concept.")
+             f"images the oracle reads as the concept; identity_acc = share of trigger-prompt images it reads as the concept; "
+             f"paired_preservation = share of class-prompt seeds whose image has the oracle colour and shape of the base model's image "
+             f"from the same seed; colour_distance = total-variation distance of the class colours to the base model's; "
+             f"valid_rate = share of class-prompt images the oracle confidently reads as a {concept.class_word}.")
     md = "\n".join([
         "# catlab demo: LoRA vs DreamBooth-LoRA vs CAT on the toy world", "", intro, "",
         "![grid](grid.png)", "", "## Scores", "", "```", text_table, "```", "",
+        "## Does the class stay the base model's?", "", "![paired](paired.png)", "",
         "![colours](colours.png)", "", "## Training", "", "![losses](losses.png)", "", "## Cost", "", "```", cost_txt, "```", "",
         f"Total wall time: {total_s:.0f} s. Rerun: `catlab demo --out {out}`.", "",
     ])
     tmp = out / "report.md.tmp"
     tmp.write_text(md)
     tmp.replace(out / "report.md")
-    html_table = table[["method"] + [c for c in COLUMNS if c in table]].to_html(index=False, float_format=lambda v: f"{v:.3f}")
+    html_table = format_table(table, as_frame=True).to_html(index=False, classes="scores", border=0)
     html = f"""<!doctype html><html><head><meta charset="utf-8"><title>catlab demo</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}</style></head><body>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}} .wrap{{overflow-x:auto}}
+table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}}
+th{{background:#f3f3f3}} td:first-child,th:first-child{{text-align:left}} pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}</style></head><body>
 <h1>catlab demo: LoRA vs DreamBooth-LoRA vs CAT</h1><p>{intro}</p>
-<img src="{_b64(figs['grid.png'])}" style="max-width:100%"><h2>Scores (mean ± std over training seeds)</h2><pre>{text_table}</pre>
-<details><summary>means as a table</summary>{html_table}</details>
+<img src="{_b64(figs['grid.png'])}" style="max-width:100%"><h2>Scores (mean ± std over training seeds)</h2><div class="wrap">{html_table}</div>
+<h2>Does the class stay the base model's?</h2><img src="{_b64(figs['paired.png'])}" style="max-width:100%">
 <img src="{_b64(figs['colours.png'])}" style="max-width:100%"><h2>Training</h2><img src="{_b64(figs['losses.png'])}" style="max-width:100%">
 <h2>Cost</h2><pre>{cost_txt}</pre><p>Total wall time {total_s:.0f} s. Rerun: <code>catlab demo --out {out}</code>.</p></body></html>"""
     tmp = out / "report.html.tmp"

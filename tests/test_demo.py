@@ -16,10 +16,13 @@ def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch,
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    for name in ("report.html", "report.md", "grid.png", "colours.png", "losses.png", "table.csv", "recipe.json", "eval/summary.csv"):
+    for name in ("report.html", "report.md", "grid.png", "paired.png", "colours.png", "losses.png", "table.csv", "recipe.json", "eval/summary.csv"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3, "the HTML report must embed its images"
+    assert html.count("data:image/png;base64,") == 4, "the HTML report must embed its images"
+    assert "dataframe scores" in html and "<pre>" not in html.split("<h2>Cost")[0], "scores as a real HTML table"
+    for col in ("paired_preservation", "colour_distance", "valid_rate"):
+        assert f"<th>{col}</th>" in html
     table = pd.read_csv(out / "table.csv")
     assert list(table["method"]) == ["base model", "LoRA", "DreamBooth-LoRA", "CAT"]
     assert set(COLUMNS) <= set(table.columns)
