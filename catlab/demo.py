@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .notices import quiet_libraries
+
 METHODS = {"none": "LoRA", "ppl": "DreamBooth-LoRA", "cat": "CAT"}  # regime -> display name
 
 
@@ -60,6 +62,7 @@ def _train_config(regime: str, seed: int, recipe: DemoRecipe, concept, out: Path
     )
 
 
+@quiet_libraries()  # the terminal shows catlab's progress and results, not the libraries' notices
 def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "two_tone_circle", quick: bool = False,
              overwrite: bool = False, recipe: DemoRecipe | None = None, first_seed: int = 0) -> dict:
     """Train, evaluate and report; returns the tables and the report path.

@@ -266,8 +266,11 @@ def load_lora(pipe, path: str | Path, adapter_name: str = "default", scale: floa
         raise FileNotFoundError(f"adapter {p} does not exist")
     if adapter_name in getattr(pipe.unet, "peft_config", {}):
         pipe.delete_adapters([adapter_name])
+    from .notices import expected_notices_dropped
+
     try:
-        pipe.load_lora_weights(src, adapter_name=adapter_name, **kwargs)
+        with expected_notices_dropped():  # a UNet-only adapter is normal: no notice about the text encoder
+            pipe.load_lora_weights(src, adapter_name=adapter_name, **kwargs)
     except (RuntimeError, ValueError, KeyError) as e:
         raise AdapterMismatchError(f"the LoRA in {p} does not fit this base model ({type(pipe.unet).__name__}, "
                                    f"cross_attention_dim={pipe.unet.config.cross_attention_dim}): was it trained on another "

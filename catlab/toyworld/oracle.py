@@ -53,7 +53,9 @@ def images_to_tensor(images: list[Image.Image] | np.ndarray, resolution: int = 3
 
 
 def _neighbour(colour: str, rng: np.random.Generator) -> str:
-    """The colour itself or a hue neighbour (palette order is the hue circle)."""
+    """The colour itself or a hue neighbour (palette order is the hue circle); a concept-only colour stays itself."""
+    if colour not in COLOUR_NAMES:
+        return colour
     i = COLOUR_NAMES.index(colour) + int(rng.integers(-1, 2))
     return COLOUR_NAMES[i % len(COLOUR_NAMES)]
 

@@ -297,20 +297,23 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, work_dir: s
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     _save_json(work / "config.json", asdict(cfg))
-    images, specs = _world_data(cfg, work)
     tokenizer = build.build_tokenizer()
     timings: dict[str, float] = {}
+    needs_world = bool({"vae", "clip", "unet"} & set(cfg.stages))  # the oracle draws its own images
+    images, specs = _world_data(cfg, work) if needs_world else (None, None)
 
     t = time.time()
     vae_dir = work / "vae_final"
-    if vae_dir.exists():
+    if not {"vae", "unet"} & set(cfg.stages):
+        pass
+    elif vae_dir.exists():
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(vae_dir)
     else:
         vae = train_vae(cfg, images, work)
         vae.save_pretrained(vae_dir)
-    timings["vae_s"] = time.time() - t
+        timings["vae_s"] = time.time() - t
 
     if "oracle" in cfg.stages and not (work / "oracle.safetensors").exists():
         t = time.time()
@@ -330,7 +333,12 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, work_dir: s
         pipe.save_pretrained(out / "pipeline")
         _save_json(out / "pipeline" / "catlab_sampling.json", build.SAMPLING_DEFAULTS)
     write_assets(out, work, tokenizer)
-    _save_json(out / "recipe.json", {"config": asdict(cfg), "timings_s": timings})
+    record = {"config": asdict(cfg), "timings_s": timings}
+    if set(cfg.stages) != {"vae", "oracle", "clip", "unet"} and (out / "recipe.json").exists():
+        # a partial rebuild of an existing asset folder: keep how the rest was made, and say what was redone
+        previous = json.loads((out / "recipe.json").read_text())
+        record = {**previous, "updates": [*previous.get("updates", []), {"stages": list(cfg.stages), **record}]}
+    _save_json(out / "recipe.json", record)
     return out
 
 

@@ -26,6 +26,9 @@ COLOURS = {  # name -> RGB; eight hues far enough apart that a tiny oracle separ
     "pink": (245, 120, 190),
 }
 COLOUR_NAMES = tuple(COLOURS)
+# Colours that only personal concepts have: the base model never saw them, so the concept is a new look, not a
+# new pattern (a different kind of concept from the two-colour patterns below)
+CONCEPT_COLOURS = {"bronze": (150, 95, 40)}
 BACKGROUNDS = {  # name -> (RGB, probability): mostly light, like product photos on a table
     "light": ((242, 242, 238), 0.6),
     "dark": ((45, 45, 52), 0.2),
@@ -105,12 +108,16 @@ def _shape_mask(spec: ShapeSpec, side: int) -> Image.Image:
     return mask
 
 
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return COLOURS[colour] if colour in COLOURS else CONCEPT_COLOURS[colour]
+
+
 def draw_shape(spec: ShapeSpec, resolution: int = DEFAULT_RESOLUTION) -> Image.Image:
     """Render one object as an RGB image of `resolution` x `resolution` pixels."""
     side = resolution * SUPERSAMPLE
     img = Image.new("RGB", (side, side), BACKGROUNDS[spec.background][0])
     mask = _shape_mask(spec, side)
-    img.paste(COLOURS[spec.colour], mask=mask)
+    img.paste(_rgb(spec.colour), mask=mask)
     if spec.pattern != "solid":
         second = Image.new("L", (side, side), 0)
         d = ImageDraw.Draw(second)
@@ -124,7 +131,7 @@ def draw_shape(spec: ShapeSpec, resolution: int = DEFAULT_RESOLUTION) -> Image.I
         else:
             raise ValueError(f"unknown pattern {spec.pattern!r}")
         combined = Image.fromarray(np.minimum(np.asarray(mask), np.asarray(second)))
-        img.paste(COLOURS[spec.second_colour], mask=combined)
+        img.paste(_rgb(spec.second_colour), mask=combined)
     return img.resize((resolution, resolution), Image.LANCZOS)
 
 
@@ -196,6 +203,7 @@ CONCEPTS = {
     "two_tone_circle": ToyConcept("two_tone_circle", "sks", "circle", "pink", "cyan", "two_tone"),
     "striped_square": ToyConcept("striped_square", "zwx", "square", "yellow", "purple", "striped"),
     "two_tone_star": ToyConcept("two_tone_star", "qhm", "star", "blue", "orange", "two_tone"),
+    "bronze_star": ToyConcept("bronze_star", "vfy", "star", "bronze", "bronze", "solid"),
 }
 TRIGGER_WORDS = ("sks", "zwx", "qhm", "vfy", "pxl", "tok")  # in the vocabulary, never in pretraining captions
 
