@@ -100,7 +100,8 @@ def slider_view(render: Callable[[float], Image.Image], value: float, min: float
     """A FloatSlider above an image; `render(value)` draws the image now and again whenever the slider is released."""
     import ipywidgets as w
 
-    slider = w.FloatSlider(value=value, min=min, max=max, step=step, description=description, continuous_update=False)
+    slider = w.FloatSlider(value=value, min=min, max=max, step=step, description=description, continuous_update=False,
+                           style={"description_width": "initial"})  # the whole description, not cut at 80 px
     view, status = w.Image(format="png"), w.HTML()
 
     def update(change: Any = None) -> None:
@@ -110,7 +111,8 @@ def slider_view(render: Callable[[float], Image.Image], value: float, min: float
 
     slider.observe(update, names="value")
     update()
-    return w.VBox([slider, status, view])
+    # flex-start: a VBox stretches its children to its width, which would blow the image up (blurred) to the page width
+    return w.VBox([slider, status, view], layout=w.Layout(align_items="flex-start"))
 
 
 # ----------------------------------------------------------------------------- training monitor
@@ -119,8 +121,9 @@ def slider_view(render: Callable[[float], Image.Image], value: float, min: float
 class LiveTrainingMonitor(TrainCallback):
     """A TrainCallback that redraws the loss curve every `every` steps and shows each validation grid.
 
-    Display it (`display(monitor)`) before training. Without a frontend the widgets just hold their last value;
-    at the end the final loss figure and sample grid are also shown as plain outputs, and a summary line is printed.
+    Display it (`display(monitor)`) before training. At the end a summary line is printed and, with `show_final`, the
+    final loss figure and sample grid are shown as plain outputs (they stay in a saved notebook and in headless runs,
+    where widgets show nothing) and the live views are hidden, so that a live notebook does not show them twice.
     """
 
     def __init__(self, total_steps: int, every: int = 5, title: str = "training", show_final: bool = True):
@@ -132,7 +135,8 @@ class LiveTrainingMonitor(TrainCallback):
         self.status = w.HTML(f"<b>{title}</b>: waiting for the first step")
         self.loss_view = w.Image(format="png")
         self.grid_view = w.Image(format="png")
-        self.widget = w.VBox([self.status, w.HBox([self.loss_view, self.grid_view])])
+        self.views = w.HBox([self.loss_view, self.grid_view], layout=w.Layout(align_items="flex-start"))
+        self.widget = w.VBox([self.status, self.views])
 
     def _repr_mimebundle_(self, **kwargs: Any):
         return self.widget._repr_mimebundle_(**kwargs)
@@ -160,9 +164,12 @@ class LiveTrainingMonitor(TrainCallback):
         last = self.history[-1] if self.history else {}
         terms = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "ldm", "cat", "prior") if k in last)
         line = f"{self.title}: {len(self.history)} steps in {result.wall_time_s:.1f} s ({terms}); adapter: {result.adapter_dir}"
-        self.status.value = f"<b>done</b> — {line}"
         print(line)
         if self.show_final:
+            self.views.layout.display = "none"  # the same curve and grid follow as plain outputs
+            self.status.value = f"<b>done</b> — {self.title}: {len(self.history)} steps; the final loss curve and sample grid are below"
             display(self.figure())
             if self.grids:
                 display(self.grids[-1][1])
+        else:
+            self.status.value = f"<b>done</b> — {line}"

@@ -181,7 +181,8 @@ def sweep_figure(table: Any, params: Sequence[str], reference: Mapping[str, Any]
         ax.set_xticks(sorted(set(sub[p])))
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("each panel changes one setting; ring = reference run", fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()  # one legend for all panels, beside the title: inside a panel it hid points
+    fig.legend(handles, labels, loc="upper right", ncol=len(metrics), fontsize=8, frameon=False)
+    fig.suptitle("each panel changes one setting; ring = reference run", fontsize=10, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
