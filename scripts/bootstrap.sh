@@ -20,7 +20,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 # reinstall catlab only when its metadata changed (keeps re-runs fast)
 STAMP=.venv/.catlab-installed
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || ! "$PY" -c "import catlab, nbval" >/dev/null 2>&1; then
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || ! "$PY" -c "import catlab, nbval, playwright" >/dev/null 2>&1; then
   echo "catlab: installing catlab[dev]"
   "$PY" -m pip install -q -e ".[dev]"
   mkdir -p "$(dirname "$STAMP")" && touch "$STAMP"
