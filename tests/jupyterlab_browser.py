@@ -354,8 +354,6 @@ class NotebookPage:
     def screenshot(self, locator: Any, path: Path, max_width: int = 640, colours: int = 256, pad: int = 8) -> Path:
         """A small PNG of one element: the viewport made tall enough to hold it, the white margins trimmed, scaled to
         `max_width` px at most and reduced to a palette of `colours`."""
-        from PIL import Image, ImageChops
-
         size = self.page.viewport_size
         locator.scroll_into_view_if_needed()
         box = locator.bounding_box()
@@ -366,13 +364,21 @@ class NotebookPage:
             png = locator.screenshot(animations="disabled", timeout=30_000)
         finally:
             self.page.set_viewport_size(size)
-        img = Image.open(io.BytesIO(png)).convert("RGB")
-        bbox = ImageChops.difference(img, Image.new("RGB", img.size, "white")).getbbox()
-        if bbox:
-            img = img.crop((max(0, bbox[0] - pad), max(0, bbox[1] - pad), min(img.width, bbox[2] + pad), min(img.height, bbox[3] + pad)))
-        if img.width > max_width:
-            img = img.resize((max_width, round(img.height * max_width / img.width)), Image.LANCZOS)
-        img = img.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path, optimize=True)
-        return path
+        return small_png(png, path, max_width=max_width, colours=colours, pad=pad)
+
+
+def small_png(png: bytes, path: Path, max_width: int = 640, colours: int = 256, pad: int = 8) -> Path:
+    """`png` (a screenshot) saved as a small PNG at `path`: white margins trimmed (keeping `pad` px), scaled down to
+    `max_width` px at most and reduced to a palette of `colours`."""
+    from PIL import Image, ImageChops
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    bbox = ImageChops.difference(img, Image.new("RGB", img.size, "white")).getbbox()
+    if bbox:
+        img = img.crop((max(0, bbox[0] - pad), max(0, bbox[1] - pad), min(img.width, bbox[2] + pad), min(img.height, bbox[3] + pad)))
+    if img.width > max_width:
+        img = img.resize((max_width, round(img.height * max_width / img.width)), Image.LANCZOS)
+    img = img.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, optimize=True)
+    return path
