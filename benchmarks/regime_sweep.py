@@ -3,7 +3,7 @@
     python benchmarks/regime_sweep.py --steps 300 --lr 3e-3 none:0 cat:0.3 cat:1 cat:2 ppl:0
     python benchmarks/regime_sweep.py --targets to_q,to_k,to_v,to_out.0 --lr 1e-2 --steps 400 none:0 cat:1
 
-For each REGIME:LAMBDA[:NULL_SHARE] it trains one adapter and prints, for 24 (--class-samples) samples of "a {class}"
+For each REGIME:LAMBDA[:NULL_SHARE[:ANCHOR]] (ANCHOR: TrainConfig.cat_anchor, concept or class) it trains one adapter and prints, for 24 (--class-samples) samples of "a {class}"
 and 16 of "a {trigger} {class}": the collapse rate (class samples the oracle reads as the concept), the normalised
 colour entropy of the class samples, the identity rate (trigger samples read as the concept), and the ground-truth
 preservation scores against the base model's samples from the same seeds: paired preservation (same colour and
@@ -70,7 +70,8 @@ def main() -> None:
         regime, lam, *null = spec.split(":")
         t0 = time.time()
         res = TrainConfig(concepts=[ConceptConfig(str(root / "concept"), c.trigger, c.class_word)], output_dir=str(root / f"run{k}"),
-                          regime=regime, cat_lambda=float(lam), cat_null_share=float(null[0]) if null else args.null_share, steps=args.steps, learning_rate=args.lr, rank=args.rank, batch_size=4,
+                          regime=regime, cat_lambda=float(lam), cat_null_share=float(null[0]) if null else args.null_share,
+                          cat_anchor=null[1] if len(null) > 1 else "concept", steps=args.steps, learning_rate=args.lr, rank=args.rank, batch_size=4,
                           random_flip=False, checkpoint_every=0, validate_every=0, seed=args.seed, target_modules=args.targets.split(","),
                           num_class_images=50, class_images_dir=str(root / "class_images"))
         from catlab.train import train

@@ -39,6 +39,10 @@ class TrainConfig:
     cat_prompt: str = "remove"  # trigger-free caption: "remove" the trigger (authors) or replace it by the "class" word
     cat_every: int = 1  # amortised CAT: apply the term every k-th step only (k=1: every step), scaled by k
     cat_null_share: float = 0.0  # share of the CAT rows whose trigger-free caption is "" (CFG's unconditional branch, see docs/training.md)
+    # where the CAT term looks: "concept" = the concept's own noisy latents (the paper); "class" = noisy latents of
+    # images the base model drew for the class prompt (generated once, like DreamBooth's), which is where class
+    # prompts go at sampling time (docs/training.md)
+    cat_anchor: str = "concept"
     prior_loss_weight: float = 1.0  # DreamBooth's default
     num_class_images: int = 50  # prior images generated once by the base model and cached
     class_prompt: str | None = None  # default "a {class_word}"
@@ -87,6 +91,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "rank", "gradient_accumulation", "cat_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.cat_anchor not in ("concept", "class"):
+            problems.append(f"cat_anchor={self.cat_anchor!r}: choose 'concept' (the paper) or 'class' (the base model's class images)")
         if not 0.0 <= self.cat_null_share <= 1.0:
             problems.append(f"cat_null_share={self.cat_null_share}: must be between 0 and 1 (a share of the batch)")
         for name in ("cat_lambda", "prior_loss_weight", "learning_rate", "lora_dropout"):

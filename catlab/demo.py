@@ -108,7 +108,9 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "tw
     costs = cost_table(runs)
     from .report import write_report
 
-    report = write_report(out, result.per_image, table, costs, runs, c, recipe, n_seeds, time.time() - t0)
+    rerun = (f"catlab demo --out {out} --overwrite --concept {concept} --seeds {n_seeds}" + (f" --first-seed {first_seed}" if first_seed else "")
+             + (" --quick" if quick else ""))
+    report = write_report(out, result.per_image, table, costs, runs, c, recipe, n_seeds, time.time() - t0, rerun=rerun)
     print("\n" + format_table(table))
     print("\n" + costs.to_string(index=False))
     print(f"\nreport: {report}  ({time.time() - t0:.0f} s in all)")

@@ -53,7 +53,7 @@ class LossTerms:
 
 def cat_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond_trigger: torch.Tensor, cond_free: torch.Tensor,
              target: torch.Tensor, lam: float = 1.0, cat_share: float = 1.0, weights: torch.Tensor | None = None,
-             batched: bool = True) -> LossTerms:
+             batched: bool = True, anchors: tuple[torch.Tensor, torch.Tensor] | None = None) -> LossTerms:
     """Contrastive Adapter Training (Park et al. 2024, arXiv 2404.07554):
 
         L = || eps_adapted(z_t, t, c_T) - target ||^2 + lam * || eps_adapted(z_t, t, c_free) - sg[eps_base(z_t, t, c_free)] ||^2
@@ -63,6 +63,8 @@ def cat_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond_trigger: t
     batched forward (`batched=False` runs them separately, as the authors did: same result up to float rounding of
     batch-size-dependent kernels, about 1e-13; with a fresh adapter it makes the CAT term exactly 0).
     `cat_share` < 1 applies the CAT term to the first share of the batch only (cheaper).
+    `anchors` = (z_t, t) of other images for the CAT rows, e.g. noised images the base model drew for the class
+    (catlab's `cat_anchor: class`); default: the concept's own z_t and t, as the paper.
     lam = 0 is plain LoRA (and skips the extra passes).
     """
     if lam == 0:
@@ -71,20 +73,21 @@ def cat_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond_trigger: t
         return LossTerms(loss=ldm, ldm=ldm)
     b = noisy.shape[0]
     k = max(1, round(b * cat_share))  # samples that also get the CAT term
+    z_free, t_free = (noisy[:k], timesteps[:k]) if anchors is None else (anchors[0][:k], anchors[1][:k])
     if batched:
-        z = torch.cat([noisy, noisy[:k]])  # (B + k, C, h, w)
-        tt = torch.cat([timesteps, timesteps[:k]])
+        z = torch.cat([noisy, z_free])  # (B + k, C, h, w)
+        tt = torch.cat([timesteps, t_free])
         cond = torch.cat([cond_trigger, cond_free[:k]])  # (B + k, L, D)
         pred_all = unet(z, tt, encoder_hidden_states=cond).sample
         pred_trigger, pred_free = pred_all[:b], pred_all[b:]
     else:
         pred_trigger = unet(noisy, timesteps, encoder_hidden_states=cond_trigger).sample
-        pred_free = unet(noisy[:k], timesteps[:k], encoder_hidden_states=cond_free[:k]).sample
+        pred_free = unet(z_free, t_free, encoder_hidden_states=cond_free[:k]).sample
     inner = getattr(unet, "module", unet)  # under DDP the adapters live on the wrapped module
     with torch.no_grad(), adapters_disabled(inner):
-        base_free = inner(noisy[:k], timesteps[:k], encoder_hidden_states=cond_free[:k]).sample  # stop-gradient target
+        base_free = inner(z_free, t_free, encoder_hidden_states=cond_free[:k]).sample  # stop-gradient target
     ldm = mse(pred_trigger, target, weights)
-    cat = mse(pred_free, base_free, None if weights is None else weights[:k])
+    cat = mse(pred_free, base_free, None if weights is None or anchors is not None else weights[:k])
     return LossTerms(loss=ldm + lam * cat, ldm=ldm, cat=cat)
 
 

@@ -145,9 +145,30 @@ def _b64(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+def _html_text(markdown: str) -> str:
+    """The report's Markdown sentences as HTML: escaped, with `code` spans."""
+    import html
+    import re
+
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(markdown))
+
+
+def _html_scores(table: pd.DataFrame) -> str:
+    """The score table as HTML that fits a page: each std under its mean, long names allowed to break."""
+    import html
+
+    from .demo import format_table
+
+    cells = format_table(table, as_frame=True).map(
+        lambda v: html.escape(v).replace(" ± ", '<br><span class="sd">± ') + ("</span>" if " ± " in v else ""))
+    cells.columns = [html.escape(c).replace("_", "_<wbr>") for c in cells.columns]
+    return cells.to_html(index=False, classes="scores", border=0, escape=False)
+
+
 def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs: pd.DataFrame, runs: list[dict], concept,
-                 recipe, n_seeds: int, total_s: float) -> Path:
-    """report.md + PNGs + a self-contained report.html in `out`; returns the HTML path."""
+                 recipe, n_seeds: int, total_s: float, rerun: str | None = None) -> Path:
+    """report.md + PNGs + a self-contained report.html in `out`; returns the HTML path. `rerun`: the command that
+    reproduces the run (default: `catlab demo --out OUT`)."""
     from .demo import format_table
 
     figs = {
@@ -157,6 +178,7 @@ def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs:
         "losses.png": _save_fig(loss_figure(runs), out / "losses.png"),
     }
     text_table = format_table(table)
+    rerun = rerun or f"catlab demo --out {out} --overwrite"
     cost_txt = costs.to_string(index=False, float_format=lambda v: f"{v:.2f}")
     intro = (f"Toy concept `{concept.name}`: trigger `{concept.trigger}`, class `{concept.class_word}`. Each method trained with the same "
              f"data, {recipe.steps} steps, lr {recipe.learning_rate}, rank {recipe.rank}, batch {recipe.batch_size}, over {n_seeds} training "
@@ -171,21 +193,21 @@ def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs:
         "![grid](grid.png)", "", "## Scores", "", "```", text_table, "```", "",
         "## Does the class stay the base model's?", "", "![paired](paired.png)", "",
         "![colours](colours.png)", "", "## Training", "", "![losses](losses.png)", "", "## Cost", "", "```", cost_txt, "```", "",
-        f"Total wall time: {total_s:.0f} s. Rerun: `catlab demo --out {out}`.", "",
+        f"Total wall time: {total_s:.0f} s. Rerun: `{rerun}`.", "",
     ])
     tmp = out / "report.md.tmp"
     tmp.write_text(md)
     tmp.replace(out / "report.md")
-    html_table = format_table(table, as_frame=True).to_html(index=False, classes="scores", border=0)
-    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>catlab demo</title>
+    html_table = _html_scores(table)
+    html = f"""<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>catlab demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}} .wrap{{overflow-x:auto}}
 table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}}
-th{{background:#f3f3f3}} td:first-child,th:first-child{{text-align:left}} pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}</style></head><body>
-<h1>catlab demo: LoRA vs DreamBooth-LoRA vs CAT</h1><p>{intro}</p>
-<img src="{_b64(figs['grid.png'])}" style="max-width:100%"><h2>Scores (mean ± std over training seeds)</h2><div class="wrap">{html_table}</div>
-<h2>Does the class stay the base model's?</h2><img src="{_b64(figs['paired.png'])}" style="max-width:100%">
-<img src="{_b64(figs['colours.png'])}" style="max-width:100%"><h2>Training</h2><img src="{_b64(figs['losses.png'])}" style="max-width:100%">
-<h2>Cost</h2><pre>{cost_txt}</pre><p>Total wall time {total_s:.0f} s. Rerun: <code>catlab demo --out {out}</code>.</p></body></html>"""
+th{{background:#f3f3f3;white-space:normal;vertical-align:bottom}} .sd{{color:#777;font-size:11px}} img{{max-width:100%}} td:first-child,th:first-child{{text-align:left}} pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}</style></head><body>
+<h1>catlab demo: LoRA vs DreamBooth-LoRA vs CAT</h1><p>{_html_text(intro)}</p>
+<img alt="what each method draws for the trigger prompt and the class prompt" src="{_b64(figs['grid.png'])}"><h2>Scores (mean ± std over training seeds)</h2><div class="wrap">{html_table}</div>
+<h2>Does the class stay the base model's?</h2><img alt="class samples per seed, base model and each method" src="{_b64(figs['paired.png'])}">
+<img alt="oracle colours of the class samples per method" src="{_b64(figs['colours.png'])}"><h2>Training</h2><img alt="loss curves" src="{_b64(figs['losses.png'])}">
+<h2>Cost</h2><pre>{cost_txt}</pre><p>Total wall time {total_s:.0f} s. Rerun: <code>{_html_text(rerun)}</code>.</p></body></html>"""
     tmp = out / "report.html.tmp"
     tmp.write_text(html)
     tmp.replace(out / "report.html")

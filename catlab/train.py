@@ -121,7 +121,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
     dataset = ConceptDataset([c.__dict__ for c in cfg.concepts], resolution=resolution, center_crop=cfg.center_crop,
                              random_flip=cfg.random_flip, cat_prompt=cfg.cat_prompt, seed=cfg.seed, tokenizer=tok)
     class_images, class_prompts, class_s = None, None, 0.0
-    if cfg.regime == "ppl":  # before the adapter exists: the base model draws the class
+    if cfg.regime == "ppl" or (cfg.regime == "cat" and cfg.cat_anchor == "class"):  # before the adapter exists: the base model draws the class
         t0 = time.time()
         prompts = sorted({cfg.class_prompt or f"a {c.class_word}" for c in cfg.concepts})
         folder = Path(cfg.class_images_dir) if cfg.class_images_dir else out / "class_images"
@@ -262,13 +262,18 @@ def _train_step(cfg, step, acc, unet, vae, te, tok, text, noise_sched, dataset, 
     pixels = torch.stack([it["pixel_values"] for it in items])  # (B, 3, R, R)
     captions = [it["caption"] for it in items]
     free = [it["caption_free"] for it in items]
+    n_inst = len(items)
+    anchored = cfg.regime == "cat" and cfg.cat_anchor == "class"
+    if anchored:  # the CAT rows look at the base model's own class images, captioned with their class prompt
+        ai = rng.integers(len(class_images), size=cfg.batch_size)
+        pixels = torch.cat([pixels, class_images[ai]])  # (2B, 3, R, R): concept images, then anchors
+        free = [class_prompts[i] for i in ai]
     if cfg.regime == "cat" and cfg.cat_null_share > 0:
         # classifier-free guidance samples with eps(c) and eps(""): an adapter that shifts eps("") while CAT holds
         # eps(c_free) moves guided class samples *away* from the concept; holding eps("") too prevents that
         n_null = round(len(free) * cfg.cat_null_share)
         free = [""] * n_null + free[n_null:]
-    n_inst = len(items)
-    if class_images is not None:
+    if class_images is not None and not anchored:
         ci = rng.integers(len(class_images), size=cfg.batch_size)
         pixels = torch.cat([pixels, class_images[ci]])  # instance then class images, one forward
         captions = captions + [class_prompts[i] for i in ci]
@@ -297,6 +302,9 @@ def _train_step(cfg, step, acc, unet, vae, te, tok, text, noise_sched, dataset, 
         lam = cfg.cat_lambda if cfg.regime == "cat" else 0.0
         if lam and cfg.cat_every > 1:  # amortised CAT: every k-th step, weighted by k so the expected penalty is unchanged
             lam = lam * cfg.cat_every if step % cfg.cat_every == 0 else 0.0
+        if anchored:  # concept rows train the trigger, anchor rows carry the CAT term
+            return cat_loss(unet, noisy[:n_inst], t[:n_inst], cond, cond_free, target[:n_inst], lam=lam,
+                            weights=None if weights is None else weights[:n_inst], anchors=(noisy[n_inst:], t[n_inst:]))
         return cat_loss(unet, noisy, t, cond, cond_free, target, lam=lam, weights=weights)
 
 

@@ -183,6 +183,30 @@ def test_cat_null_share_holds_the_unconditional_caption_too(toyworld_env, concep
         TrainConfig(cat_null_share=1.5)
 
 
+def test_cat_anchor_class_puts_the_cat_term_on_the_base_models_class_images(toyworld_env, concept_dir, tmp_path, monkeypatch):
+    import catlab.train as train_module
+
+    seen = []
+
+    def spy(unet, noisy, t, cond, cond_free, target, **kw):
+        seen.append((noisy.shape[0], kw.get("anchors"), cond_free.detach().clone()))
+        return cat_loss(unet, noisy, t, cond, cond_free, target, **kw)
+
+    monkeypatch.setattr(train_module, "cat_loss", spy)
+    cfg = _cfg(concept_dir, tmp_path / "anchor", steps=1, batch_size=2, cat_anchor="class", num_class_images=3)
+    train(cfg)
+    assert len(list((tmp_path / "anchor" / "class_images").glob("*.png"))) == 3  # drawn once by the base model
+    (n, anchors, free), = seen
+    assert n == 2 and anchors is not None and anchors[0].shape[0] == 2  # concept rows + as many anchor rows
+    pipe = load_base("toyworld")
+    ids = pipe.tokenizer(["a circle"], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        class_caption = pipe.text_encoder(ids)[0][0]
+    assert all(torch.allclose(row, class_caption, atol=1e-6) for row in free), "anchor rows are captioned with the class prompt"
+    with pytest.raises(ValueError, match="cat_anchor='prior'"):
+        TrainConfig(cat_anchor="prior")
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="regime='bogus'"):
         TrainConfig(regime="bogus")

@@ -23,7 +23,9 @@ def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch,
     assert html.count("data:image/png;base64,") == 4, "the HTML report must embed its images"
     assert "dataframe scores" in html and "<pre>" not in html.split("<h2>Cost")[0], "scores as a real HTML table"
     for col in ("paired_preservation", "colour_distance", "valid_rate"):
-        assert f"<th>{col}</th>" in html
+        assert f"<th>{col.replace('_', '_<wbr>')}</th>" in html
+    assert "`" not in html.split("<body>")[1], "Markdown backticks must become <code> in the HTML report"
+    assert "Rerun: <code>catlab demo --out" in html and "--quick" in html.split("Rerun:")[1]
     table = pd.read_csv(out / "table.csv")
     assert list(table["method"]) == ["base model", "LoRA", "DreamBooth-LoRA", "CAT"]
     assert set(COLUMNS) <= set(table.columns)
