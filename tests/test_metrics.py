@@ -336,7 +336,7 @@ def test_evaluate_with_a_toy_oracle_folder(tmp_path, adapters):
 
     save_file(Oracle().state_dict(), tmp_path / "oracle.safetensors")  # untrained: checks the plumbing, not the readings
     df, summary = run_eval(tmp_path / "eval", adapters, oracle=tmp_path, templates=["a {trigger} {class}"], seeds=2)
-    assert df["oracle_concept"].isin(["none", "two_tone_circle", "striped_square", "two_tone_star", "bronze_star"]).all()
+    assert df["oracle_concept"].isin(["none", "two_tone_circle", "striped_square", "two_tone_star", "bronze_star", "circle_on_navy"]).all()
     assert summary[["collapse_rate_mean", "attr_acc_mean", "colour_entropy_mean"]].notna().all().all()
 
 

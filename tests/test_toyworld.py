@@ -63,12 +63,12 @@ def test_trigger_words_are_single_known_tokens():
 def test_concepts_never_occur_in_the_world():
     """Every concept has a pattern or a colour that no world image has."""
     _, world = make_world_dataset(2000, seed=0)
-    world_looks = {(s.shape, s.colour, s.pattern) for s in world}
+    world_looks = {(s.shape, s.colour, s.pattern, s.background) for s in world}
     assert all(s.pattern == "solid" for s in world)
     for name, c in CONCEPTS.items():
         imgs, specs = concept_images(name, seed=0)
         assert len(imgs) == c.n_images
-        assert all((s.shape, s.colour, s.pattern) not in world_looks for s in specs), name
+        assert all((s.shape, s.colour, s.pattern, s.background) not in world_looks for s in specs), name
 
 
 def test_pipeline_round_trips_through_save_pretrained(tiny_assets, tmp_path):

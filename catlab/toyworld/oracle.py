@@ -70,7 +70,7 @@ def _concept_variant(c: ToyConcept, rng: np.random.Generator):
 
     base = sample_spec(rng, shape=c.class_word, colour=_neighbour(c.colour, rng))
     return replace(base, pattern=c.pattern, second_colour=_neighbour(c.second_colour, rng),
-                   angle=base.angle if c.class_word != "circle" else 0.0)
+                   angle=base.angle if c.class_word != "circle" else 0.0, background=c.background or base.background)
 
 
 def make_oracle_batch(rng: np.random.Generator, n: int, concept_share: float = 0.25):

@@ -29,6 +29,7 @@ COLOUR_NAMES = tuple(COLOURS)
 # Colours that only personal concepts have: the base model never saw them, so the concept is a new look, not a
 # new pattern (a different kind of concept from the two-colour patterns below)
 CONCEPT_COLOURS = {"bronze": (150, 95, 40)}
+CONCEPT_BACKGROUNDS = {"navy": (30, 40, 95)}  # a setting no world image has: a concept of scene, not of object
 BACKGROUNDS = {  # name -> (RGB, probability): mostly light, like product photos on a table
     "light": ((242, 242, 238), 0.6),
     "dark": ((45, 45, 52), 0.2),
@@ -115,7 +116,7 @@ def _rgb(colour: str) -> tuple[int, int, int]:
 def draw_shape(spec: ShapeSpec, resolution: int = DEFAULT_RESOLUTION) -> Image.Image:
     """Render one object as an RGB image of `resolution` x `resolution` pixels."""
     side = resolution * SUPERSAMPLE
-    img = Image.new("RGB", (side, side), BACKGROUNDS[spec.background][0])
+    img = Image.new("RGB", (side, side), BACKGROUNDS[spec.background][0] if spec.background in BACKGROUNDS else CONCEPT_BACKGROUNDS[spec.background])
     mask = _shape_mask(spec, side)
     img.paste(_rgb(spec.colour), mask=mask)
     if spec.pattern != "solid":
@@ -182,6 +183,7 @@ class ToyConcept:
     second_colour: str
     pattern: str
     n_images: int = 5
+    background: str | None = None  # a fixed setting that is part of the concept (None: varied, like product photos)
 
     def spec(self, rng: np.random.Generator) -> ShapeSpec:
         """One photo of the concept: small variations of size, position and background."""
@@ -189,7 +191,7 @@ class ToyConcept:
         return ShapeSpec(
             shape=self.class_word,
             colour=self.colour,
-            background=("light", "light", "sand", "dark")[rng.integers(4)],
+            background=self.background or ("light", "light", "sand", "dark")[rng.integers(4)],
             radius=radius,
             cx=0.5 + float(rng.uniform(-0.06, 0.06)),
             cy=0.5 + float(rng.uniform(-0.06, 0.06)),
@@ -204,6 +206,7 @@ CONCEPTS = {
     "striped_square": ToyConcept("striped_square", "zwx", "square", "yellow", "purple", "striped"),
     "two_tone_star": ToyConcept("two_tone_star", "qhm", "star", "blue", "orange", "two_tone"),
     "bronze_star": ToyConcept("bronze_star", "vfy", "star", "bronze", "bronze", "solid"),
+    "circle_on_navy": ToyConcept("circle_on_navy", "pxl", "circle", "yellow", "yellow", "solid", background="navy"),
 }
 TRIGGER_WORDS = ("sks", "zwx", "qhm", "vfy", "pxl", "tok")  # in the vocabulary, never in pretraining captions
 
@@ -229,7 +232,7 @@ def export_concept(concept: str, out_dir: str | Path, seed: int = 0, resolution:
     images, specs = concept_images(c, seed=seed, resolution=resolution)
     for i, (img, spec) in enumerate(zip(images, specs)):
         img.save(out / f"{c.name}_{i:02d}.png")
-        bg = "" if spec.background == "light" else f" on a {spec.background} background"
+        bg = "" if spec.background in ("light", c.background) else f" on a {spec.background} background"  # a concept's own setting is the trigger's to name
         (out / f"{c.name}_{i:02d}.txt").write_text(f"a {c.trigger} {c.class_word}{bg}\n")
     meta = {"trigger": c.trigger, "class_word": c.class_word, "source": f"catlab toyworld concept {c.name}", **asdict(c)}
     import json
