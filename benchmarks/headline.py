@@ -42,7 +42,7 @@ def main() -> int:
     ap.add_argument("--out", default="runs/headline")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0, help="first training seed: 3 checks a recipe on seeds it was not chosen on")
-    ap.add_argument("--concepts", default="striped_square,bronze_star", help="comma-separated toy concepts (default: the demo's two)")
+    ap.add_argument("--concepts", default="bronze_star,circle_on_navy", help="comma-separated toy concepts (default: a new colour and a new setting)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a numeric DemoRecipe field, e.g. cat_null_share=0")
     args = ap.parse_args()
     from catlab.demo import DemoRecipe, run_demo

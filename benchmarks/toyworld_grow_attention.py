@@ -72,6 +72,10 @@ def main() -> None:
     src = toyworld_path("pipeline")
     torch.manual_seed(args.seed)
     shipped = UNet2DConditionModel.from_pretrained(src / "unet")
+    if "CrossAttnDownBlock2D" in shipped.config.down_block_types[:-1]:
+        raise SystemExit(f"{src / 'unet'} already has cross-attention at 8x8 (toy world v2). To grow v1 again, point "
+                         "CATLAB_TOYWORLD_DIR at the v1 assets, e.g. `git worktree add /tmp/v1 01b78ab` and "
+                         "CATLAB_TOYWORLD_DIR=/tmp/v1/catlab/assets/toyworld")
     unet = grow(shipped)
     z, t, c = torch.randn(4, 4, 16, 16), torch.randint(0, 1000, (4,)), torch.randn(4, 12, shipped.config.cross_attention_dim)
     with torch.no_grad():
