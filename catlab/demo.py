@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .notices import quiet_libraries
-
-METHODS = {"none": "LoRA", "ppl": "DreamBooth-LoRA", "cat": "CAT"}  # regime -> display name
+from .report import COLUMNS, METHODS, format_table  # noqa: F401  (re-exported: the demo's table vocabulary)
 
 
 @dataclass
@@ -119,10 +118,6 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "br
     return {"table": table, "costs": costs, "per_image": result.per_image, "report": report, "runs": runs}
 
 
-COLUMNS = ["IS", "PS", "KP", "KPS", "DIV", "Vendi", "PRES", "colour_entropy", "collapse_rate", "identity_acc",
-           "paired_preservation", "colour_distance", "valid_rate"]
-
-
 def summarise_by_method(per_image: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
     """One row per method: mean and std over training seeds of each score (each seed's score is a mean over images)."""
     from .scoring import BASE, per_seed_scores
@@ -145,17 +140,6 @@ def summarise_by_method(per_image: pd.DataFrame, runs: list[dict]) -> pd.DataFra
                 row[f"{col}_std"] = sub[col].std(ddof=1) if len(sub) > 1 else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def format_table(table: pd.DataFrame, as_frame: bool = False) -> str | pd.DataFrame:
-    """mean ± std per score, as text for the terminal (or as a DataFrame of strings for an HTML table)."""
-    out = pd.DataFrame({"method": table["method"]})
-    for col in COLUMNS:
-        if col in table:
-            std = table.get(f"{col}_std")
-            out[col] = [f"{m:.3f}" + (f" ± {s:.3f}" if s is not None and np.isfinite(s) else "")
-                        for m, s in zip(table[col], std if std is not None else [None] * len(table))]
-    return out if as_frame else out.to_string(index=False)
 
 
 def cost_table(runs: list[dict]) -> pd.DataFrame:

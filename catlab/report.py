@@ -15,6 +15,22 @@ from PIL import Image
 
 from .sample import image_grid, save_image_atomic
 
+METHODS = {"none": "LoRA", "ppl": "DreamBooth-LoRA", "cat": "CAT"}  # regime -> display name
+
+COLUMNS = ["IS", "PS", "KP", "KPS", "DIV", "Vendi", "PRES", "colour_entropy", "collapse_rate", "identity_acc",
+           "paired_preservation", "colour_distance", "valid_rate"]
+
+
+def format_table(table: pd.DataFrame, as_frame: bool = False) -> str | pd.DataFrame:
+    """mean ± std per score, as text for the terminal (or as a DataFrame of strings for an HTML table)."""
+    out = pd.DataFrame({"method": table["method"]})
+    for col in COLUMNS:
+        if col in table:
+            std = table.get(f"{col}_std")
+            out[col] = [f"{m:.3f}" + (f" ± {s:.3f}" if s is not None and np.isfinite(s) else "")
+                        for m, s in zip(table[col], std if std is not None else [None] * len(table))]
+    return out if as_frame else out.to_string(index=False)
+
 
 def _open(out: Path, rel: str) -> Image.Image:
     return Image.open(out / "eval" / rel).convert("RGB")
@@ -22,7 +38,6 @@ def _open(out: Path, rel: str) -> Image.Image:
 
 def method_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], prompt_kind: str, template: str, n_cols: int, title: str) -> Image.Image:
     """Rows: base model and each method (training seed 0); columns: the same sampling seeds."""
-    from .demo import METHODS
     from .scoring import BASE
 
     rows, labels = [], []
@@ -59,7 +74,6 @@ def paired_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], n_cols: in
     template = per_image["template"].iloc[0]
     if "preserved" not in per_image:  # no oracle: the plain grid
         return method_grid(out, per_image, runs, "class", template, n_cols, "class samples, same seeds")
-    from .demo import METHODS
     from .scoring import BASE
 
     first = {r["regime"]: f"{r['regime']}_s{r['seed']}" for r in sorted(runs, key=lambda r: -r["seed"])}
@@ -82,7 +96,6 @@ def colour_figure(per_image: pd.DataFrame, runs: list[dict], concept):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .demo import METHODS
     from .scoring import BASE
     from .toyworld.world import COLOURS
 
@@ -110,7 +123,6 @@ def colour_figure(per_image: pd.DataFrame, runs: list[dict], concept):
 def loss_figure(runs: list[dict]):
     import matplotlib.pyplot as plt
 
-    from .demo import METHODS
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
     for regime, name in METHODS.items():
@@ -157,7 +169,6 @@ def _html_scores(table: pd.DataFrame) -> str:
     """The score table as HTML that fits a page: each std under its mean, long names allowed to break."""
     import html
 
-    from .demo import format_table
 
     cells = format_table(table, as_frame=True).map(
         lambda v: html.escape(v).replace(" ± ", '<br><span class="sd">± ') + ("</span>" if " ± " in v else ""))
@@ -169,7 +180,6 @@ def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs:
                  recipe, n_seeds: int, total_s: float, rerun: str | None = None) -> Path:
     """report.md + PNGs + a self-contained report.html in `out`; returns the HTML path. `rerun`: the command that
     reproduces the run (default: `catlab demo --out OUT`)."""
-    from .demo import format_table
 
     figs = {
         "grid.png": save_image_atomic(headline_grid(out, per_image, runs, concept, recipe.grid_seeds), out / "grid.png"),

@@ -76,3 +76,11 @@ def test_toyworld_pretrain_quick_keeps_work_files_out_of_the_asset_folder(tmp_pa
     assert (tmp_path / "assets" / "pipeline" / "model_index.json").is_file()
     assert not list((tmp_path / "assets").glob("*.ckpt")) and not (tmp_path / "assets" / "_work").exists()
     assert (tmp_path / "assets-work" / "unet.ckpt").is_file()
+
+
+def test_import_contracts_hold():
+    """The layering in pyproject.toml ([tool.importlinter]): one-way layers, the toy world beside the core."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    res = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, f"import contracts broken:\n{res.stdout[-3000:]}"
+    assert "2 kept, 0 broken" in res.stdout
