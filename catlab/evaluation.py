@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from .embedders import load_embedder
-from .scoring import BASE, Concept, score_images, style_summary, summarise
+from .scoring import BASE, Concept, backbone_note, score_images, style_summary, summarise
 
 # DreamBench-style (Ruiz et al. 2023, arXiv 2208.12242) recontextualisation and property prompts that the toy world
 # can draw; each is also generated without its trigger ("a red {class}") to measure knowledge preservation
@@ -181,15 +181,20 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
              seeds: int | Sequence[int] = 8, embedder: Any = "toyworld", oracle: Any = None, out_dir: str | Path = "runs/eval",
              num_inference_steps: int | None = None, guidance_scale: float | None = None, batch_size: int = 32,
              device: str | None = None, progress: bool = True, generate_fn: Callable | None = None,
-             activate_fn: Callable | None = None) -> EvalResult:
+             activate_fn: Callable | None = None, dino: Any = None, clip: Any = None) -> EvalResult:
     """Generate with the base model and each adapter on the same prompts x seeds, embed, score and summarise.
 
     base: a pipeline or 'toyworld' / folder / hub id. adapters: method name -> adapter path, or None for the base
     model itself. concept: toy concept name, folder of reference images, or list of PIL images. templates: strings
     with {trigger} and {class}; each is also generated trigger-free. Images are cached as PNGs under
     out_dir/images (keyed by base, adapter, settings, prompt and seed), so a second call only re-scores.
-    Writes out_dir/per_image.csv and out_dir/summary.csv. generate_fn / activate_fn(pipe, method, adapter_path)
-    default to catlab.sample.generate / activate_adapter; the pipeline is left with adapters disabled.
+    Writes out_dir/per_image.csv, out_dir/summary.csv and out_dir/backbones.json (which model and scaling produced
+    each score). generate_fn / activate_fn(pipe, method, adapter_path) default to catlab.sample.generate /
+    activate_adapter; the pipeline is left with adapters disabled.
+
+    The metrics real-world papers report, as raw cosines (off by default): dino = a ViT / DINOv2 folder or hub id
+    (DreamBooth's facebook/dino-vits16) or an Embedder adds DINO_cos and DINO-PRES_cos; clip = True (the evaluation
+    embedder, a CLIP) or a CLIP folder / hub id / Embedder adds CLIP-I_cos and CLIP-T_cos. See docs/metrics.md.
     """
     if concept is None:
         raise ValueError("evaluate: pass concept= (a toy concept name, a folder of reference images, or a list of PIL images)")
@@ -199,6 +204,15 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"evaluate: seeds must be a positive count or distinct integers, got {seeds}")
     methods, out = _methods(adapters), Path(out_dir)
+    # loaded before generating, so a wrong folder fails in seconds, not after the images
+    embedder = load_embedder(embedder, device=device)
+    dino = None if dino is None else load_embedder(dino, device=device, kind="dino")
+    if clip is not None and clip is not False and clip is not True:
+        clip = load_embedder(clip, device=device, kind="clip")
+    clip_embedder = embedder if clip is True else None if clip is None or clip is False else clip
+    if clip_embedder is not None and not clip_embedder.has_text:
+        raise ValueError(f"CLIP-T needs a CLIP with a text tower; {clip_embedder.backbone} embeds images only. Pass clip= a CLIP "
+                         "folder or hub id (openai/clip-vit-base-patch32), or clip=True with a CLIP as the evaluation embedder")
     if generate_fn is None:
         from .sample import generate as generate_fn
     activate_fn = activate_fn or activate_adapter
@@ -234,10 +248,11 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
     if "pipe" in loaded and len(methods) > 1:
         activate_fn(loaded["pipe"], BASE, None)
     df = pd.DataFrame(rows)
-    df = score_images(df, [_open_rgb(out / f) for f in df["image"]], c, load_embedder(embedder, device=device), oracle)
+    df = score_images(df, [_open_rgb(out / f) for f in df["image"]], c, embedder, oracle, dino=dino, clip=clip)
     summary = summarise(df)
     df.to_csv(out / "per_image.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
+    (out / "backbones.json").write_text(json.dumps(df.attrs.get("backbones", {}), indent=2, ensure_ascii=False) + "\n")
     return EvalResult(df, summary)
 
 
@@ -257,12 +272,15 @@ def evaluate_cli(args) -> int:
             oracle = toyworld_path("oracle")
         except ToyWorldAssetError as e:
             print(f"note: oracle scores skipped ({e})")
+    real = {"dino": getattr(args, "dino", None), "clip": getattr(args, "clip", None)}  # --dino PATH, --clip [PATH]
     try:
         res = evaluate(args.base, adapters, args.concept, trigger=args.trigger, class_word=args.class_word, seeds=args.seeds,
-                       embedder=args.embedder, oracle=oracle, out_dir=args.out)
+                       embedder=args.embedder, oracle=oracle, out_dir=args.out, **{k: v for k, v in real.items() if v is not None})
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"catlab: error: {e}") from e
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(style_summary(res.summary).data.to_string())
-    print(f"wrote {Path(args.out) / 'per_image.csv'} and {Path(args.out) / 'summary.csv'}")
+    if res.summary.attrs.get("backbones"):
+        print(f"backbones: {backbone_note(res.summary.attrs['backbones'])}")
+    print(f"wrote {Path(args.out) / 'per_image.csv'}, {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'backbones.json'}")
     return 0

@@ -2,8 +2,10 @@
 
 Identity similarity (IS), prompt similarity (PS) and knowledge preservation (KP) follow the CAT paper
 (arXiv 2404.07554); KPS, their harmonic-mean aggregate, is catlab's definition (the paper's exact formula is
-not public). Diversity: DreamBooth's DIV and the Vendi score (arXiv 2210.02410). docs/metrics.md has every
-formula, range and direction. All scores are pure functions of embeddings (or oracle readings).
+not public). Diversity: DreamBooth's DIV and the Vendi score (arXiv 2210.02410). The metrics real-world papers
+report, DreamBooth's DINO, CLIP-I and CLIP-T (arXiv 2208.12242), are raw cosines: `image_similarity` (DINO or
+CLIP image embeddings) and `prompt_similarity` (CLIP-T). docs/metrics.md has every formula, range, scaling and
+direction. All scores are pure functions of embeddings (or oracle readings).
 """
 
 from __future__ import annotations
@@ -38,6 +40,16 @@ def rescale(cos: Any) -> Any:
     return (np.asarray(cos) + 1.0) / 2.0
 
 
+def image_similarity(generated: Any, references: Any, per_image: bool = False) -> float | np.ndarray:
+    """Mean raw cosine cos(g, r) over generations g and references r; in [-1, 1], NOT rescaled.
+
+    DreamBooth's DINO score with DINO ViT-S/16 embeddings and its CLIP-I with CLIP image embeddings
+    (Ruiz et al. 2023, arXiv 2208.12242). IS is the same average of (cos + 1) / 2, so IS = (this + 1) / 2.
+    """
+    s = cosine_matrix(generated, references).mean(1)  # (N,)
+    return s if per_image else float(s.mean())
+
+
 def identity_similarity(generated: Any, references: Any, per_image: bool = False) -> float | np.ndarray:
     """IS: mean over generations g and references r of (cos(g, r) + 1) / 2; in [0, 1], higher = more like the concept."""
     s = rescale(cosine_matrix(generated, references)).mean(1)  # (N,)
@@ -50,7 +62,10 @@ def prior_resemblance(class_generated: Any, references: Any, per_image: bool = F
 
 
 def prompt_similarity(texts: Any, generated: Any, per_image: bool = False) -> float | np.ndarray:
-    """PS: mean raw cosine between each prompt's text embedding (N, D) or one prompt (1, D) and its generation (N, D)."""
+    """PS: mean raw cosine between each prompt's text embedding (N, D) or one prompt (1, D) and its generation (N, D).
+
+    With CLIP embeddings this is DreamBooth's CLIP-T (prompt fidelity); in [-1, 1], not rescaled.
+    """
     t, g = normalise_rows(_rows(texts, "prompt_similarity texts")), normalise_rows(_rows(generated, "prompt_similarity images"))
     if len(t) not in (1, len(g)):
         raise ValueError(f"prompt_similarity: {len(t)} text embeddings for {len(g)} images; pass one per image or a single one")

@@ -3,6 +3,12 @@
 `score_images` embeds the images and applies the pure functions of `catlab.metrics` (plus, with an oracle, the
 toy world's shape/colour/concept readings) row by row; `per_seed_scores` and `summarise` reduce the table to
 mean and 95% CI per method, and `style_summary` shows that in a notebook. `catlab.evaluation` generates the images.
+
+Optionally (`dino=`, `clip=`) the tables gain the metrics real-world papers report, as raw cosines named so the
+scaling is visible: DINO_cos and CLIP-I_cos (DreamBooth's DINO and CLIP-I), CLIP-T_cos, and DINO-PRES_cos
+(DreamBooth's PRES). IS, PS, KP, KPS and PRES keep CAT's conventions ((cos + 1) / 2, PS raw). Which model
+produced each column is kept in `df.attrs["backbones"]` (and, with the real-world metrics on, in the summary's
+`backbones` column).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from .metrics import (
     colour_distance,
     colour_entropy,
     identity_similarity,
+    image_similarity,
     knowledge_preservation,
     kps,
     mean_ci95,
@@ -33,13 +40,19 @@ from .metrics import (
 from .toyworld.world import COLOUR_NAMES, SHAPES
 
 BASE = "base"  # method name of the base model, always evaluated: KP needs it
-HIGHER_IS_BETTER = {"IS": True, "PS": True, "KP": True, "KPS": True, "DIV": True, "Vendi": True, "PRES": False,
-                    "colour_entropy": True, "collapse_rate": False, "attr_acc": True, "identity_acc": True,
-                    "paired_preservation": True, "colour_distance": False, "valid_rate": True}
-SEED_SCORES = ("IS", "PS", "KP", "KPS", "PRES", "collapse_rate", "attr_acc", "identity_acc", "paired_preservation",
+HIGHER_IS_BETTER = {"IS": True, "PS": True, "KP": True, "KPS": True, "DINO_cos": True, "CLIP-I_cos": True, "CLIP-T_cos": True,
+                    "DIV": True, "Vendi": True, "PRES": False, "DINO-PRES_cos": False, "colour_entropy": True, "collapse_rate": False,
+                    "attr_acc": True, "identity_acc": True, "paired_preservation": True, "colour_distance": False, "valid_rate": True}
+REAL_SCORES = ("DINO_cos", "CLIP-I_cos", "CLIP-T_cos", "DINO-PRES_cos")  # DreamBooth's metrics, raw cosines (dino=, clip=)
+SEED_SCORES = ("IS", "PS", "KP", "KPS", "PRES", *REAL_SCORES, "collapse_rate", "attr_acc", "identity_acc", "paired_preservation",
                "valid_rate")  # CI across seeds
 SET_SCORES = ("DIV", "Vendi", "colour_entropy", "colour_distance")  # one value per (method, class prompt): CI across prompts
 VALID_CONFIDENCE = 0.9  # a class sample is valid when the oracle reads the class's shape with at least this probability
+# how each embedding score is scaled: CAT's code rescales image-image cosines to [0, 1], DreamBooth's metrics are raw
+SCALING = {"IS": "(cos + 1) / 2", "PRES": "(cos + 1) / 2", "KP": "(cos + 1) / 2", "KPS": "(cos + 1) / 2",
+           "PS": "raw cosine", "DIV": "1 - cos", "Vendi": "cosine kernel",
+           **{score: "raw cosine" for score in REAL_SCORES}}
+ORACLE_SCORES = ("attr_acc", "colour_entropy", "collapse_rate", "identity_acc", "paired_preservation", "colour_distance", "valid_rate")
 
 
 @dataclass
@@ -72,16 +85,33 @@ def _read_oracle(oracle: Any, images: list[Image.Image]):
     raise TypeError(f"oracle: expected 'toyworld', an asset folder, an Oracle or a function images -> OracleReading; got {type(oracle).__name__}")
 
 
-def score_images(df: pd.DataFrame, images: list[Image.Image], concept: Concept, embedder: Any = "toyworld", oracle: Any = None) -> pd.DataFrame:
+def backbone_note(backbones: Mapping[str, str]) -> str:
+    """One line naming the model and the scaling behind each score, columns with the same source grouped:
+    'IS, KP, KPS, PRES: (cos + 1) / 2 of CLIP ViT-B/32 (openai/clip-vit-base-patch32); DINO_cos, ...'."""
+    groups: dict[str, list[str]] = {}
+    for score, source in backbones.items():
+        groups.setdefault(source, []).append(score)
+    return "; ".join(f"{', '.join(scores)}: {source}" for source, scores in groups.items())
+
+
+def score_images(df: pd.DataFrame, images: list[Image.Image], concept: Concept, embedder: Any = "toyworld", oracle: Any = None, *,
+                 dino: Any = None, clip: Any = None) -> pd.DataFrame:
     """Per-image scores for rows (method, kind, prompt, seed) with `images` aligned to the rows.
 
     Trigger rows get IS, class rows get KP (against the base row of the same prompt and seed) and PRES, all rows PS.
     Set scores (DIV, Vendi, colour entropy) belong to a (method, class prompt) group and are repeated on its rows.
+
+    dino: a ViT / DINOv2 folder or hub id (facebook/dino-vits16) or an Embedder: adds DINO_cos (trigger rows) and
+    DINO-PRES_cos (class rows), the raw mean cosine to the references. clip: True (the evaluation embedder, which
+    must be a CLIP) or a CLIP folder / hub id / Embedder: adds CLIP-I_cos (trigger rows: raw mean cosine to the
+    references) and CLIP-T_cos (all rows: raw cosine between the prompt as written and the image).
+    `df.attrs["backbones"]` names the model and the scaling behind each score column.
     """
     df = df.reset_index(drop=True).copy()
     if len(images) != len(df):
         raise ValueError(f"score_images: {len(images)} images for {len(df)} rows; pass one image per row")
     embedder = load_embedder(embedder)
+    backbones = {score: f"{SCALING[score]} of {embedder.backbone}" for score in ("IS", "PRES", "KP", "KPS")}
     emb = embedder.embed_images(images)  # (N, D)
     ref = embedder.embed_images(concept.references)  # (R, D)
     trig = (df["kind"] == "trigger").to_numpy()
@@ -98,10 +128,11 @@ def score_images(df: pd.DataFrame, images: list[Image.Image], concept: Concept, 
     if len(cls):
         df.loc[cls, "KP"] = knowledge_preservation(emb[cls], emb[pairs], per_image=True)
 
+    prompts = list(dict.fromkeys(df["prompt"]))
     try:
-        prompts = list(dict.fromkeys(df["prompt"]))
         text = dict(zip(prompts, embedder.embed_texts(prompts)))
         df["PS"] = prompt_similarity(np.stack([text[p] for p in df["prompt"]]), emb, per_image=True)
+        backbones["PS"] = f"{SCALING['PS']} of {embedder.backbone}"
     except NotImplementedError as e:
         warnings.warn(f"prompt similarity (PS) left empty: {e}", stacklevel=2)
         df["PS"] = np.nan
@@ -110,8 +141,27 @@ def score_images(df: pd.DataFrame, images: list[Image.Image], concept: Concept, 
     df["DIV"], df["Vendi"] = np.nan, np.nan
     for idx in groups.values():
         df.loc[idx, "DIV"], df.loc[idx, "Vendi"] = pairwise_diversity(emb[idx]), vendi_score(emb[idx])
+    backbones |= {score: f"{SCALING[score]} of {embedder.backbone}" for score in ("DIV", "Vendi")}
+
+    if dino is not None:  # DreamBooth's DINO (and its PRES): raw cosines of a self-supervised ViT's CLS embeddings
+        dino = load_embedder(dino, kind="dino")
+        sim = image_similarity(dino.embed_images(images), dino.embed_images(concept.references), per_image=True)  # (N,)
+        df["DINO_cos"], df["DINO-PRES_cos"] = np.where(trig, sim, np.nan), np.where(~trig, sim, np.nan)
+        backbones |= {score: f"{SCALING[score]} of {dino.backbone}" for score in ("DINO_cos", "DINO-PRES_cos")}
+    if clip is not None and clip is not False:  # DreamBooth's CLIP-I and CLIP-T: raw cosines
+        clip = embedder if clip is True else load_embedder(clip, kind="clip")
+        if not clip.has_text:
+            raise ValueError(f"CLIP-T needs a CLIP with a text tower; {clip.backbone} embeds images only. Pass clip= a CLIP folder "
+                             "or hub id (openai/clip-vit-base-patch32), or clip=True with a CLIP as the evaluation embedder")
+        img = emb if clip is embedder else clip.embed_images(images)  # (N, D)
+        df["CLIP-I_cos"] = np.where(trig, image_similarity(img, clip.embed_images(concept.references), per_image=True), np.nan)
+        text = dict(zip(prompts, clip.embed_texts(prompts)))  # the prompt as written, trigger included
+        df["CLIP-T_cos"] = prompt_similarity(np.stack([text[p] for p in df["prompt"]]), img, per_image=True)
+        backbones |= {score: f"{SCALING[score]} of {clip.backbone}" for score in ("CLIP-I_cos", "CLIP-T_cos")}
     if oracle is not None:
         df = _score_oracle(df, _read_oracle(oracle, images), concept, groups)
+        backbones |= {score: "toy-world oracle readings" for score in ORACLE_SCORES}
+    df.attrs["backbones"] = backbones
     return df
 
 
@@ -155,6 +205,9 @@ def per_seed_scores(df: pd.DataFrame) -> pd.DataFrame:
         t, c = g[g["kind"] == "trigger"], g[g["kind"] == "class"]
         r = {"method": method, "seed": seed, "IS": t["IS"].mean(), "PS": t["PS"].mean(), "KP": c["KP"].mean(), "PRES": c["PRES"].mean()}
         r["KPS"] = kps(r["IS"], r["KP"])
+        for score in REAL_SCORES:  # over trigger prompts, like IS and PS; DINO-PRES over class prompts, like PRES
+            if score in g:
+                r[score] = (c if score == "DINO-PRES_cos" else t)[score].mean()
         if "attr_ok" in g:
             r |= {"collapse_rate": c["collapsed"].mean(), "attr_acc": c["attr_ok"].mean(), "identity_acc": t["identity_ok"].mean(),
                   "paired_preservation": c["preserved"].mean(), "valid_rate": c["valid"].mean()}
@@ -163,7 +216,11 @@ def per_seed_scores(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """Per method: mean and 95% CI half-width of each score, across seeds (set scores: across class prompts)."""
+    """Per method: mean and 95% CI half-width of each score, across seeds (set scores: across class prompts).
+
+    `summary.attrs["backbones"]` says which model and scaling produced each score (from `df.attrs`); when the
+    real-world metrics (DINO_cos, CLIP-I_cos, CLIP-T_cos) are present, a `backbones` column says it in the table too.
+    """
     seeds = per_seed_scores(df)
     sets = df[df["kind"] == "class"].groupby(["method", "prompt"], sort=False).first().reset_index()
     rows = []
@@ -175,7 +232,13 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
             if score in src:
                 r[f"{score}_mean"], r[f"{score}_ci95"] = mean_ci95(src[score])
         rows.append(r)
-    return pd.DataFrame(rows)
+    summary = pd.DataFrame(rows)
+    backbones = {k: v for k, v in df.attrs.get("backbones", {}).items() if f"{k}_mean" in summary}
+    if backbones:
+        summary.attrs["backbones"] = backbones
+        if any(score in df for score in REAL_SCORES):
+            summary["backbones"] = backbone_note(backbones)
+    return summary
 
 
 def style_summary(summary: pd.DataFrame, digits: int = 3):
@@ -196,5 +259,10 @@ def style_summary(summary: pd.DataFrame, digits: int = 3):
         return ["font-weight: bold" if m in vals.index and vals[m] == best else "" for m in col.index]
 
     arrows = {s: f"{s} {'↑' if HIGHER_IS_BETTER.get(s, True) else '↓'}" for s in scores}
-    return (table.style.apply(bold_best, axis=0).format_index(lambda s: arrows.get(s, s), axis=1)
-            .set_caption("mean ± 95% CI across seeds (DIV, Vendi, colour entropy: across class prompts); bold = best adapter"))
+    caption = "mean ± 95% CI across seeds (DIV, Vendi, colour entropy: across class prompts); bold = best adapter"
+    backbones = summary.attrs.get("backbones") or {}
+    if not backbones and "backbones" in summary and len(summary):  # a summary read back from summary.csv
+        caption += f". {summary['backbones'].iloc[0]}"
+    elif backbones:
+        caption += f". {backbone_note({s: b for s, b in backbones.items() if s in scores})}"
+    return table.style.apply(bold_best, axis=0).format_index(lambda s: arrows.get(s, s), axis=1).set_caption(caption)
