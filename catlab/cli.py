@@ -42,7 +42,7 @@ def _add_train(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="score adapters against their base model: IS, PS, KP, KPS, diversity",
+    p = sub.add_parser("eval", help="score adapters against their base model: IS, PS, KP, KPS, diversity; DINO, CLIP-I, CLIP-T",
                        description="Generate with the base model and each adapter on the same seeds, embed, score, "
                                    "and write per-image and summary CSVs.")
     p.add_argument("--base", default="toyworld", help="base model: 'toyworld', a diffusers folder or a hub id")
@@ -53,6 +53,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--embedder", default="toyworld", help="'toyworld', a CLIP folder or hub id (default: toyworld)")
     p.add_argument("--seeds", type=int, default=8, help="seeds per prompt (default: 8)")
     p.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
+    p.add_argument("--dino", metavar="PATH", default=None,
+                   help="add DreamBooth's DINO score (raw cosine) with this ViT/DINOv2 folder or hub id, e.g. facebook/dino-vits16")
+    p.add_argument("--clip", nargs="?", const=True, default=None, metavar="PATH",
+                   help="add DreamBooth's CLIP-I and CLIP-T (raw cosines): alone with --embedder's CLIP, or with this CLIP folder or hub id")
 
 
 def _add_sample(sub) -> None:
