@@ -296,3 +296,14 @@ def test_eval_cli_passes_dino_and_clip_through(tmp_path, monkeypatch, capsys):
     assert E.evaluate_cli(argparse.Namespace(**common, dino="facebook/dino-vits16", clip=True)) == 0
     assert seen[-1]["dino"] == "facebook/dino-vits16" and seen[-1]["clip"] is True
     assert "backbones: IS: (cos + 1) / 2 of CLIP ViT-B/32 (openai/clip-vit-base-patch32)" in capsys.readouterr().out
+
+
+def test_eval_cli_parses_the_dreambooth_metric_flags():
+    from catlab.cli import build_parser
+
+    base = ["eval", "--concept", "c", "--trigger", "sks", "--class-word", "circle"]
+    args = build_parser().parse_args(base + ["--dino", "models/dino", "--clip"])
+    assert args.dino == "models/dino" and args.clip is True
+    args = build_parser().parse_args(base + ["--clip", "models/clip"])
+    assert args.dino is None and args.clip == "models/clip"
+    assert build_parser().parse_args(base).clip is None
