@@ -55,6 +55,10 @@ def load_base(name_or_path: str = "toyworld", device: str | torch.device | None 
     except OSError as e:
         hint = " (the machine is offline or HF_HUB_OFFLINE=1: download it elsewhere and pass its folder)" if not Path(path).exists() else ""
         raise OSError(f"could not load base model {name_or_path!r}{hint}: {e}") from e
+    if dtype is None and pipe.text_encoder is not None and pipe.text_encoder.dtype != pipe.unet.dtype:
+        # transformers 5 loads a model in the dtype it was saved in, diffusers in fp32: a folder saved in fp16 gave an
+        # fp16 text encoder beside an fp32 UNet, and sampling failed ("mat1 and mat2 must have the same dtype")
+        pipe.text_encoder.to(pipe.unet.dtype)
     pipe.set_progress_bar_config(disable=True)
     if device is not None:
         pipe.to(device)
