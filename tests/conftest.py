@@ -27,3 +27,11 @@ def toyworld_env(tiny_assets, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_pipeline_path(tiny_assets):
     return tiny_assets / "pipeline"
+
+
+@pytest.fixture(scope="session")
+def concept_dir(tmp_path_factory):
+    """The toy concept two_tone_circle exported as an ordinary folder of images and captions."""
+    from catlab.toyworld.world import export_concept
+
+    return export_concept("two_tone_circle", tmp_path_factory.mktemp("concept") / "two_tone_circle")

@@ -25,3 +25,12 @@ def randomise_lora(model, seed=1):
     with torch.no_grad():
         for p in lora_parameters(model):
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def tiny_run_config(concept_dir, out, **overrides):
+    """A few-step TrainConfig on the exported toy concept (sks circle): what the training tests vary."""
+    from catlab.config import ConceptConfig, TrainConfig
+
+    base = dict(concepts=[ConceptConfig(str(concept_dir), "sks", "circle")], output_dir=str(out), steps=6, batch_size=2,
+                checkpoint_every=3, validate_every=0, log_every=1, random_flip=False)
+    return TrainConfig(**{**base, **overrides})

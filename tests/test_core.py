@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lora_helpers import randomise_lora, unet_inputs
+from lora_helpers import randomise_lora, tiny_run_config, unet_inputs
 from safetensors.torch import load_file
 
-from catlab.config import ConceptConfig, TrainConfig
+from catlab.config import TrainConfig
 from catlab.losses import cat_loss, denoising_target, min_snr_weights, prior_preservation_loss
 from catlab.models import add_lora, load_base, load_lora, lora_parameters
-from catlab.toyworld.world import export_concept
 from catlab.train import TrainCallback, train
 
 
-@pytest.fixture(scope="module")
-def concept_dir(tmp_path_factory):
-    return export_concept("two_tone_circle", tmp_path_factory.mktemp("concept") / "two_tone_circle")
-
-
 def _cfg(concept_dir, out, **kw):
-    base = dict(concepts=[ConceptConfig(str(concept_dir), "sks", "circle")], output_dir=str(out), steps=6, batch_size=2,
-                checkpoint_every=3, validate_every=0, log_every=1, random_flip=False)
-    return TrainConfig(**{**base, **kw})
+    return tiny_run_config(concept_dir, out, **kw)
 
 
 def test_fresh_adapter_leaves_model_unchanged_and_cat_term_is_zero(toyworld_env):

@@ -8,26 +8,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from lora_helpers import randomise_lora
+from lora_helpers import randomise_lora, tiny_run_config
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from catlab.config import ConceptConfig, TrainConfig
 from catlab.models import LORA_WEIGHT_NAME, WEBUI_WEIGHT_NAME, add_lora, load_base, load_lora, save_lora
 from catlab.sample import generate
-from catlab.toyworld.world import export_concept
 from catlab.train import train
 
 
-@pytest.fixture(scope="module")
-def concept_dir(tmp_path_factory):
-    return export_concept("two_tone_circle", tmp_path_factory.mktemp("concept") / "two_tone_circle")
-
-
 def _cfg(concept_dir, out, **kw):
-    base = dict(concepts=[ConceptConfig(str(concept_dir), "sks", "circle")], output_dir=str(out), steps=4, batch_size=2,
-                checkpoint_every=0, validate_every=0, log_every=1, random_flip=False)
-    return TrainConfig(**{**base, **kw})
+    return tiny_run_config(concept_dir, out, **{"steps": 4, "checkpoint_every": 0, **kw})
 
 
 def _header(path) -> dict[str, str]:
