@@ -46,7 +46,7 @@ def main() -> int:
     ap.add_argument("--concepts", default="bronze_star,circle_on_navy", help="comma-separated toy concepts (default: a new colour and a new setting)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a numeric DemoRecipe field, e.g. cat_null_share=0")
     args = ap.parse_args()
-    from catlab.demo import DemoRecipe, run_demo
+    from catlab.demo.experiment import DemoRecipe, run_demo
 
     overrides = {}
     for item in args.set:

@@ -1,7 +1,7 @@
 """Quick oracle read-out of LoRA / CAT / DreamBooth settings on a toy concept (one training seed each).
 
-    python benchmarks/regime_sweep.py --steps 300 --lr 3e-3 none:0 cat:0.3 cat:1 cat:2 ppl:0
-    python benchmarks/regime_sweep.py --targets to_q,to_k,to_v,to_out.0 --lr 1e-2 --steps 400 none:0 cat:1
+    python benchmarks/regime_sweep.py --steps 300 --lr 3e-3 lora:0 cat:0.3 cat:1 cat:2 dreambooth:0
+    python benchmarks/regime_sweep.py --targets to_q,to_k,to_v,to_out.0 --lr 1e-2 --steps 400 lora:0 cat:1
 
 For each REGIME:LAMBDA[:NULL_SHARE[:ANCHOR]] (ANCHOR: TrainConfig.cat_anchor, concept or class) it trains one adapter and prints, for 24 (--class-samples) samples of "a {class}"
 and 16 of "a {trigger} {class}": the collapse rate (class samples the oracle reads as the concept), the normalised
@@ -25,7 +25,7 @@ import numpy as np
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", help="REGIME:LAMBDA, e.g. none:0 cat:1 ppl:0")
+    ap.add_argument("runs", nargs="+", help="REGIME:LAMBDA, e.g. lora:0 cat:1 dreambooth:0")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--rank", type=int, default=4)
@@ -36,9 +36,9 @@ def main() -> None:
     ap.add_argument("--null-share", type=float, default=0.0, help="TrainConfig.cat_null_share for the cat runs")
     args = ap.parse_args()
     from catlab.config import ConceptConfig, TrainConfig
-    from catlab.metrics import colour_distance, colour_entropy, paired_preservation, valid_rate
+    from catlab.evaluation.metrics import colour_distance, colour_entropy, paired_preservation, valid_rate
     from catlab.models import load_base, load_lora, set_active_adapters
-    from catlab.sample import generate
+    from catlab.sampling.sampler import generate
     from catlab.toyworld.assets import load_oracle
     from catlab.toyworld.oracle import read_images
     from catlab.toyworld.world import CONCEPTS, export_concept
@@ -74,7 +74,7 @@ def main() -> None:
                           cat_anchor=null[1] if len(null) > 1 else "concept", steps=args.steps, learning_rate=args.lr, rank=args.rank, batch_size=4,
                           random_flip=False, checkpoint_every=0, validate_every=0, seed=args.seed, target_modules=args.targets.split(","),
                           num_class_images=50, class_images_dir=str(root / "class_images"))
-        from catlab.train import train
+        from catlab.training.loop import train
 
         out = train(res)
         load_lora(pipe, out.adapter_dir, f"run{k}")

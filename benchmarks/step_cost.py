@@ -6,7 +6,7 @@
 UNet steps: each round runs every variant once, in turn, so machine noise hits all of them alike; the script
 prints median step times and their ratio to plain LoRA, for each batch size. Forward + backward + AdamW step of
 the LoRA parameters; everything else (VAE, text encoder) is excluded because all regimes share it. Then whole
-steps of `catlab.train` (data, VAE, text, UNet, optimizer), the regimes alternated, and the cost of switching the
+steps of `catlab.training.loop` (data, VAE, text, UNet, optimizer), the regimes alternated, and the cost of switching the
 adapters off and on for CAT's base pass.
 """
 
@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from catlab.losses import cat_loss, prior_preservation_loss
 from catlab.models import adapters_disabled, add_lora, lora_parameters
+from catlab.training.losses import cat_loss, prior_preservation_loss
 
 CAT_FULL = "CAT (batched: 1 adapted fwd of 2B + 1 base fwd)"
 
@@ -147,7 +147,7 @@ def measure_toggle(unet, rounds: int = 200) -> None:
 
 
 def measure_training_loop(args) -> None:
-    """Whole steps of catlab.train (data, VAE encoding, text, UNet, optimizer), regimes alternated three times."""
+    """Whole steps of catlab.training.loop (data, VAE encoding, text, UNet, optimizer), regimes alternated three times."""
     import contextlib
     import io
     import tempfile
@@ -155,12 +155,12 @@ def measure_training_loop(args) -> None:
 
     from catlab.config import ConceptConfig, TrainConfig
     from catlab.toyworld.world import export_concept
-    from catlab.train import train
+    from catlab.training.loop import train
 
     tmp = Path(tempfile.mkdtemp())
     export_concept("two_tone_circle", tmp / "concept")
-    regimes = {"plain LoRA": dict(regime="none"), "CAT": dict(regime="cat"), f"CAT every {args.amortise_every}": dict(regime="cat", cat_every=args.amortise_every),
-               "DreamBooth-LoRA": dict(regime="ppl", num_class_images=8, class_images_dir=str(tmp / "class"))}
+    regimes = {"plain LoRA": dict(regime="lora"), "CAT": dict(regime="cat"), f"CAT every {args.amortise_every}": dict(regime="cat", cat_every=args.amortise_every),
+               "DreamBooth-LoRA": dict(regime="dreambooth", num_class_images=8, class_images_dir=str(tmp / "class"))}
     step_s: dict[str, list[float]] = {k: [] for k in regimes}
     for rnd in range(4):  # round 0 warms up (oneDNN kernels, text cache) and is not counted
         for name, kw in regimes.items():
@@ -172,7 +172,7 @@ def measure_training_loop(args) -> None:
                 step_s[name] += times
     # the mean, not the median: an amortised run's dear steps are a minority that a median would hide
     base = statistics.mean(step_s["plain LoRA"])
-    print(f"whole training steps (catlab.train, batch {args.batch}, {args.loop_steps} steps x 3 alternating runs each), mean step time")
+    print(f"whole training steps (catlab.training.loop, batch {args.batch}, {args.loop_steps} steps x 3 alternating runs each), mean step time")
     for name, v in step_s.items():
         print(f"  {name:55s} {1000 * statistics.mean(v):8.1f} ms   {statistics.mean(v) / base:5.2f}x plain")
 

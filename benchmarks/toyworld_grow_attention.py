@@ -3,7 +3,7 @@ can then learn a toy concept (docs/results.md, "attention at 8x8").
 
     python benchmarks/toyworld_grow_attention.py --out runs/grown --steps 2000
     CATLAB_TOYWORLD_DIR=runs/grown python benchmarks/toyworld_quality.py
-    CATLAB_TOYWORLD_DIR=runs/grown python benchmarks/regime_sweep.py --targets to_q,to_k,to_v,to_out.0 --lr 5e-3 none:0 cat:1
+    CATLAB_TOYWORLD_DIR=runs/grown python benchmarks/regime_sweep.py --targets to_q,to_k,to_v,to_out.0 --lr 5e-3 lora:0 cat:1
 
 Instead of pretraining a new layout from scratch, the shipped UNet is *grown*: its 8x8 down and up blocks become
 cross-attention blocks, every shipped weight is copied, and each new transformer's output projection starts at
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def grow(unet):
@@ -61,10 +60,11 @@ def main() -> None:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
+    from catlab.tensors import encode_prompts
     from catlab.toyworld import build
     from catlab.toyworld.assets import toyworld_path
-    from catlab.toyworld.pretrain import encode_latents
-    from catlab.toyworld.world import ShapeSpec, caption_for, make_world_dataset
+    from catlab.toyworld.pretrain import draw_batch, encode_latents, v_prediction_loss
+    from catlab.toyworld.world import make_world_dataset
 
     out = Path(args.out)
     if out.exists():
@@ -89,7 +89,6 @@ def main() -> None:
     latents = encode_latents(AutoencoderKL.from_pretrained(src / "vae"), images)
     spec_dicts = [asdict(s) for s in specs]
     sched = build.build_noise_scheduler()
-    snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     warm = 100
@@ -100,18 +99,10 @@ def main() -> None:
     log = (out / "grow_log.jsonl").open("w")
     t0 = time.time()
     for step in range(args.steps):
-        idx = rng.integers(len(latents), size=args.batch)
-        caps = [caption_for(ShapeSpec(**spec_dicts[i]), rng) for i in idx]
-        flip = torch.from_numpy(rng.random(args.batch) < args.flip)
-        z0 = latents[idx].clone()  # (B, 4, 16, 16)
-        z0[flip] = z0[flip].flip(-1)
-        ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        z0, caps = draw_batch(latents, spec_dicts, rng, args.batch, args.flip)  # (B, 4, 16, 16)
         with torch.no_grad():
-            cond = te(ids)[0]  # (B, L, D)
-        noise, tt = torch.randn_like(z0), torch.randint(0, sched.config.num_train_timesteps, (args.batch,))
-        pred = unet(sched.add_noise(z0, noise, tt), tt, encoder_hidden_states=cond).sample
-        w = torch.clamp(snr[tt], max=5.0) / (snr[tt] + 1)  # min-SNR-5 for v-prediction, as in pretraining
-        loss = (w * F.mse_loss(pred, sched.get_velocity(z0, noise, tt), reduction="none").mean(dim=(1, 2, 3))).mean()
+            cond = encode_prompts(tok, te, caps)  # (B, L, D): the text encoder stays frozen while the UNet grows
+        loss = v_prediction_loss(unet, z0, cond, sched, min_snr_gamma=5.0)  # as in pretraining
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

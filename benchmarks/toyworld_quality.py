@@ -20,8 +20,8 @@ import torch
 
 
 def prompt_following(pipe, oracle, seeds: int, guidance: float | None) -> dict:
-    from catlab.metrics import colour_entropy
-    from catlab.sample import generate
+    from catlab.evaluation.metrics import colour_entropy
+    from catlab.sampling.sampler import generate
     from catlab.toyworld.oracle import read_images
     from catlab.toyworld.world import COLOUR_NAMES, SHAPES
 
@@ -46,7 +46,7 @@ def prompt_following(pipe, oracle, seeds: int, guidance: float | None) -> dict:
 
 @torch.no_grad()
 def clip_zero_shot(n: int = 400) -> dict:
-    from catlab.embedders import load_embedder
+    from catlab.evaluation.embedders import load_embedder
     from catlab.toyworld.world import COLOUR_NAMES, SHAPES, draw_shape, make_world_dataset
 
     emb = load_embedder("toyworld")
@@ -64,7 +64,7 @@ def clip_zero_shot(n: int = 400) -> dict:
 def load_and_sample_seconds() -> float:
     t0 = time.perf_counter()
     from catlab.models import load_base
-    from catlab.sample import generate
+    from catlab.sampling.sampler import generate
 
     pipe = load_base("toyworld")
     generate(pipe, ["a red circle", "a star", "a blue square", "a triangle"], list(range(4)), num_inference_steps=25, progress=False)

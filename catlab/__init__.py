@@ -7,14 +7,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
+_EXPORTS = {  # public name -> the module that defines it (one name, one meaning: see tests/test_project.py)
     "TrainConfig": "config", "ConceptConfig": "config", "load_config": "config",
-    "train": "train", "TrainCallback": "train",
-    "load_base": "models", "add_lora": "models", "load_lora": "models", "save_lora": "models",
-    "set_active_adapters": "models", "adapters_disabled": "models",
-    "generate": "sample", "image_grid": "sample",
-    "evaluate": "evaluation", "load_embedder": "embedders",
-    "run_demo": "demo",
+    "validate_concept_folder": "data.concepts", "ConceptDataset": "data.dataset",
+    "load_base": "models.base", "add_lora": "models.lora", "load_lora": "models.lora", "save_lora": "models.lora",
+    "set_active_adapters": "models.lora", "adapters_disabled": "models.lora",
+    "cat_loss": "training.losses", "train": "training.loop", "TrainCallback": "training.loop",
+    "generate": "sampling.sampler", "image_grid": "sampling.grids",
+    "evaluate": "evaluation.protocol", "load_embedder": "evaluation.embedders",
+    "run_demo": "demo.experiment",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -114,7 +114,7 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 
 def _train_config(args):
-    from .config import TrainConfig, load_config
+    from catlab.config import TrainConfig, load_config
 
     cfg = load_config(args.config)
     if args.set:
@@ -127,7 +127,7 @@ def _train_config(args):
 
 def _check_adapter(path: str) -> None:
     """Before any model loads: the adapter a command names exists."""
-    from .models import LORA_WEIGHT_NAME
+    from catlab.models import LORA_WEIGHT_NAME
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -137,10 +137,10 @@ def _check_adapter(path: str) -> None:
 
 
 def _run_toyworld(args) -> int:
-    from .toyworld import world
+    from catlab.toyworld import world
 
     if args.toyworld_cmd == "pretrain":
-        from .toyworld.pretrain import PretrainConfig, pretrain
+        from catlab.toyworld.pretrain import PretrainConfig, pretrain
 
         cfg = PretrainConfig.tiny() if args.quick else PretrainConfig()
         cfg.seed = args.seed
@@ -159,7 +159,7 @@ def _run_toyworld(args) -> int:
         for c in world.CONCEPTS.values():
             print(f"{c.name:18s} trigger={c.trigger:4s} class={c.class_word:8s} {c.colour}/{c.second_colour} {c.pattern}")
     elif args.toyworld_cmd == "check":
-        from .toyworld.assets import asset_root, load_oracle, toyworld_path
+        from catlab.toyworld.assets import asset_root, load_oracle, toyworld_path
 
         for part in ("pipeline", "clip", "oracle"):
             print(f"{part:9s} {toyworld_path(part)}")
@@ -190,19 +190,19 @@ def _run(args) -> int:
     if args.command == "toyworld":
         return _run_toyworld(args)
     if args.command == "train":
-        from .train import train
+        from catlab.training.loop import train
 
         cfg = _train_config(args)
         train(cfg, resume=args.resume)
         return 0
     if args.command == "sample":
-        from .sample import sample_cli
+        from catlab.sampling.sampler import sample_cli
 
         if args.adapter:
             _check_adapter(args.adapter)
         return sample_cli(args)
     if args.command == "eval":
-        from .evaluation import evaluate_cli
+        from catlab.evaluation.protocol import evaluate_cli
 
         for pair in args.adapter:
             name, sep, path = pair.partition("=")
@@ -210,7 +210,7 @@ def _run(args) -> int:
                 _check_adapter(path)
         return evaluate_cli(args)
     if args.command == "demo":
-        from .demo import run_demo
+        from catlab.demo.experiment import run_demo
 
         run_demo(out=Path(args.out), n_seeds=args.seeds, concept=args.concept, quick=args.quick, overwrite=args.overwrite,
                  first_seed=args.first_seed)

@@ -8,11 +8,16 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REGIMES = ("none", "ppl", "cat")
+REGIMES = ("lora", "dreambooth", "cat")  # plain LoRA, DreamBooth prior preservation, Contrastive Adapter Training
+TRIGGER_FREE = ("drop", "replace")  # how the trigger-free caption is made from a training caption
+# spellings of catlab 0.1, still read (with a note): old regime names, and cat_prompt -> trigger_free
+RENAMED_REGIMES = {"none": "lora", "ppl": "dreambooth"}
+RENAMED_FIELDS = {"cat_prompt": ("trigger_free", {"remove": "drop", "class": "replace"})}
 TRACKERS = ("none", "tensorboard", "wandb")
 _TYPES = {"int": (numbers.Integral,), "float": (numbers.Real,), "str": (str, os.PathLike), "bool": (bool,)}  # numpy numbers too
 
@@ -34,9 +39,11 @@ class TrainConfig:
     center_crop: bool = False  # the authors used random crops
     random_flip: bool = True
     # --- the regime
-    regime: str = "cat"  # "none" = plain LoRA, "ppl" = DreamBooth prior preservation, "cat" = CAT
+    regime: str = "cat"  # "lora" = plain LoRA, "dreambooth" = DreamBooth prior preservation, "cat" = CAT
     cat_lambda: float = 1.0  # weight of the CAT term; the authors' configs use 1.0 (6.0 in one)
-    cat_prompt: str = "remove"  # trigger-free caption: "remove" the trigger (authors) or replace it by the "class" word
+    # the trigger-free caption (CAT's c_free): "drop" the trigger, "a sks circle" -> "a circle" (the authors), or
+    # "replace" it by the class word, "sks on a rug" -> "circle on a rug"
+    trigger_free: str = "drop"
     cat_every: int = 1  # amortised CAT: apply the term every k-th step only (k=1: every step), scaled by k
     cat_null_share: float = 0.0  # share of the CAT rows whose trigger-free caption is "" (CFG's unconditional branch, see docs/training.md)
     # where the CAT term looks: "concept" = the concept's own noisy latents (the paper); "class" = noisy latents of
@@ -76,6 +83,9 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self):
+        if self.regime in RENAMED_REGIMES:
+            _note_rename(f"regime: {self.regime}", f"regime: {RENAMED_REGIMES[self.regime]}")
+            self.regime = RENAMED_REGIMES[self.regime]
         self.concepts = [c if isinstance(c, ConceptConfig) else ConceptConfig(**c) for c in self.concepts]
         self.validate()
 
@@ -86,8 +96,8 @@ class TrainConfig:
             raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
         if self.regime not in REGIMES:
             problems.append(f"regime={self.regime!r}: choose one of {REGIMES}")
-        if self.cat_prompt not in ("remove", "class"):
-            problems.append(f"cat_prompt={self.cat_prompt!r}: choose 'remove' or 'class'")
+        if self.trigger_free not in TRIGGER_FREE:
+            problems.append(f"trigger_free={self.trigger_free!r}: choose 'drop' (the authors) or 'replace' (by the class word)")
         for name in ("steps", "batch_size", "rank", "gradient_accumulation", "cat_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
@@ -119,6 +129,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        for old, (new, values) in RENAMED_FIELDS.items():
+            if old in d and new not in d:
+                value = d.pop(old)
+                _note_rename(f"{old}: {value}", f"{new}: {values.get(value, value)}")
+                d[new] = values.get(value, value)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -169,7 +185,11 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config atomically."""
     import yaml
 
-    p = Path(path)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(p)
+    from catlab.files import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _note_rename(old: str, new: str) -> None:
+    warnings.warn(f"config: {old!r} is read as {new!r} (renamed in catlab 0.2; the old spelling keeps working)",
+                  FutureWarning, stacklevel=3)

@@ -9,7 +9,7 @@ from lora_helpers import randomise_lora, unet_inputs
 from safetensors.torch import load_file, save_file
 
 from catlab.models import AdapterMismatchError, adapters_disabled, add_lora, load_base, load_lora, save_lora, set_active_adapters
-from catlab.sample import generate
+from catlab.sampling.sampler import generate
 
 
 def test_adapter_off_is_exact_base_model(toyworld_env):

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from catlab.captions import remove_trigger
 from catlab.config import ConceptConfig
-from catlab.data import ConceptDataError, ConceptDataWarning, load_images, validate_concept_folder
-from catlab.dataset import ConceptDataset, collate_concept_batch
+from catlab.data.captions import trigger_free_caption
+from catlab.data.concepts import ConceptDataError, ConceptDataWarning, load_images, validate_concept_folder
+from catlab.data.dataset import ConceptDataset, collate_concept_batch
 
 
 def make_image(path, size=(40, 40), mode="RGB", seed=0):
@@ -232,48 +232,48 @@ def test_caption_longer_than_text_encoder_warns(tmp_path):
         validate_concept_folder(folder, "sks", "circle", 32, tokenizer=build_tokenizer())
 
 
-# ----------------------------------------------------------------------------- trigger removal
+# ----------------------------------------------------------------------------- the trigger-free caption
 
 
-@pytest.mark.parametrize("caption, trigger, mode, expected", [
-    ("a sks circle", "sks", "remove", "a circle"),
-    ("sks, a cat statue on a rug", "sks", "remove", "a cat statue on a rug"),
-    ("a photo of SKS on a rug", "sks", "remove", "a photo of on a rug"),
-    ("<sks> dog on a rug", "<sks>", "remove", "dog on a rug"),
-    ("a circle, sks, on a rug", "sks", "remove", "a circle, on a rug"),
-    ("a circle (sks)", "sks", "remove", "a circle"),
-    ("it asks for sks", "sks", "remove", "it asks for"),
-    ("the asks stay", "sks", "remove", "the asks stay"),
-    ("a sks circle", "sks", "class", "a circle"),
-    ("sks on a rug", "sks", "class", "circle on a rug"),
-    ("a circle (sks)", "sks", "class", "a circle"),
-    ("two sks circles", "sks", "class", "two circles"),
-    ("a sks in the snow", "sks", "class", "a circle in the snow"),
+@pytest.mark.parametrize("caption, trigger, how, expected", [
+    ("a sks circle", "sks", "drop", "a circle"),
+    ("sks, a cat statue on a rug", "sks", "drop", "a cat statue on a rug"),
+    ("a photo of SKS on a rug", "sks", "drop", "a photo of on a rug"),
+    ("<sks> dog on a rug", "<sks>", "drop", "dog on a rug"),
+    ("a circle, sks, on a rug", "sks", "drop", "a circle, on a rug"),
+    ("a circle (sks)", "sks", "drop", "a circle"),
+    ("it asks for sks", "sks", "drop", "it asks for"),
+    ("the asks stay", "sks", "drop", "the asks stay"),
+    ("a sks circle", "sks", "replace", "a circle"),
+    ("sks on a rug", "sks", "replace", "circle on a rug"),
+    ("a circle (sks)", "sks", "replace", "a circle"),
+    ("two sks circles", "sks", "replace", "two circles"),
+    ("a sks in the snow", "sks", "replace", "a circle in the snow"),
 ])
-def test_remove_trigger(caption, trigger, mode, expected):
-    assert remove_trigger(caption, trigger, mode, class_word="circle") == expected
+def test_trigger_free_caption(caption, trigger, how, expected):
+    assert trigger_free_caption(caption, trigger, how, class_word="circle") == expected
 
 
-def test_remove_trigger_bad_arguments():
+def test_trigger_free_caption_bad_arguments():
     with pytest.raises(ValueError, match="class_word"):
-        remove_trigger("a sks circle", "sks", "class")
-    with pytest.raises(ValueError, match="'remove' or 'class'"):
-        remove_trigger("a sks circle", "sks", "replace")
+        trigger_free_caption("a sks circle", "sks", "replace")
+    with pytest.raises(ValueError, match="'drop' or 'replace'"):
+        trigger_free_caption("a sks circle", "sks", "remove")
 
 
 # ----------------------------------------------------------------------------- dataset
 
 
 def test_items_and_collate(tmp_path):
-    ds = ConceptDataset([ConceptConfig(str(make_folder(tmp_path / "c", size=(48, 40))), "sks", "circle")], 32, cat_prompt="class")
+    ds = ConceptDataset([ConceptConfig(str(make_folder(tmp_path / "c", size=(48, 40))), "sks", "circle")], 32, trigger_free="replace")
     item = ds[1]
     x = item["pixel_values"]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and -1 <= x.min() < x.max() <= 1
-    assert item["caption"] == "a sks circle number 1" and item["caption_free"] == "a circle number 1"
+    assert item["caption"] == "a sks circle number 1" and item["trigger_free_caption"] == "a circle number 1"
     assert item["class_prompt"] == "a circle" and item["concept"] == 0 and item["path"].endswith("img1.png")
     batch = collate_concept_batch([ds[i] for i in range(3)])
     assert batch["pixel_values"].shape == (3, 3, 32, 32) and batch["concept"].tolist() == [0, 0, 0]
-    assert batch["caption_free"] == [f"a circle number {i}" for i in range(3)]
+    assert batch["trigger_free_caption"] == [f"a circle number {i}" for i in range(3)]
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_concept_batch)
     assert next(iter(loader))["pixel_values"].shape == (2, 3, 32, 32)
 
@@ -310,7 +310,7 @@ def test_multi_concept_indices_and_errors(tmp_path):
     b = make_folder(tmp_path / "b", n=3, trigger="zwx", cls="square")
     ds = ConceptDataset([dict(folder=str(a), trigger="sks", class_word="circle"), ConceptConfig(str(b), "zwx", "square")], 32)
     assert len(ds) == 5 and [ds[i]["concept"] for i in range(5)] == [0, 0, 1, 1, 1]
-    assert ds[4]["class_prompt"] == "a square" and ds[4]["caption_free"] == "a square number 2"
+    assert ds[4]["class_prompt"] == "a square" and ds[4]["trigger_free_caption"] == "a square number 2"
     assert "zwx" in ds.summary()
     (b / "img0.txt").write_text("a square")
     with pytest.raises(ConceptDataError) as info:
@@ -320,8 +320,8 @@ def test_multi_concept_indices_and_errors(tmp_path):
 
 
 def test_bad_dataset_arguments(tmp_path):
-    with pytest.raises(ValueError, match="cat_prompt"):
-        ConceptDataset([], 32, cat_prompt="drop")
+    with pytest.raises(ValueError, match="trigger_free"):
+        ConceptDataset([], 32, trigger_free="remove")
     with pytest.raises(ValueError, match="no concepts"):
         ConceptDataset([], 32)
     with pytest.raises(ValueError, match="folder, trigger, class_word"):

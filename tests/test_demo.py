@@ -7,7 +7,7 @@ import json
 import pandas as pd
 
 from catlab.cli import main
-from catlab.demo import COLUMNS
+from catlab.demo.experiment import COLUMNS
 
 
 def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch, capfd):
@@ -34,16 +34,16 @@ def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch,
     assert main(["demo", "--quick", "--out", str(out)]) == 1
     assert "--overwrite" in capfd.readouterr().err
     assert json.loads((out / "recipe.json").read_text())["first_seed"] == 0
-    assert sorted(p.name for p in (out / "runs").iterdir()) == ["cat_seed0", "none_seed0", "ppl_seed0"]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["cat_seed0", "dreambooth_seed0", "lora_seed0"]
 
 
 def test_demo_trains_the_seeds_it_is_asked_for(tiny_assets, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--seeds", "1", "--first-seed", "4", "--out", str(out)]) == 0
-    assert sorted(p.name for p in (out / "runs").iterdir()) == ["cat_seed4", "none_seed4", "ppl_seed4"]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["cat_seed4", "dreambooth_seed4", "lora_seed4"]
     assert json.loads((out / "recipe.json").read_text())["first_seed"] == 4
-    assert set(pd.read_csv(out / "eval" / "summary.csv")["method"]) >= {"base", "none_s4", "cat_s4"}
+    assert set(pd.read_csv(out / "eval" / "summary.csv")["method"]) >= {"base", "lora_s4", "cat_s4"}
     capsys.readouterr()
     assert main(["demo", "--quick", "--first-seed", "-1", "--out", str(tmp_path / "neg")]) == 1
     assert capsys.readouterr().err.startswith("catlab: error: first_seed=-1")

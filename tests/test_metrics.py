@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from catlab import evaluation as E
-from catlab import metrics as M
-from catlab import scoring as S
-from catlab.embedders import CachedEmbedder, CallableEmbedder, ClipEmbedder, hash_image, load_embedder
+from catlab.evaluation import metrics as M
+from catlab.evaluation import protocol as E
+from catlab.evaluation import scoring as S
+from catlab.evaluation.embedders import CachedEmbedder, CallableEmbedder, ClipEmbedder, hash_image, load_embedder
 from catlab.toyworld.oracle import OracleReading
+from catlab.toyworld.world import COLOUR_NAMES
 
 # ----------------------------------------------------------------------------- scores on hand-made vectors
 
@@ -83,11 +84,11 @@ def test_oracle_scores_by_hand():
     assert M.attribute_accuracy(["circle", "square", "circle"], "circle") == pytest.approx(2 / 3)
     assert M.attribute_accuracy(["red", "blue", "green"], ["red", None, "blue"]) == pytest.approx(0.5)
     assert math.isnan(M.attribute_accuracy(["red"], [None]))
-    assert M.colour_entropy(["red"] * 4) == pytest.approx(0.0)
-    assert M.colour_entropy(["red", "blue"] * 3) == pytest.approx(math.log(2) / math.log(8))  # = 1/3
-    assert M.colour_entropy(["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"]) == pytest.approx(1.0)
+    assert M.colour_entropy(["red"] * 4, COLOUR_NAMES) == pytest.approx(0.0)
+    assert M.colour_entropy(["red", "blue"] * 3, COLOUR_NAMES) == pytest.approx(math.log(2) / math.log(8))  # = 1/3
+    assert M.colour_entropy(["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"], COLOUR_NAMES) == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"colours \['teal'\] are not in the palette"):
-        M.colour_entropy(["red", "teal"])
+        M.colour_entropy(["red", "teal"], COLOUR_NAMES)
     assert M.collapse_rate(["none", "two_tone_circle", "none", "two_tone_circle"], "two_tone_circle") == pytest.approx(0.5)
 
 
@@ -341,14 +342,14 @@ def test_evaluate_with_a_toy_oracle_folder(tmp_path, adapters):
 
 
 def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_root):
-    """The real contract (catlab.models + catlab.sample) on an untrained tiny pipeline with a perturbed LoRA:
+    """The real contract (catlab.models + catlab.sampling.sampler) on an untrained tiny pipeline with a perturbed LoRA:
     `catlab eval` generates, then evaluate() on the loaded pipeline finds every image in the cache."""
-    pytest.importorskip("catlab.sample")
+    pytest.importorskip("catlab.sampling.sampler")
     import torch
 
     from catlab import models
     from catlab.cli import main
-    from catlab.sample import generate
+    from catlab.sampling.sampler import generate
     from catlab.toyworld import build
     from catlab.toyworld.world import export_concept
 
@@ -394,11 +395,11 @@ def test_ground_truth_preservation_scores_on_hand_made_readings():
     with pytest.raises(ValueError, match="pair them by seed"):
         M.paired_preservation(base[:3], base)
     colours = [c for c, _ in base]
-    assert M.colour_distance([c for c, _ in shuffled], colours) == 0.0  # a histogram cannot see the shuffle
-    assert M.colour_distance(["red"] * 4, ["blue"] * 4) == 1.0
-    assert M.colour_distance(["red", "red", "blue", "blue"], ["red", "blue", "blue", "blue"]) == pytest.approx(0.25)
+    assert M.colour_distance([c for c, _ in shuffled], colours, COLOUR_NAMES) == 0.0  # a histogram cannot see the shuffle
+    assert M.colour_distance(["red"] * 4, ["blue"] * 4, COLOUR_NAMES) == 1.0
+    assert M.colour_distance(["red", "red", "blue", "blue"], ["red", "blue", "blue", "blue"], COLOUR_NAMES) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="not in the palette"):
-        M.colour_distance(["mauve"], ["red"])
+        M.colour_distance(["mauve"], ["red"], COLOUR_NAMES)
     assert M.valid_rate(["circle", "circle", "square", "circle"], [0.99, 0.5, 0.99, 0.95], "circle") == 0.5
     assert math.isnan(M.valid_rate([], [], "circle"))
 
@@ -420,7 +421,7 @@ def test_evaluate_reports_paired_preservation_colour_distance_and_valid_rate(tmp
         mine, base = cls[cls.method == method].sort_values("seed"), cls[cls.method == "base"].sort_values("seed")
         expected = M.paired_preservation(list(zip(mine.oracle_colour, mine.oracle_shape)), list(zip(base.oracle_colour, base.oracle_shape)))
         assert s.loc[method, "paired_preservation_mean"] == pytest.approx(expected)
-        assert s.loc[method, "colour_distance_mean"] == pytest.approx(M.colour_distance(mine.oracle_colour.tolist(), base.oracle_colour.tolist()))
+        assert s.loc[method, "colour_distance_mean"] == pytest.approx(M.colour_distance(mine.oracle_colour.tolist(), base.oracle_colour.tolist(), COLOUR_NAMES))
     assert s.loc["drift", "paired_preservation_mean"] < 0.5  # pink everywhere: few seeds keep the base's colour
     assert df.loc[df.kind == "trigger", ["preserved", "valid"]].isna().all().all()
     assert set(cls["valid"].unique()) <= {0.0, 1.0}

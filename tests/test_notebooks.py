@@ -31,8 +31,13 @@ def _code(path: Path) -> list[dict]:
     return [c for c in _cells(path) if c["cell_type"] == "code"]
 
 
-def test_there_are_notebooks():
-    assert NOTEBOOKS, "no notebooks found in notebooks/"
+def test_every_notebook_is_documented_and_every_documented_notebook_exists():
+    """docs/notebooks.md and the README list exactly the notebooks in notebooks/ (and there are some)."""
+    on_disk = {p.name for p in NOTEBOOKS}
+    assert len(on_disk) >= 5, f"expected the five workbench notebooks, found {sorted(on_disk)}"
+    for doc in ("docs/notebooks.md", "README.md"):
+        listed = set(re.findall(r"\b(\d\d_[a-z_]+\.ipynb)\b", (ROOT / doc).read_text(encoding="utf-8")))
+        assert listed == on_disk, f"{doc} lists {sorted(listed)}, notebooks/ holds {sorted(on_disk)}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

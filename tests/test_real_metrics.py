@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from catlab import evaluation as E
-from catlab import metrics as M
-from catlab import scoring as S
-from catlab.embedders import ClipEmbedder, DinoEmbedder, load_embedder, vit_name
+from catlab.evaluation import metrics as M
+from catlab.evaluation import protocol as E
+from catlab.evaluation import scoring as S
+from catlab.evaluation.embedders import ClipEmbedder, DinoEmbedder, load_embedder, vit_name
 
 # ----------------------------------------------------------------------------- tiny model folders
 
@@ -250,7 +250,7 @@ def test_evaluate_adds_dino_clip_i_clip_t_named_with_backbone_and_scaling(tmp_pa
 
 @pytest.mark.filterwarnings("ignore:prompt similarity")  # the image-only stand-in embedder has no PS
 def test_evaluate_with_a_separate_clip_and_off_by_default(tmp_path, vit_folder, clip_folder):
-    from catlab.embedders import CallableEmbedder
+    from catlab.evaluation.embedders import CallableEmbedder
 
     mean_colour = CallableEmbedder(lambda ims: np.array([np.asarray(im, dtype=np.float64).mean((0, 1)) / 255 - 0.5 for im in ims]),
                                    name="mean_colour")

@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from catlab.models import LORA_WEIGHT_NAME, WEBUI_WEIGHT_NAME, add_lora, load_base, load_lora, save_lora
-from catlab.sample import generate
-from catlab.train import train
+from catlab.sampling.sampler import generate
+from catlab.training.loop import train
 
 
 def _cfg(concept_dir, out, **kw):
@@ -183,12 +183,12 @@ def _one_error_line(capsys, argv, *expected) -> str:
 def test_cli_errors_are_one_line(toyworld_env, concept_dir, tmp_path, capsys, monkeypatch):
     import yaml
 
-    import catlab.train
+    import catlab.training.loop
 
     def no_model(*a, **k):
         raise AssertionError("the base model must not load before the input is checked")
 
-    monkeypatch.setattr(catlab.train, "load_base", no_model)
+    monkeypatch.setattr(catlab.training.loop, "load_base", no_model)
     (tmp_path / "empty").mkdir()
     run = {"concepts": [{"folder": str(tmp_path / "empty"), "trigger": "sks", "class_word": "circle"}], "output_dir": str(tmp_path / "run")}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))

@@ -63,9 +63,9 @@ def test_sd15_layout_cat_train_sample_eval_by_path(sd15_dir, tmp_path, monkeypat
     from PIL import Image
 
     from catlab.cli import main
-    from catlab.evaluation import evaluate
+    from catlab.evaluation.protocol import evaluate
     from catlab.models import adapters_disabled, load_base, load_lora, native_resolution, sampling_defaults
-    from catlab.sample import generate
+    from catlab.sampling.sampler import generate
     from catlab.toyworld.world import export_concept
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -163,7 +163,7 @@ def test_sd15_layout_folder_saved_in_fp16_samples_in_fp32(sd15_dir, tmp_path, mo
     from transformers import CLIPTextModel
 
     from catlab.models import load_base
-    from catlab.sample import generate
+    from catlab.sampling.sampler import generate
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = tmp_path / "pipeline_fp16_text"

@@ -109,16 +109,28 @@ def test_missing_or_corrupt_assets_name_the_file_and_the_fix(tiny_assets, tmp_pa
 
 # ---------------------------------------------------------------- the shipped weights (what users and CI load)
 
-def test_shipped_weights_are_complete_and_small():
+def test_shipped_weights_fit_the_v2_layout_exactly_and_are_small():
+    """Every shipped tensor fits the models the builders make (strict loads: no missing, extra or reshaped weight),
+    so the shipped UNet is the v2 layout with cross-attention at 8x8 and 4x4; and the assets stay within budget."""
+    from safetensors.torch import load_file
+
+    from catlab.toyworld import build
+    from catlab.toyworld.oracle import Oracle
+
     total = sum(f.stat().st_size for f in ASSET_DIR.rglob("*") if f.is_file())
-    for part in ("pipeline", "clip", "oracle"):
-        toyworld_path(part, root=ASSET_DIR)
     assert total <= 25 * 2**20, f"shipped toy world is {total / 2**20:.1f} MB; the budget is 25 MB"
+    pipeline = toyworld_path("pipeline", root=ASSET_DIR)
+    unet = build.build_unet()
+    unet.load_state_dict(load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors"), strict=True)
+    cross = [name for name, m in unet.named_modules() if name.endswith("attn2")]
+    assert {n.split(".")[0] + "." + n.split(".")[1] for n in cross} == {"down_blocks.1", "down_blocks.2", "mid_block.attentions", "up_blocks.0", "up_blocks.1"}  # 8x8 and 4x4
+    build.build_vae().load_state_dict(load_file(pipeline / "vae" / "diffusion_pytorch_model.safetensors"), strict=True)
+    Oracle().load_state_dict(load_file(toyworld_path("oracle", root=ASSET_DIR)), strict=True)
 
 
 def test_shipped_pipeline_loads_offline_and_follows_prompts(monkeypatch):
     from catlab.models import load_base
-    from catlab.sample import generate
+    from catlab.sampling.sampler import generate
 
     monkeypatch.delenv("CATLAB_TOYWORLD_DIR", raising=False)
     pipe = load_base("toyworld")

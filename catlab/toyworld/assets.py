@@ -42,7 +42,7 @@ def load_oracle(root: str | Path | None = None):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .oracle import Oracle
+    from catlab.toyworld.oracle import Oracle
 
     path = toyworld_path("oracle", root)
     try:

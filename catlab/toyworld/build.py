@@ -4,7 +4,7 @@ only tiny. Nothing here downloads anything: the tokenizer is built from a word l
 
 from __future__ import annotations
 
-from .world import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES, SIZE_WORDS, TRIGGER_WORDS
+from catlab.toyworld.world import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES, SIZE_WORDS, TRIGGER_WORDS
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")  # eos must not be id 2: CLIP treats eos_token_id==2 as legacy argmax pooling
 EXTRA_WORDS = (  # common prompt words so DreamBench-style templates are not all <unk>

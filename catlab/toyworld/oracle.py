@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .world import COLOUR_NAMES, CONCEPTS, SHAPES, ToyConcept, draw_shape, sample_spec
+from catlab.tensors import pixels_to_unit_range
+from catlab.toyworld.world import COLOUR_NAMES, CONCEPTS, SHAPES, ToyConcept, draw_shape, sample_spec
 
 CONCEPT_NAMES = ("none", *CONCEPTS)
 
@@ -46,7 +47,7 @@ def images_to_tensor(images: list[Image.Image] | np.ndarray, resolution: int = 3
         arr = images
     else:
         arr = np.stack([np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BICUBIC)) for im in images])
-    x = torch.from_numpy(arr).float().permute(0, 3, 1, 2) / 127.5 - 1.0  # (N, 3, H, W)
+    x = pixels_to_unit_range(arr)  # (N, 3, H, W)
     if x.shape[-1] != resolution:
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
     return x

@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import build
-from .oracle import Oracle, augment, make_oracle_batch
-from .world import make_world_dataset
+from catlab.files import replace_atomically, write_json_atomic
+from catlab.tensors import encode_prompts, pixels_to_unit_range, tokenize
+from catlab.toyworld import build
+from catlab.toyworld.oracle import Oracle, augment, make_oracle_batch
+from catlab.toyworld.world import make_world_dataset
 
 
 @dataclass
@@ -41,6 +43,7 @@ class PretrainConfig:
     unet_restarts: tuple[int, ...] = (4000,)  # steps at which a new cosine cycle starts
     unet_restart_lr: float = 0.5  # peak of every later cycle, as a fraction of unet_lr
     min_snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023, arXiv 2303.09556)
+    flip_share: float = 0.5  # latents mirrored per batch, since captions say nothing about left/right (v2's 8x8 growth used 0)
     ema_decay: float = 0.999
     oracle_steps: int = 2000
     clip_steps: int = 2000
@@ -56,16 +59,8 @@ class PretrainConfig:
                    oracle_steps=2, clip_steps=2, clip_batch=8, checkpoint_every=2)
 
 
-def _save_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _world_data(cfg: PretrainConfig, work: Path):
@@ -82,13 +77,13 @@ def _world_data(cfg: PretrainConfig, work: Path):
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).float().permute(0, 3, 1, 2) / 127.5 - 1.0  # (N, 3, 32, 32) in [-1, 1]
+    return pixels_to_unit_range(images)  # (N, 3, 32, 32) in [-1, 1]
 
 
 def _resume(path: Path, objs: dict) -> int:
     if not path.exists():
         return 0
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)  # tensors, numbers and strings only: no pickle
     for k, obj in objs.items():
         obj.load_state_dict(state[k])
     torch.set_rng_state(state["torch_rng"])
@@ -154,10 +149,32 @@ def _lr_lambda(cfg: PretrainConfig):
     return f
 
 
+def draw_batch(latents: torch.Tensor, specs: list[dict], rng: np.random.Generator, batch: int, flip_share: float):
+    """A pretraining batch: latents (B, 4, h, w), a share of them mirrored (captions say nothing about left/right), and
+    one caption drawn for each; every random choice comes from `rng`, in a fixed order (resume replays it)."""
+    from catlab.toyworld.world import ShapeSpec, caption_for
+
+    idx = rng.integers(len(latents), size=batch)
+    captions = [caption_for(ShapeSpec(**specs[i]), rng) for i in idx]
+    flip = torch.from_numpy(rng.random(batch) < flip_share)
+    z0 = latents[idx].clone()  # (B, 4, 16, 16)
+    z0[flip] = z0[flip].flip(-1)
+    return z0, captions
+
+
+def v_prediction_loss(unet, z0: torch.Tensor, text_states: torch.Tensor, sched, min_snr_gamma: float) -> torch.Tensor:
+    """The toy UNet's objective: v-prediction (Salimans & Ho 2022, arXiv 2202.00512) with min-SNR-gamma weights for
+    v (Hang et al. 2023, arXiv 2303.09556), one noise draw and timestep per latent."""
+    noise = torch.randn_like(z0)
+    t = torch.randint(0, sched.config.num_train_timesteps, (z0.shape[0],))
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])  # (B,)
+    pred = unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=text_states).sample
+    w = torch.clamp(snr, max=min_snr_gamma) / (snr + 1)
+    return (w * F.mse_loss(pred, sched.get_velocity(z0, noise, t), reduction="none").mean(dim=(1, 2, 3))).mean()
+
+
 def train_unet(cfg: PretrainConfig, latents: torch.Tensor, specs: list[dict], tokenizer, work: Path):
     """Text-to-image stage: UNet and text encoder trained jointly; EMA weights are what ships."""
-    from .world import ShapeSpec, caption_for
-
     torch.manual_seed(cfg.seed + 2)
     unet, text_encoder = build.build_unet(), build.build_text_encoder(tokenizer)
     ema_unet, ema_te = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
@@ -169,29 +186,14 @@ def train_unet(cfg: PretrainConfig, latents: torch.Tensor, specs: list[dict], to
     ckpt = work / "unet.ckpt"
     start = _resume(ckpt, objs)
     rng = np.random.default_rng(cfg.seed + 3)
-    for _ in range(start):
-        idx = rng.integers(len(latents), size=cfg.unet_batch)
-        [caption_for(ShapeSpec(**specs[i]), rng) for i in idx]
-        rng.random(cfg.unet_batch)
-    alphas = sched.alphas_cumprod
-    snr = alphas / (1 - alphas)
+    for _ in range(start):  # replay the data draws of the steps already done
+        draw_batch(latents, specs, rng, cfg.unet_batch, cfg.flip_share)
     log = (work / "unet_log.jsonl").open("a")
     bar = tqdm(range(start, cfg.unet_steps), desc="unet", initial=start, total=cfg.unet_steps)
     t0 = time.time()
     for step in bar:
-        idx = rng.integers(len(latents), size=cfg.unet_batch)
-        captions = [caption_for(ShapeSpec(**specs[i]), rng) for i in idx]
-        flip = torch.from_numpy(rng.random(cfg.unet_batch) < 0.5)
-        z0 = latents[idx].clone()  # (B, 4, 16, 16)
-        z0[flip] = z0[flip].flip(-1)  # captions say nothing about left/right
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-        noise = torch.randn_like(z0)
-        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.unet_batch,))
-        zt = sched.add_noise(z0, noise, t)
-        target = sched.get_velocity(z0, noise, t)
-        pred = unet(zt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        w = torch.clamp(snr[t], max=cfg.min_snr_gamma) / (snr[t] + 1)  # min-SNR weight for v-prediction
-        loss = (w * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+        z0, captions = draw_batch(latents, specs, rng, cfg.unet_batch, cfg.flip_share)  # (B, 4, 16, 16)
+        loss = v_prediction_loss(unet, z0, encode_prompts(tokenizer, text_encoder, captions), sched, cfg.min_snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -233,7 +235,7 @@ def train_clip(cfg: PretrainConfig, images: np.ndarray, specs: list[dict], token
     Captions repeat within a batch ("a red circle" twice), so the target is uniform over all matching
     captions rather than the diagonal alone.
     """
-    from .world import ShapeSpec, caption_for
+    from catlab.toyworld.world import ShapeSpec, caption_for
 
     torch.manual_seed(cfg.seed + 7)
     clip = build.build_clip(tokenizer)
@@ -248,7 +250,7 @@ def train_clip(cfg: PretrainConfig, images: np.ndarray, specs: list[dict], token
             while not c:
                 c = caption_for(ShapeSpec(**specs[i]), rng)
             caps.append(c)
-        ids = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+        ids = tokenize(tokenizer, caps)
         x = _to_tensor(x_all[idx])
         out = clip(input_ids=ids.input_ids, attention_mask=ids.attention_mask, pixel_values=x)
         logits = out.logits_per_image  # (B, B)
@@ -263,7 +265,7 @@ def train_clip(cfg: PretrainConfig, images: np.ndarray, specs: list[dict], token
 
 def _truth_matrix(captions: list[str], specs: list[dict]) -> torch.Tensor:
     """truth[i, j] = 1 if caption j is true of image i (each attribute a caption names must match)."""
-    from .world import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES
+    from catlab.toyworld.world import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES
 
     def named(caption: str, vocab) -> str | None:
         hits = [w for w in caption.split() if w in vocab]
@@ -296,7 +298,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, work_dir: s
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    _save_json(work / "config.json", asdict(cfg))
+    write_json_atomic(work / "config.json", asdict(cfg))
     tokenizer = build.build_tokenizer()
     timings: dict[str, float] = {}
     needs_world = bool({"vae", "clip", "unet"} & set(cfg.stages))  # the oracle draws its own images
@@ -331,14 +333,14 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, work_dir: s
         timings["unet_s"] = time.time() - t
         pipe = build.assemble_pipeline(unet, vae, te, tokenizer)
         pipe.save_pretrained(out / "pipeline")
-        _save_json(out / "pipeline" / "catlab_sampling.json", build.SAMPLING_DEFAULTS)
+        write_json_atomic(out / "pipeline" / "catlab_sampling.json", build.SAMPLING_DEFAULTS)
     write_assets(out, work, tokenizer)
     record = {"config": asdict(cfg), "timings_s": timings}
     if set(cfg.stages) != {"vae", "oracle", "clip", "unet"} and (out / "recipe.json").exists():
         # a partial rebuild of an existing asset folder: keep how the rest was made, and say what was redone
         previous = json.loads((out / "recipe.json").read_text())
         record = {**previous, "updates": [*previous.get("updates", []), {"stages": list(cfg.stages), **record}]}
-    _save_json(out / "recipe.json", record)
+    write_json_atomic(out / "recipe.json", record)
     return out
 
 

@@ -14,10 +14,10 @@ Heavy libraries (torch, diffusers, ipywidgets) are imported only inside the func
 
 from __future__ import annotations
 
-from .cat_explained import NoisePredictions, noise_prediction_figure, noise_predictions
-from .concept_editor import CaptionEditor, report_html, save_uploads, write_concept_folder
-from .controls import LiveTrainingMonitor, ParamPanel, slider_view
-from .figures import (
+from catlab.widgets.cat_explained import NoisePredictions, noise_prediction_figure, noise_predictions
+from catlab.widgets.concept_editor import CaptionEditor, report_html, save_uploads, write_concept_folder
+from catlab.widgets.controls import LiveTrainingMonitor, ParamPanel, slider_view
+from catlab.widgets.figures import (
     colour_histograms,
     fig_png,
     image_strip,
@@ -29,8 +29,8 @@ from .figures import (
     tensor_image,
     tradeoff_figure,
 )
-from .method_grids import generate_methods, method_blocks, method_grid
-from .presets import SD15_CLIP, SD15_MODEL, WORLDS, WorldPreset, concept_config, quiet, world_preset
+from catlab.widgets.method_grids import generate_methods, method_blocks, method_grid
+from catlab.widgets.presets import SD15_CLIP, SD15_MODEL, WORLDS, WorldPreset, concept_config, quiet, world_preset
 
 __all__ = [
     "SD15_CLIP",

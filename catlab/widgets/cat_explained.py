@@ -27,11 +27,11 @@ class NoisePredictions:
     target: Any
     target_kind: str  # "ε" or "v"
     cond_trigger: Any
-    cond_free: Any
+    cond_trigger_free: Any
     preds: dict[str, Any]  # "adapted | trigger", "adapted | trigger-free", "base | trigger-free"
 
 
-def noise_predictions(pipe: Any, image: Image.Image, caption: str, caption_free: str, timestep: int = 500, seed: int = 0) -> NoisePredictions:
+def noise_predictions(pipe: Any, image: Image.Image, caption: str, trigger_free_caption: str, timestep: int = 500, seed: int = 0) -> NoisePredictions:
     """The three predictions of the CAT loss for one image: the adapted UNet with and without the trigger, and the base UNet
     (same UNet, adapters disabled) without it; same z_t, t and noise for all three.
 
@@ -41,16 +41,17 @@ def noise_predictions(pipe: Any, image: Image.Image, caption: str, caption_free:
     from diffusers import DDPMScheduler
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from ..losses import denoising_target
-    from ..models import adapters_disabled, native_resolution
+    from catlab.models import adapters_disabled, native_resolution
+    from catlab.tensors import encode_prompts, pixels_to_unit_range
+    from catlab.training.losses import denoising_target
 
     res, device, unet = native_resolution(pipe), pipe.device, pipe.unet
     layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
     if not layers or all(m.disable_adapters for m in layers):
         raise ValueError("the UNet has no active adapter, so 'adapted' would be the base model: load one with load_lora or "
                          "activate it with set_active_adapters(pipe, [name])")
-    x = torch.from_numpy(np.array(image.convert("RGB").resize((res, res), Image.BICUBIC))).float()
-    x = (x.permute(2, 0, 1)[None] / 127.5 - 1.0).to(device, pipe.vae.dtype)  # (1, 3, R, R) in [-1, 1]
+    x = pixels_to_unit_range(np.array(image.convert("RGB").resize((res, res), Image.BICUBIC)))[None]  # (1, 3, R, R)
+    x = x.to(device, pipe.vae.dtype)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     with torch.no_grad():
         latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor  # (1, 4, h, w)
@@ -58,9 +59,7 @@ def noise_predictions(pipe: Any, image: Image.Image, caption: str, caption_free:
         t = torch.tensor([timestep], device=device)
         noisy = sched.add_noise(latents, noise, t)
         target = denoising_target(sched, latents, noise, t)
-        ids = pipe.tokenizer([caption, caption_free], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        cond = pipe.text_encoder(ids.to(device))[0].to(unet.dtype)  # (2, L, D)
+        cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [caption, trigger_free_caption], device).to(unet.dtype)  # (2, L, D)
         preds = {"adapted | trigger": unet(noisy, t, encoder_hidden_states=cond[:1]).sample,
                  "adapted | trigger-free": unet(noisy, t, encoder_hidden_states=cond[1:]).sample}
         with adapters_disabled(unet):

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from .figures import pil_png
+from catlab.widgets.figures import pil_png
 
 
 def save_uploads(uploaded: Any, folder: str | Path) -> list[Path]:
@@ -46,7 +46,7 @@ class CaptionEditor:
     def __init__(self, folder: str | Path, trigger: str, class_word: str, thumb: int = 64):
         import ipywidgets as w
 
-        from ..data import DEFAULT_CAPTION, IMAGE_EXTENSIONS, format_prompt
+        from catlab.data.concepts import DEFAULT_CAPTION, IMAGE_EXTENSIONS, format_prompt
 
         self.folder = Path(folder)
         self.images = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))

@@ -12,8 +12,8 @@ from typing import Any
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ..train import TrainCallback, TrainResult
-from .figures import fig_png, loss_figure, pil_png
+from catlab.training.loop import TrainCallback, TrainResult
+from catlab.widgets.figures import fig_png, loss_figure, pil_png
 
 # ----------------------------------------------------------------------------- parameter panels
 
@@ -151,7 +151,7 @@ class LiveTrainingMonitor(TrainCallback):
             self.loss_view.value = fig_png(self.figure(), dpi=80)
 
     def on_validation(self, step: int, images: dict[str, list]) -> None:
-        from ..sample import image_grid
+        from catlab.sampling.grids import image_grid
 
         grid = image_grid(list(images.values()), row_labels=list(images), cell=64, title=f"step {step}")
         self.grids.append((step, grid))

@@ -17,8 +17,9 @@ from PIL import Image
 
 def tensor_image(x: Any) -> Image.Image:
     """A (3, H, W) tensor in [-1, 1] (what the trainer sees) as a PIL image."""
-    arr = ((x.detach().float().cpu().permute(1, 2, 0).numpy() + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-    return Image.fromarray(arr)
+    from catlab.tensors import unit_range_to_pixels
+
+    return Image.fromarray(unit_range_to_pixels(x))
 
 
 def fig_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -116,8 +117,8 @@ def pca_scatter(groups: Mapping[str, np.ndarray], title: str = "embeddings, firs
 def colour_histograms(groups: Mapping[str, Sequence[str]], title: str = "colours the oracle reads",
                       size_per_panel: tuple[float, float] = (2.8, 2.4)) -> Figure:
     """One bar chart per group of the oracle's colour readings, bars drawn in the colour they count."""
-    from ..metrics import colour_entropy
-    from ..toyworld.world import COLOUR_NAMES, COLOURS
+    from catlab.evaluation.metrics import colour_entropy
+    from catlab.toyworld.world import COLOUR_NAMES, COLOURS
 
     n = max(1, len(groups))
     fig = Figure(figsize=(size_per_panel[0] * n, size_per_panel[1]))
@@ -126,7 +127,7 @@ def colour_histograms(groups: Mapping[str, Sequence[str]], title: str = "colours
         counts = [list(colours).count(c) for c in COLOUR_NAMES]
         ax.bar(range(len(COLOUR_NAMES)), counts, color=[np.array(COLOURS[c]) / 255 for c in COLOUR_NAMES], edgecolor="black", lw=0.5)
         ax.set_xticks(range(len(COLOUR_NAMES)), [c[:3] for c in COLOUR_NAMES], fontsize=7, rotation=90)
-        ent = colour_entropy(list(colours)) if len(colours) else float("nan")
+        ent = colour_entropy(list(colours), COLOUR_NAMES) if len(colours) else float("nan")
         ax.set_title(f"{name}\nentropy {ent + 0.0:.2f}", fontsize=9)  # + 0.0: no "-0.00"
     axes[0].set_ylabel("images")
     fig.suptitle(title, fontsize=10)

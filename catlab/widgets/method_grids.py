@@ -16,8 +16,8 @@ def generate_methods(pipe: Any, methods: Mapping[str, tuple[Sequence[str], Seque
 
     Same prompts and seeds for every method, so the images are paired; adapters are disabled afterwards.
     """
-    from ..models import set_active_adapters
-    from ..sample import generate
+    from catlab.models import set_active_adapters
+    from catlab.sampling.sampler import generate
 
     out = {}
     try:
@@ -32,7 +32,7 @@ def generate_methods(pipe: Any, methods: Mapping[str, tuple[Sequence[str], Seque
 def method_grid(images: Mapping[str, Sequence[Sequence[Image.Image]]], prompts: Sequence[str], seeds: Sequence[int],
                 cell: int = 72, title: str | None = None, by_prompt: bool = True) -> Image.Image:
     """One labelled grid of `generate_methods` output: a row per (prompt, method), a column per seed."""
-    from ..sample import image_grid
+    from catlab.sampling.grids import image_grid
 
     keys = [(p, m) for p in range(len(prompts)) for m in images] if by_prompt else [(p, m) for m in images for p in range(len(prompts))]
     rows = [images[m][p] for p, m in keys]
@@ -43,7 +43,7 @@ def method_grid(images: Mapping[str, Sequence[Sequence[Image.Image]]], prompts: 
 def method_blocks(images: Mapping[str, Sequence[Sequence[Image.Image]]], prompts: Sequence[str], seeds: Sequence[int],
                   cell: int = 56, gap: int = 12) -> Image.Image:
     """`generate_methods` output as one block per prompt, side by side: a row per method, a column per seed."""
-    from ..sample import image_grid
+    from catlab.sampling.grids import image_grid
 
     methods = list(images)
     blocks = [image_grid([images[m][i] for m in methods], methods if i == 0 else None, [f"s{s}" for s in seeds], cell=cell, title=p)

@@ -34,7 +34,7 @@ class WorldPreset:
 
     name: str
     base_model: str  # for load_base / TrainConfig.base_model
-    embedder: str  # for catlab.embedders.load_embedder
+    embedder: str  # for catlab.evaluation.embedders.load_embedder
     use_oracle: bool  # the toy world's oracle reads shape, colour and concept; real photos have none
     concept_px: int  # size at which a toy concept is exported (SD 1.5 needs >= 512 px images)
     resolution: int | None  # training resolution; None = the base model's native size
@@ -67,8 +67,8 @@ def concept_config(concept: str | None = None, folder: str | Path | None = None,
                    trigger: str | None = None, class_word: str | None = None, px: int = 64) -> Any:
     """A ConceptConfig from a folder (trigger / class word default to its concept.json), or from a toy concept
     exported (overwriting) to `export_to` at `px` pixels when no folder is given."""
-    from ..config import ConceptConfig
-    from ..toyworld.world import CONCEPTS, export_concept
+    from catlab.config import ConceptConfig
+    from catlab.toyworld.world import CONCEPTS, export_concept
 
     meta: dict[str, Any] = {}
     if folder is None:

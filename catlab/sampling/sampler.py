@@ -1,4 +1,4 @@
-"""Sampling: prompts x seeds with the base model or any adapters, deterministic per (prompt, seed), and labelled grids."""
+"""Sampling: prompts x seeds with the base model or any adapters, deterministic per (prompt, seed)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm.auto import tqdm
 
-from .models import sampling_defaults
+from catlab.files import save_image_atomic
+from catlab.models.base import sampling_defaults
+from catlab.sampling.grids import image_grid
 
 
 def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], *, num_inference_steps: int | None = None,
@@ -44,51 +46,9 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], *, num_inferenc
     return out  # type: ignore[return-value]
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has a fixed-size default font
-        return ImageFont.load_default()
-
-
-def image_grid(images: Sequence[Sequence[Image.Image]], row_labels: Sequence[str] | None = None,
-               col_labels: Sequence[str] | None = None, cell: int = 96, title: str | None = None) -> Image.Image:
-    """Rows x columns of images, upscaled to `cell` px (nearest, so tiny images stay crisp), with labels."""
-    rows, cols = len(images), max(len(r) for r in images)
-    font = _font(max(11, cell // 8))
-    label_w = 0
-    if row_labels:
-        label_w = max(int(font.getlength(s)) for s in row_labels) + 12
-    top = (cell // 4 if col_labels else 0) + (cell // 3 if title else 0)
-    grid = Image.new("RGB", (label_w + cols * cell, top + rows * cell), "white")
-    draw = ImageDraw.Draw(grid)
-    if title:
-        draw.text((4, 2), title, fill="black", font=font)
-    y0 = top
-    for c, lab in enumerate(col_labels or []):
-        draw.text((label_w + c * cell + 4, y0 - cell // 4 + 2), str(lab), fill="black", font=font)
-    for r, row in enumerate(images):
-        if row_labels:
-            draw.text((4, y0 + r * cell + cell // 2 - 6), row_labels[r], fill="black", font=font)
-        for c, im in enumerate(row):
-            resample = Image.NEAREST if im.width < cell else Image.LANCZOS
-            grid.paste(im.convert("RGB").resize((cell, cell), resample), (label_w + c * cell, y0 + r * cell))
-    return grid
-
-
-def save_image_atomic(img: Image.Image, path: str | Path) -> Path:
-    """Write a PNG without leaving a half-written file behind."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    img.save(tmp, format="PNG")
-    tmp.replace(p)
-    return p
-
-
 def sample_cli(args) -> int:
     """`catlab sample`: one row per prompt, one column per seed."""
-    from .models import load_base, load_lora
+    from catlab.models import load_base, load_lora
 
     out = Path(args.out)
     if out.exists():

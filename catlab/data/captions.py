@@ -2,7 +2,7 @@
 
 Captions come from a per-image `x.txt`, from one `captions.txt` (`file<TAB>caption` or `file|caption`) or
 `captions.jsonl` (`{"file": ..., "caption": ...}`), else from a template. Readers append every problem to an
-`errors` list instead of raising, so that `catlab.data.validate_concept_folder` can report a whole folder at once.
+`errors` list instead of raising, so that `catlab.data.concepts.validate_concept_folder` can report a whole folder at once.
 """
 
 from __future__ import annotations
@@ -42,19 +42,19 @@ def _tidy(text: str) -> str:
     return text.strip(" ,;:")
 
 
-def remove_trigger(caption: str, trigger: str, mode: str = "remove", class_word: str | None = None) -> str:
-    """The trigger-free caption for CAT.
+def trigger_free_caption(caption: str, trigger: str, how: str = "drop", class_word: str | None = None) -> str:
+    """The caption without its trigger: CAT's c_free.
 
-    mode="remove" drops the trigger ("a sks circle" -> "a circle", the authors' choice); mode="class" puts the
-    class word in its place unless the class word is already beside it ("sks on a rug" -> "circle on a rug").
+    how="drop" drops the trigger ("a sks circle" -> "a circle", the authors' choice); how="replace" puts the class
+    word in its place unless the class word is already beside it ("sks on a rug" -> "circle on a rug").
     """
-    if mode not in ("remove", "class"):
-        raise ValueError(f"mode={mode!r}: choose 'remove' or 'class'")
-    if mode == "class" and not class_word:
-        raise ValueError("mode='class' needs class_word, e.g. remove_trigger(caption, 'sks', 'class', class_word='circle')")
+    if how not in ("drop", "replace"):
+        raise ValueError(f"how={how!r}: choose 'drop' or 'replace'")
+    if how == "replace" and not class_word:
+        raise ValueError("how='replace' needs class_word, e.g. trigger_free_caption(caption, 'sks', 'replace', class_word='circle')")
     if not has_trigger(caption, trigger):
         return caption
-    if mode == "remove":
+    if how == "drop":
         return _tidy(re.sub(_word_pattern(trigger), " ", caption, flags=re.IGNORECASE))
     cls = re.escape(class_word) + r"(?:e?s)?(?!\w)"  # the class word, singular or plural
 

@@ -1,6 +1,6 @@
 """The training dataset: concept folders as items with caption, trigger-free caption and class prompt.
 
-`ConceptDataset` validates every folder first (`catlab.data.validate_concept_folder`) and raises one error for all
+`ConceptDataset` validates every folder first (`catlab.data.concepts.validate_concept_folder`) and raises one error for all
 of them. For CAT (arXiv 2404.07554) each item carries its caption with the trigger and without it, the latter being
 the prompt on which the adapted model must keep agreeing with the frozen base model. Crops and flips are
 deterministic in (seed, epoch, index), so a resumed run sees the same batches.
@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .captions import DEFAULT_CAPTION, DEFAULT_CLASS_PROMPT, format_prompt, remove_trigger
-from .config import ConceptConfig
-from .data import ConceptDataError, _bullets, convert_to_rgb, open_image, validate_concept_folder
+from catlab.config import ConceptConfig
+from catlab.data.captions import DEFAULT_CAPTION, DEFAULT_CLASS_PROMPT, format_prompt, trigger_free_caption
+from catlab.data.concepts import ConceptDataError, _bullets, convert_to_rgb, open_image, validate_concept_folder
+from catlab.tensors import pixels_to_unit_range
 
 
 def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
@@ -36,7 +37,7 @@ def crop_and_flip(img: Image.Image, size: int, rng: np.random.Generator, center_
     if center_crop:
         dx, dy = (w - size) // 2, (h - size) // 2
     arr = np.asarray(img.crop((dx, dy, dx + size, dy + size)), dtype=np.float32)  # (size, size, 3)
-    x = torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0  # (3, size, size)
+    x = pixels_to_unit_range(arr)  # (3, size, size)
     return x.flip(-1) if random_flip and flip else x
 
 
@@ -49,10 +50,10 @@ class ConceptDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, concepts: list[ConceptConfig | dict], resolution: int, center_crop: bool = False, random_flip: bool = True,
-                 cat_prompt: str = "remove", seed: int = 0, tokenizer: Any = None, caption_template: str = DEFAULT_CAPTION,
+                 trigger_free: str = "drop", seed: int = 0, tokenizer: Any = None, caption_template: str = DEFAULT_CAPTION,
                  class_prompt_template: str = DEFAULT_CLASS_PROMPT):
-        if cat_prompt not in ("remove", "class"):
-            raise ValueError(f"cat_prompt={cat_prompt!r}: choose 'remove' or 'class'")
+        if trigger_free not in ("drop", "replace"):
+            raise ValueError(f"trigger_free={trigger_free!r}: choose 'drop' (the trigger) or 'replace' (it by the class word)")
         if not concepts:
             raise ValueError("no concepts given. Fix: pass e.g. [ConceptConfig(folder='data/sks', trigger='sks', class_word='circle')]")
         self.concepts = [c if isinstance(c, ConceptConfig) else _concept_from_dict(c, i) for i, c in enumerate(concepts)]
@@ -70,7 +71,7 @@ class ConceptDataset(torch.utils.data.Dataset):
             problems = [e for r in bad for e in r.errors]
             sections = "\n".join(f"  {r.header()}:\n{_bullets(r.errors, '    ')}" for r in bad)
             raise ConceptDataError(f"concept data has {len(problems)} problem(s):\n{sections}", problems)
-        self.records = [dict(path=path, caption=cap, caption_free=remove_trigger(cap, c.trigger, cat_prompt, c.class_word),
+        self.records = [dict(path=path, caption=cap, trigger_free_caption=trigger_free_caption(cap, c.trigger, trigger_free, c.class_word),
                              class_prompt=format_prompt(class_prompt_template, c.trigger, c.class_word), concept=i)
                         for i, (c, r) in enumerate(zip(self.concepts, self.reports)) for path, cap in zip(r.images, r.captions)]
         self._cache: dict[int, Image.Image] = {}  # resized once: only the crop and flip change between epochs
@@ -88,7 +89,7 @@ class ConceptDataset(torch.utils.data.Dataset):
             self._cache[index] = resize_shorter_side(convert_to_rgb(open_image(rec["path"])), self.resolution)
         rng = np.random.default_rng([self.seed, self.epoch, index])  # independent of call order and worker
         pixels = crop_and_flip(self._cache[index], self.resolution, rng, self.center_crop, self.random_flip)  # (3, R, R)
-        return dict(pixel_values=pixels, caption=rec["caption"], caption_free=rec["caption_free"],
+        return dict(pixel_values=pixels, caption=rec["caption"], trigger_free_caption=rec["trigger_free_caption"],
                     class_prompt=rec["class_prompt"], concept=rec["concept"], path=str(rec["path"]))
 
     def summary(self) -> str:

@@ -1,4 +1,4 @@
-"""Scores for personalised diffusion models; `catlab.evaluation.evaluate` generates and applies them.
+"""Scores for personalised diffusion models; `catlab.evaluation.protocol.evaluate` generates and applies them.
 
 Identity similarity (IS), prompt similarity (PS) and knowledge preservation (KP) follow the CAT paper
 (arXiv 2404.07554); KPS, their harmonic-mean aggregate, is catlab's definition (the paper's exact formula is
@@ -16,10 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from .embedders import normalise_rows
-from .toyworld.world import COLOUR_NAMES
-
 # ----------------------------------------------------------------------------- scores on embeddings
+
+
+def normalise_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit L2 norm; all-zero rows stay zero (their cosine with anything is then 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def _rows(x: Any, what: str) -> np.ndarray:
@@ -128,7 +131,7 @@ def attribute_accuracy(read: Sequence[str], expected: str | Sequence[str | None]
     return float(np.mean(hits)) if hits else math.nan
 
 
-def colour_entropy(colours: Sequence[str], palette: Sequence[str] = COLOUR_NAMES) -> float:
+def colour_entropy(colours: Sequence[str], palette: Sequence[str]) -> float:
     """Entropy of the colour histogram / log(len(palette)); 1 = all colours equally often, 0 = one colour."""
     unknown = sorted(set(colours) - set(palette))
     if unknown:
@@ -158,7 +161,7 @@ def paired_preservation(adapted: Sequence[Any], base: Sequence[Any]) -> float:
     return float(np.mean([a == b for a, b in zip(adapted, base)])) if len(base) else math.nan
 
 
-def colour_distance(adapted: Sequence[str], base: Sequence[str], palette: Sequence[str] = COLOUR_NAMES) -> float:
+def colour_distance(adapted: Sequence[str], base: Sequence[str], palette: Sequence[str]) -> float:
     """Total-variation distance between two colour histograms: 0 = same distribution, 1 = disjoint colours."""
     unknown = sorted((set(adapted) | set(base)) - set(palette))
     if unknown:

@@ -1,5 +1,5 @@
-"""Base models and adapters: load any diffusers Stable Diffusion pipeline (the toy world is just another one),
-inject LoRA with peft, save it in the diffusers format and in kohya's (for the webuis), load it, toggle and combine adapters.
+"""LoRA adapters: inject them with peft, save them in the diffusers format and in kohya's (for the webuis), load them,
+switch them off for the exact base model, and combine several.
 """
 
 from __future__ import annotations
@@ -16,90 +16,10 @@ import torch
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' load_lora_weights looks for
 WEBUI_WEIGHT_NAME = "lora_webui.safetensors"  # the same adapter in kohya's format, for AUTOMATIC1111 / Forge / ComfyUI
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection, as the CAT authors
-SD_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 7.5}  # diffusers' SD 1.5 defaults, used by the authors
-SAMPLING_FILE = "catlab_sampling.json"  # optional per-model sampling defaults beside model_index.json
 
 
 class AdapterMismatchError(ValueError):
     """A LoRA file whose layers or shapes do not fit the base model."""
-
-
-def resolve_base(name_or_path: str) -> str:
-    """'toyworld' -> the shipped pipeline folder; an existing folder stays; anything else is taken as a hub id."""
-    if name_or_path == "toyworld":
-        from .toyworld.assets import toyworld_path
-
-        return str(toyworld_path("pipeline"))
-    p = Path(name_or_path).expanduser()
-    if p.exists():
-        if not (p / "model_index.json").is_file():
-            raise FileNotFoundError(f"{p} is not a diffusers pipeline folder (no model_index.json); "
-                                    "point base_model at a folder written by `save_pretrained`, or use 'toyworld'")
-        return str(p)
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
-        raise FileNotFoundError(f"base model {name_or_path!r} is neither an existing folder nor a hub id like "
-                                "'stable-diffusion-v1-5/stable-diffusion-v1-5'")
-    return name_or_path
-
-
-def load_base(name_or_path: str = "toyworld", device: str | torch.device | None = None, dtype: torch.dtype | None = None):
-    """Load a Stable Diffusion pipeline ('toyworld', a local folder, or a hub id) on `device`."""
-    from diffusers import StableDiffusionPipeline
-
-    path = resolve_base(name_or_path)
-    kwargs = {"safety_checker": None, "requires_safety_checker": False}
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(path, **kwargs)
-    except OSError as e:
-        hint = " (the machine is offline or HF_HUB_OFFLINE=1: download it elsewhere and pass its folder)" if not Path(path).exists() else ""
-        raise OSError(f"could not load base model {name_or_path!r}{hint}: {e}") from e
-    if dtype is None and pipe.text_encoder is not None and pipe.text_encoder.dtype != pipe.unet.dtype:
-        # transformers 5 loads a model in the dtype it was saved in, diffusers in fp32: a folder saved in fp16 gave an
-        # fp16 text encoder beside an fp32 UNet, and sampling failed ("mat1 and mat2 must have the same dtype")
-        pipe.text_encoder.to(pipe.unet.dtype)
-    pipe.set_progress_bar_config(disable=True)
-    if device is not None:
-        pipe.to(device)
-    pipe.catlab_sampling = sampling_defaults_for(path)
-    return pipe
-
-
-def configured_resolution(name_or_path: str) -> int | None:
-    """The native resolution from the pipeline's config files alone (no weights are loaded): a local folder, or a hub
-    id already in the local cache; None when they are not at hand."""
-    path = resolve_base(name_or_path)
-    configs = {}
-    for part in ("unet", "vae"):
-        f = Path(path) / part / "config.json"
-        if not f.is_file():
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(path, f"{part}/config.json") if not Path(path).exists() else None
-            if not isinstance(cached, str):
-                return None
-            f = Path(cached)
-        configs[part] = json.loads(f.read_text())
-    return int(configs["unet"]["sample_size"] * 2 ** (len(configs["vae"]["block_out_channels"]) - 1))  # diffusers' vae_scale_factor
-
-
-def sampling_defaults_for(path: str) -> dict:
-    f = Path(path) / SAMPLING_FILE
-    if f.is_file():
-        return {**SD_DEFAULTS, **json.loads(f.read_text())}
-    return dict(SD_DEFAULTS)
-
-
-def sampling_defaults(pipe) -> dict:
-    """Steps, guidance and resolution that suit this base model (the toy world wants little guidance)."""
-    d = dict(getattr(pipe, "catlab_sampling", SD_DEFAULTS))
-    d.setdefault("resolution", native_resolution(pipe))
-    return d
-
-
-def native_resolution(pipe) -> int:
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
 
 def _linear_suffixes(model: torch.nn.Module) -> set[str]:
@@ -228,7 +148,7 @@ def webui_state_dict(pipe, adapter_name: str = "default") -> dict[str, torch.Ten
 def adapter_metadata(pipe, adapter_name: str = "default", extra: dict | None = None) -> dict[str, str]:
     """The safetensors header (str -> str) both adapter files carry: rank, alpha, targets, catlab version and `extra`
     (trigger, class word, base model, regime, cat_lambda, steps from a training run)."""
-    from . import __version__
+    from catlab import __version__
 
     cfg = pipe.unet.peft_config[adapter_name]
     meta = {"catlab_version": __version__, "rank": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules)}
@@ -270,7 +190,7 @@ def load_lora(pipe, path: str | Path, adapter_name: str = "default", scale: floa
         raise FileNotFoundError(f"adapter {p} does not exist")
     if adapter_name in getattr(pipe.unet, "peft_config", {}):
         pipe.delete_adapters([adapter_name])
-    from .notices import expected_notices_dropped
+    from catlab.notices import expected_notices_dropped
 
     try:
         with expected_notices_dropped():  # a UNet-only adapter is normal: no notice about the text encoder
@@ -297,4 +217,3 @@ def set_active_adapters(pipe, names: Sequence[str] | None, weights: Sequence[flo
         raise KeyError(f"adapter(s) {unknown} are not loaded; loaded: {sorted(known)}. Load them with load_lora first")
     pipe.enable_lora()
     pipe.set_adapters(list(names), adapter_weights=list(weights) if weights is not None else None)
-

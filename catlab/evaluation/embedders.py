@@ -1,6 +1,6 @@
 """Image and text embedders behind one interface, with a content-keyed cache.
 
-Every score in `catlab.metrics` is a function of L2-normalised embeddings, so anything that maps images to
+Every score in `catlab.evaluation.metrics` is a function of L2-normalised embeddings, so anything that maps images to
 vectors can stand in for CLIP: the toy world's tiny CLIP, any transformers CLIP (the CAT authors used
 openai/clip-vit-base-patch32), a self-supervised ViT for DreamBooth's DINO score (`DinoEmbedder`,
 facebook/dino-vits16), or a plain function. Embeddings are cached by image content, so scoring the
@@ -21,18 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from catlab.evaluation.metrics import normalise_rows
+
 
 def hash_image(image: Image.Image) -> str:
     """Content key of an image: sha1 of its mode, size and pixel bytes (file names and metadata do not matter)."""
     h = hashlib.sha1(f"{image.mode}:{image.size}".encode())
     h.update(image.tobytes())
     return h.hexdigest()
-
-
-def normalise_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm; all-zero rows stay zero (their cosine with anything is then 0)."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def check_embeddings(x: Any, n: int, who: str, what: str = "images") -> np.ndarray:
@@ -237,7 +233,7 @@ class ClipEmbedder(Embedder):
     @classmethod
     def toyworld(cls, device: str | torch.device | None = None, batch_size: int = 64) -> ClipEmbedder:
         """The toy world's CLIP (32 px images), from $CATLAB_TOYWORLD_DIR or the shipped assets."""
-        from .toyworld.assets import toyworld_path
+        from catlab.toyworld.assets import toyworld_path
 
         return cls(toyworld_path("clip"), device=device, batch_size=batch_size)
 
@@ -357,7 +353,7 @@ def load_embedder(spec: Any = "toyworld", device: str | None = None, batch_size:
         if str(spec) == "toyworld":
             if kind == "dino":
                 raise ValueError(f"the toy world has a CLIP, not a DINO model; pass a ViT / DINOv2 folder or hub id ({DINO_HUB_ID})")
-            from .toyworld.assets import toyworld_path
+            from catlab.toyworld.assets import toyworld_path
 
             spec = toyworld_path("clip")  # resolved now: $CATLAB_TOYWORLD_DIR may change between calls
         local = Path(spec).expanduser()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .models import adapters_disabled
+from catlab.models import adapters_disabled
 
 
 def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -51,7 +51,7 @@ class LossTerms:
         return {k: float(v.detach()) for k, v in vars(self).items() if v is not None}
 
 
-def cat_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond_trigger: torch.Tensor, cond_free: torch.Tensor,
+def cat_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond_trigger: torch.Tensor, cond_trigger_free: torch.Tensor,
              target: torch.Tensor, lam: float = 1.0, cat_share: float = 1.0, weights: torch.Tensor | None = None,
              batched: bool = True, anchors: tuple[torch.Tensor, torch.Tensor] | None = None) -> LossTerms:
     """Contrastive Adapter Training (Park et al. 2024, arXiv 2404.07554):
@@ -77,15 +77,15 @@ def cat_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond_trigger: t
     if batched:
         z = torch.cat([noisy, z_free])  # (B + k, C, h, w)
         tt = torch.cat([timesteps, t_free])
-        cond = torch.cat([cond_trigger, cond_free[:k]])  # (B + k, L, D)
+        cond = torch.cat([cond_trigger, cond_trigger_free[:k]])  # (B + k, L, D)
         pred_all = unet(z, tt, encoder_hidden_states=cond).sample
         pred_trigger, pred_free = pred_all[:b], pred_all[b:]
     else:
         pred_trigger = unet(noisy, timesteps, encoder_hidden_states=cond_trigger).sample
-        pred_free = unet(z_free, t_free, encoder_hidden_states=cond_free[:k]).sample
+        pred_free = unet(z_free, t_free, encoder_hidden_states=cond_trigger_free[:k]).sample
     inner = getattr(unet, "module", unet)  # under DDP the adapters live on the wrapped module
     with torch.no_grad(), adapters_disabled(inner):
-        base_free = inner(z_free, t_free, encoder_hidden_states=cond_free[:k]).sample  # stop-gradient target
+        base_free = inner(z_free, t_free, encoder_hidden_states=cond_trigger_free[:k]).sample  # stop-gradient target
     ldm = mse(pred_trigger, target, weights)
     cat = mse(pred_free, base_free, None if weights is None or anchors is not None else weights[:k])
     return LossTerms(loss=ldm + lam * cat, ldm=ldm, cat=cat)

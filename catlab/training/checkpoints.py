@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from catlab.files import replace_folder_atomically
+
 STATE_TENSORS, STATE_JSON = "state.safetensors", "state.json"
 FORMAT = "catlab-checkpoint-1"
 
@@ -56,17 +58,6 @@ def prepare_output_dir(output_dir: str | Path, resume_from: str | None) -> tuple
     return out, ckpt
 
 
-def atomic_dir_write(final: Path, write) -> None:
-    """`write(tmp)` fills a temporary folder, which then replaces `final`: a crash never leaves half a checkpoint."""
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.replace(final)
-
-
 def save_checkpoint(out: Path, step: int, *, unet, te, opt, lr_sched, history: list[dict], scaler=None,
                     write_adapter=None, keep: int | None = None) -> Path:
     """Write checkpoints/step-NNNNNN atomically, then delete the oldest beyond `keep` (None: keep all).
@@ -96,7 +87,7 @@ def save_checkpoint(out: Path, step: int, *, unet, te, opt, lr_sched, history: l
             write_adapter(tmp / "adapter")
 
     final.parent.mkdir(parents=True, exist_ok=True)
-    atomic_dir_write(final, write)
+    replace_folder_atomically(final, write)
     if keep is not None:
         for old in checkpoint_dirs(out)[:-keep]:
             shutil.rmtree(old)

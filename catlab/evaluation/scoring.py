@@ -1,8 +1,8 @@
 """Scoring: per-image scores of generated images against a concept and the base model, and their summaries.
 
-`score_images` embeds the images and applies the pure functions of `catlab.metrics` (plus, with an oracle, the
+`score_images` embeds the images and applies the pure functions of `catlab.evaluation.metrics` (plus, with an oracle, the
 toy world's shape/colour/concept readings) row by row; `per_seed_scores` and `summarise` reduce the table to
-mean and 95% CI per method, and `style_summary` shows that in a notebook. `catlab.evaluation` generates the images.
+mean and 95% CI per method, and `style_summary` shows that in a notebook. `catlab.evaluation.protocol` generates the images.
 
 Optionally (`dino=`, `clip=`) the tables gain the metrics real-world papers report, as raw cosines named so the
 scaling is visible: DINO_cos and CLIP-I_cos (DreamBooth's DINO and CLIP-I), CLIP-T_cos, and DINO-PRES_cos
@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .embedders import load_embedder
-from .metrics import (
+from catlab.evaluation.embedders import load_embedder
+from catlab.evaluation.metrics import (
     colour_distance,
     colour_entropy,
     identity_similarity,
@@ -37,7 +37,7 @@ from .metrics import (
     prompt_similarity,
     vendi_score,
 )
-from .toyworld.world import COLOUR_NAMES, SHAPES
+from catlab.toyworld.world import COLOUR_NAMES, SHAPES
 
 BASE = "base"  # method name of the base model, always evaluated: KP needs it
 HIGHER_IS_BETTER = {"IS": True, "PS": True, "KP": True, "KPS": True, "DINO_cos": True, "CLIP-I_cos": True, "CLIP-T_cos": True,
@@ -72,10 +72,10 @@ def _named_colour(prompt: str) -> str | None:
 def _read_oracle(oracle: Any, images: list[Image.Image]):
     import torch
 
-    from .toyworld.oracle import read_images
+    from catlab.toyworld.oracle import read_images
 
     if isinstance(oracle, (str, Path)):
-        from .toyworld.assets import load_oracle
+        from catlab.toyworld.assets import load_oracle
 
         oracle = load_oracle(None if str(oracle) == "toyworld" else oracle)
     if isinstance(oracle, torch.nn.Module):
@@ -192,9 +192,9 @@ def _score_oracle(df: pd.DataFrame, reading, concept: Concept, groups: Mapping) 
     base_colours = {p: df.oracle_colour[idx].tolist() for (m, p), idx in groups.items() if m == BASE}
     for (_, prompt), idx in groups.items():
         if _named_colour(prompt) is None:  # a prompt that names the colour is supposed to be single-coloured
-            df.loc[idx, "colour_entropy"] = colour_entropy(df.oracle_colour[idx].tolist())
+            df.loc[idx, "colour_entropy"] = colour_entropy(df.oracle_colour[idx].tolist(), COLOUR_NAMES)
             if prompt in base_colours:
-                df.loc[idx, "colour_distance"] = colour_distance(df.oracle_colour[idx].tolist(), base_colours[prompt])
+                df.loc[idx, "colour_distance"] = colour_distance(df.oracle_colour[idx].tolist(), base_colours[prompt], COLOUR_NAMES)
     return df
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .notices import quiet_libraries
-from .report import COLUMNS, METHODS, format_table  # noqa: F401  (re-exported: the demo's table vocabulary)
+from catlab.demo.report import COLUMNS, METHODS, DemoRun, format_table  # noqa: F401  (re-exported: the demo's table vocabulary)
+from catlab.files import write_json_atomic
+from catlab.notices import quiet_libraries
 
 
 @dataclass
@@ -49,7 +50,7 @@ class DemoRecipe:
 
 
 def _train_config(regime: str, seed: int, recipe: DemoRecipe, concept, out: Path):
-    from .config import ConceptConfig, TrainConfig
+    from catlab.config import ConceptConfig, TrainConfig
 
     return TrainConfig(
         concepts=[ConceptConfig(str(out / "concept"), concept.trigger, concept.class_word)], output_dir=str(out / "runs" / f"{regime}_seed{seed}"),
@@ -70,11 +71,11 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "br
     seeds it was not chosen on."""
     import torch
 
-    from .evaluation import evaluate
-    from .models import load_base
-    from .toyworld.assets import load_oracle
-    from .toyworld.world import CONCEPTS, export_concept
-    from .train import train
+    from catlab.evaluation.protocol import evaluate
+    from catlab.models import load_base
+    from catlab.toyworld.assets import load_oracle
+    from catlab.toyworld.world import CONCEPTS, export_concept
+    from catlab.training.loop import train
 
     if first_seed < 0:
         raise ValueError(f"first_seed={first_seed}: training seeds must be >= 0")
@@ -97,15 +98,15 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "br
         for regime in METHODS:
             torch.manual_seed(seed)
             res = train(_train_config(regime, seed, recipe, c, out))
-            runs.append({"regime": regime, "method": METHODS[regime], "seed": seed, "adapter": res.adapter_dir,
-                         "train_s": res.wall_time_s - res.class_images_s, "class_images_s": res.class_images_s, "history": res.history})
+            runs.append(DemoRun(regime, seed, res.adapter_dir, train_s=res.wall_time_s - res.class_images_s,
+                                class_images_s=res.class_images_s, history=res.history))
     pipe = load_base("toyworld")
-    adapters = {f"{r['regime']}_s{r['seed']}": r["adapter"] for r in runs}
+    adapters = {r.name: r.adapter for r in runs}
     result = evaluate(pipe, adapters, concept=out / "concept", trigger=c.trigger, class_word=c.class_word,
                       templates=recipe.eval_templates, seeds=recipe.eval_seeds, oracle=load_oracle(), out_dir=out / "eval")
     table = summarise_by_method(result.per_image, runs)
     costs = cost_table(runs)
-    from .report import write_report
+    from catlab.demo.report import write_report
 
     rerun = (f"catlab demo --out {out} --overwrite --concept {concept} --seeds {n_seeds}" + (f" --first-seed {first_seed}" if first_seed else "")
              + (" --quick" if quick else ""))
@@ -114,13 +115,13 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "br
     print("\n" + costs.to_string(index=False))
     print(f"\nreport: {report}  ({time.time() - t0:.0f} s in all)")
     table.to_csv(out / "table.csv", index=False)
-    _write_json(out / "recipe.json", {**asdict(recipe), "n_seeds": n_seeds, "first_seed": first_seed, "concept": concept})
+    write_json_atomic(out / "recipe.json", {**asdict(recipe), "n_seeds": n_seeds, "first_seed": first_seed, "concept": concept})
     return {"table": table, "costs": costs, "per_image": result.per_image, "report": report, "runs": runs}
 
 
-def summarise_by_method(per_image: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
+def summarise_by_method(per_image: pd.DataFrame, runs: list[DemoRun]) -> pd.DataFrame:
     """One row per method: mean and std over training seeds of each score (each seed's score is a mean over images)."""
-    from .scoring import BASE, per_seed_scores
+    from catlab.evaluation.scoring import BASE, per_seed_scores
 
     seed_scores = per_seed_scores(per_image)  # per (adapter name, eval seed)
     by_adapter = seed_scores.groupby("method").mean(numeric_only=True)
@@ -129,8 +130,8 @@ def summarise_by_method(per_image: pd.DataFrame, runs: list[dict]) -> pd.DataFra
     set_means = sets.groupby("method")[[c for c in ("DIV", "Vendi", "colour_entropy", "colour_distance") if c in sets]].mean()
     by_adapter = by_adapter.join(set_means)
     rows = []
-    groups = [("base model", [BASE])] + [(name, [f"{r}_s{s['seed']}" for s in runs if s["regime"] == r])
-                                         for r, name in METHODS.items() if any(s["regime"] == r for s in runs)]
+    groups = [("base model", [BASE])] + [(name, [s.name for s in runs if s.regime == r])
+                                         for r, name in METHODS.items() if any(s.regime == r for s in runs)]
     for name, members in groups:
         sub = by_adapter.loc[[m for m in members if m in by_adapter.index]]
         row = {"method": name, "n_train_seeds": len(sub) if name != "base model" else 0}
@@ -142,25 +143,17 @@ def summarise_by_method(per_image: pd.DataFrame, runs: list[dict]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def cost_table(runs: list[dict]) -> pd.DataFrame:
+def cost_table(runs: list[DemoRun]) -> pd.DataFrame:
     rows = []
     for regime, name in METHODS.items():
-        rs = [r for r in runs if r["regime"] == regime]
+        rs = [r for r in runs if r.regime == regime]
         if not rs:
             continue
-        step_s = np.median([h["step_s"] for r in rs for h in r["history"][1:]] or [np.nan])
-        rows.append({"method": name, "train_s_per_run": float(np.mean([r["train_s"] for r in rs])),
-                     "class_images_s": float(sum(r["class_images_s"] for r in rs)), "median_step_ms": 1000 * float(step_s)})
+        step_s = np.median([h["step_s"] for r in rs for h in r.history[1:]] or [np.nan])
+        rows.append({"method": name, "train_s_per_run": float(np.mean([r.train_s for r in rs])),
+                     "class_images_s": float(sum(r.class_images_s for r in rs)), "median_step_ms": 1000 * float(step_s)})
     df = pd.DataFrame(rows)
     plain = df.loc[df["method"] == "LoRA", "median_step_ms"]
     if len(plain):
         df["step_vs_lora"] = df["median_step_ms"] / float(plain.iloc[0])
     return df
-
-
-def _write_json(path: Path, obj) -> None:
-    import json
-
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)

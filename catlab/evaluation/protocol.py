@@ -1,7 +1,7 @@
 """`evaluate`: generate with the base model and each adapter on the same prompts x seeds, embed, score, summarise.
 
-This module generates and caches the images; `catlab.scoring` turns them into a tidy table of scores, which are
-pure functions in `catlab.metrics`.
+This module generates and caches the images; `catlab.evaluation.scoring` turns them into a tidy table of scores, which are
+pure functions in `catlab.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 import pandas as pd
 from PIL import Image
 
-from .embedders import load_embedder
-from .scoring import BASE, Concept, backbone_note, score_images, style_summary, summarise
+from catlab.evaluation.embedders import load_embedder
+from catlab.evaluation.scoring import BASE, Concept, backbone_note, score_images, style_summary, summarise
+from catlab.files import save_image_atomic
 
 # DreamBench-style (Ruiz et al. 2023, arXiv 2208.12242) recontextualisation and property prompts that the toy world
 # can draw; each is also generated without its trigger ("a red {class}") to measure knowledge preservation
@@ -43,7 +44,7 @@ def _open_rgb(path: str | Path) -> Image.Image:
 
 def load_concept(concept: Any, trigger: str | None = None, class_word: str | None = None) -> Concept:
     """A Concept from a toy concept name, a folder of reference images (with optional concept.json) or a list of PIL images."""
-    from .toyworld.world import CONCEPTS, ToyConcept, concept_images
+    from catlab.toyworld.world import CONCEPTS, ToyConcept, concept_images
 
     if isinstance(concept, Concept):
         return concept
@@ -111,7 +112,7 @@ def _path_id(path: str | Path) -> str:
 def _base_id(base: Any) -> str:
     if isinstance(base, (str, Path)):
         if str(base) == "toyworld":
-            from .toyworld.assets import asset_root
+            from catlab.toyworld.assets import asset_root
 
             base = asset_root() / "pipeline"
         return _path_id(base) if Path(base).expanduser().exists() else str(base)
@@ -126,15 +127,12 @@ def _slug(text: str) -> str:
 
 
 def _save_png(img: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # an interrupted run never leaves a half-written cache entry
-    img.convert("RGB").save(tmp, format="PNG")
-    tmp.replace(path)
+    save_image_atomic(img.convert("RGB"), path)  # an interrupted run never leaves a half-written cache entry
 
 
 def activate_adapter(pipe, method: str, adapter: str | Path | None) -> None:
     """Make `adapter` the only active adapter of `pipe` (None = the base model); each file is loaded once."""
-    from .models import load_lora, set_active_adapters
+    from catlab.models import load_lora, set_active_adapters
 
     if adapter is None:
         set_active_adapters(pipe, None)
@@ -189,7 +187,7 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
     with {trigger} and {class}; each is also generated trigger-free. Images are cached as PNGs under
     out_dir/images (keyed by base, adapter, settings, prompt and seed), so a second call only re-scores.
     Writes out_dir/per_image.csv, out_dir/summary.csv and out_dir/backbones.json (which model and scaling produced
-    each score). generate_fn / activate_fn(pipe, method, adapter_path) default to catlab.sample.generate /
+    each score). generate_fn / activate_fn(pipe, method, adapter_path) default to catlab.sampling.sampler.generate /
     activate_adapter; the pipeline is left with adapters disabled.
 
     The metrics real-world papers report, as raw cosines (off by default): dino = a ViT / DINOv2 folder or hub id
@@ -214,7 +212,7 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
         raise ValueError(f"CLIP-T needs a CLIP with a text tower; {clip_embedder.backbone} embeds images only. Pass clip= a CLIP "
                          "folder or hub id (openai/clip-vit-base-patch32), or clip=True with a CLIP as the evaluation embedder")
     if generate_fn is None:
-        from .sample import generate as generate_fn
+        from catlab.sampling.sampler import generate as generate_fn
     activate_fn = activate_fn or activate_adapter
     gen_kwargs = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "batch_size": batch_size, "progress": progress}
     loaded: dict[str, Any] = {}
@@ -224,7 +222,7 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
             if isinstance(base, (str, Path)):
                 import torch
 
-                from .models import load_base
+                from catlab.models import load_base
 
                 loaded["pipe"] = load_base(str(base), device=device or ("cuda" if torch.cuda.is_available() else None))
             else:
@@ -266,7 +264,7 @@ def evaluate_cli(args) -> int:
         adapters[name] = path
     oracle = None
     if args.base == "toyworld":
-        from .toyworld.assets import ToyWorldAssetError, toyworld_path
+        from catlab.toyworld.assets import ToyWorldAssetError, toyworld_path
 
         try:
             oracle = toyworld_path("oracle")

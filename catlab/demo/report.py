@@ -7,18 +7,41 @@ from __future__ import annotations
 
 import base64
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .sample import image_grid, save_image_atomic
+from catlab.files import save_image_atomic, write_text_atomic
+from catlab.sampling.grids import image_grid
 
-METHODS = {"none": "LoRA", "ppl": "DreamBooth-LoRA", "cat": "CAT"}  # regime -> display name
+METHODS = {"lora": "LoRA", "dreambooth": "DreamBooth-LoRA", "cat": "CAT"}  # regime -> method: its name in tables and figures
 
 COLUMNS = ["IS", "PS", "KP", "KPS", "DIV", "Vendi", "PRES", "colour_entropy", "collapse_rate", "identity_acc",
            "paired_preservation", "colour_distance", "valid_rate"]
+
+
+@dataclass
+class DemoRun:
+    """One adapter the demo trained: its regime and training seed, where it is saved, and what it cost."""
+
+    regime: str  # a key of METHODS
+    seed: int
+    adapter: Path
+    train_s: float  # training wall time, without the class images
+    class_images_s: float  # time to draw the class images (DreamBooth's up-front cost; CAT's anchors reuse them)
+    history: list[dict]  # the trainer's per-step logs
+
+    @property
+    def method(self) -> str:
+        return METHODS[self.regime]
+
+    @property
+    def name(self) -> str:
+        """The adapter's name in the evaluation tables: regime and seed."""
+        return f"{self.regime}_s{self.seed}"
 
 
 def format_table(table: pd.DataFrame, as_frame: bool = False) -> str | pd.DataFrame:
@@ -36,12 +59,12 @@ def _open(out: Path, rel: str) -> Image.Image:
     return Image.open(out / "eval" / rel).convert("RGB")
 
 
-def method_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], prompt_kind: str, template: str, n_cols: int, title: str) -> Image.Image:
+def method_grid(out: Path, per_image: pd.DataFrame, runs: list[DemoRun], prompt_kind: str, template: str, n_cols: int, title: str) -> Image.Image:
     """Rows: base model and each method (training seed 0); columns: the same sampling seeds."""
-    from .scoring import BASE
+    from catlab.evaluation.scoring import BASE
 
     rows, labels = [], []
-    first = {r["regime"]: f"{r['regime']}_s{r['seed']}" for r in sorted(runs, key=lambda r: -r["seed"])}
+    first = {r.regime: r.name for r in sorted(runs, key=lambda r: -r.seed)}
     for label, method in [("base model", BASE)] + [(METHODS[g], m) for g, m in first.items()]:
         sel = per_image[(per_image.method == method) & (per_image.kind == prompt_kind) & (per_image.template == template)].sort_values("seed")
         rows.append([_open(out, f) for f in sel["image"].head(n_cols)])
@@ -50,7 +73,7 @@ def method_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], prompt_kin
     return image_grid(rows, labels, [f"seed {s}" for s in seeds], cell=64, title=title)
 
 
-def headline_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], concept, n_cols: int) -> Image.Image:
+def headline_grid(out: Path, per_image: pd.DataFrame, runs: list[DemoRun], concept, n_cols: int) -> Image.Image:
     template = per_image["template"].iloc[0]
     trig_prompt = per_image[(per_image.template == template) & (per_image.kind == "trigger")]["prompt"].iloc[0]
     cls_prompt = per_image[(per_image.template == template) & (per_image.kind == "class")]["prompt"].iloc[0]
@@ -66,7 +89,7 @@ def headline_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], concept,
     return canvas
 
 
-def paired_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], n_cols: int) -> Image.Image:
+def paired_grid(out: Path, per_image: pd.DataFrame, runs: list[DemoRun], n_cols: int) -> Image.Image:
     """Class samples per seed: the base model's on top, each method's below it; a green frame marks a sample the oracle
     reads as the same colour and shape as the base's sample from that seed (paired preservation), a red frame one that is not."""
     from PIL import ImageOps
@@ -74,9 +97,9 @@ def paired_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], n_cols: in
     template = per_image["template"].iloc[0]
     if "preserved" not in per_image:  # no oracle: the plain grid
         return method_grid(out, per_image, runs, "class", template, n_cols, "class samples, same seeds")
-    from .scoring import BASE
+    from catlab.evaluation.scoring import BASE
 
-    first = {r["regime"]: f"{r['regime']}_s{r['seed']}" for r in sorted(runs, key=lambda r: -r["seed"])}
+    first = {r.regime: r.name for r in sorted(runs, key=lambda r: -r.seed)}
     rows = []
     for method in [BASE] + list(first.values()):
         sel = per_image[(per_image.method == method) & (per_image.kind == "class") & (per_image.template == template)].sort_values("seed").head(n_cols)
@@ -89,17 +112,17 @@ def paired_grid(out: Path, per_image: pd.DataFrame, runs: list[dict], n_cols: in
                             "green = same colour and shape as the base model's sample, red = changed")
 
 
-def colour_figure(per_image: pd.DataFrame, runs: list[dict], concept):
+def colour_figure(per_image: pd.DataFrame, runs: list[DemoRun], concept):
     """Oracle colour histogram of class-prompt generations (prompts that name no colour), per method."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .scoring import BASE
-    from .toyworld.world import COLOURS
+    from catlab.evaluation.scoring import BASE
+    from catlab.toyworld.world import COLOURS
 
-    groups = [("base model", [BASE])] + [(name, [f"{g}_s{r['seed']}" for r in runs if r["regime"] == g]) for g, name in METHODS.items()]
+    groups = [("base model", [BASE])] + [(name, [r.name for r in runs if r.regime == g]) for g, name in METHODS.items()]
     cls = per_image[(per_image.kind == "class") & per_image["colour_entropy"].notna()]
     fig, ax = plt.subplots(figsize=(9, 3.4))
     names = list(COLOURS) + ["= concept"]
@@ -120,13 +143,13 @@ def colour_figure(per_image: pd.DataFrame, runs: list[dict], concept):
     return fig
 
 
-def loss_figure(runs: list[dict]):
+def loss_figure(runs: list[DemoRun]):
     import matplotlib.pyplot as plt
 
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
     for regime, name in METHODS.items():
-        hist = next((r["history"] for r in runs if r["regime"] == regime), None)
+        hist = next((r.history for r in runs if r.regime == regime), None)
         if not hist:
             continue
         steps = [h["step"] for h in hist]
@@ -176,7 +199,7 @@ def _html_scores(table: pd.DataFrame) -> str:
     return cells.to_html(index=False, classes="scores", border=0, escape=False)
 
 
-def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs: pd.DataFrame, runs: list[dict], concept,
+def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs: pd.DataFrame, runs: list[DemoRun], concept,
                  recipe, n_seeds: int, total_s: float, rerun: str | None = None) -> Path:
     """report.md + PNGs + a self-contained report.html in `out`; returns the HTML path. `rerun`: the command that
     reproduces the run (default: `catlab demo --out OUT`)."""
@@ -205,9 +228,7 @@ def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs:
         "![colours](colours.png)", "", "## Training", "", "![losses](losses.png)", "", "## Cost", "", "```", cost_txt, "```", "",
         f"Total wall time: {total_s:.0f} s. Rerun: `{rerun}`.", "",
     ])
-    tmp = out / "report.md.tmp"
-    tmp.write_text(md)
-    tmp.replace(out / "report.md")
+    write_text_atomic(out / "report.md", md)
     html_table = _html_scores(table)
     html = f"""<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>catlab demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}} .wrap{{overflow-x:auto}}
@@ -218,7 +239,5 @@ th{{background:#f3f3f3;white-space:normal;vertical-align:bottom}} .sd{{color:#77
 <h2>Does the class stay the base model's?</h2><img alt="class samples per seed, base model and each method" src="{_b64(figs['paired.png'])}">
 <img alt="oracle colours of the class samples per method" src="{_b64(figs['colours.png'])}"><h2>Training</h2><img alt="loss curves" src="{_b64(figs['losses.png'])}">
 <h2>Cost</h2><pre>{cost_txt}</pre><p>Total wall time {total_s:.0f} s. Rerun: <code>{_html_text(rerun)}</code>.</p></body></html>"""
-    tmp = out / "report.html.tmp"
-    tmp.write_text(html)
-    tmp.replace(out / "report.html")
+    write_text_atomic(out / "report.html", html)
     return out / "report.html"

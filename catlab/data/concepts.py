@@ -1,8 +1,8 @@
 """Concept data: a folder of photos with captions, a trigger token and a class word, checked up front.
 
 `validate_concept_folder` reads everything once and lists every problem in one error, so a notebook user
-fixes a folder in one pass instead of meeting one crash per file. Caption text lives in `catlab.captions`;
-`catlab.dataset.ConceptDataset` turns checked folders into training items.
+fixes a folder in one pass instead of meeting one crash per file. Caption text lives in `catlab.data.captions`;
+`catlab.data.dataset.ConceptDataset` turns checked folders into training items.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from .captions import CAPTION_FILES, DEFAULT_CAPTION, _read_caption_files, _read_text, format_prompt, has_trigger
+from catlab.data.captions import CAPTION_FILES, DEFAULT_CAPTION, _read_caption_files, _read_text, format_prompt, has_trigger
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 METADATA_FILES = ("concept.json",)  # written by export_concept; describes the folder, is not data
