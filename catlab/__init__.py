@@ -12,7 +12,7 @@ _EXPORTS = {  # public name -> the module that defines it (one name, one meaning
     "validate_concept_folder": "data.concepts", "ConceptDataset": "data.dataset",
     "load_base": "models.base", "add_lora": "models.lora", "load_lora": "models.lora", "save_lora": "models.lora",
     "set_active_adapters": "models.lora", "adapters_disabled": "models.lora",
-    "cat_loss": "training.losses", "train": "training.loop", "TrainCallback": "training.loop",
+    "cat_loss": "training.losses", "train": "training.loop", "TrainCallback": "training.callbacks",
     "generate": "sampling.sampler", "image_grid": "sampling.grids",
     "evaluate": "evaluation.protocol", "load_embedder": "evaluation.embedders",
     "run_demo": "demo.experiment",

@@ -67,7 +67,7 @@ def trigger_free_caption(caption: str, trigger: str, how: str = "drop", class_wo
     return _tidy(re.sub(_word_pattern(trigger), replace, caption, flags=re.IGNORECASE))
 
 
-def _read_text(path: Path, errors: list[str], where: str) -> str | None:
+def read_text_file(path: Path, errors: list[str], where: str) -> str | None:
     try:
         return path.read_text(encoding="utf-8-sig")  # -sig: Windows editors put a byte-order mark first
     except (OSError, UnicodeDecodeError) as e:
@@ -97,7 +97,7 @@ def _parse_caption_line(name: str, line: str, where: str, errors: list[str]) -> 
     return file.strip(), caption
 
 
-def _read_caption_files(folder: Path, images: list[Path], errors: list[str]) -> dict[str, tuple[str, str]]:
+def read_caption_files(folder: Path, images: list[Path], errors: list[str]) -> dict[str, tuple[str, str]]:
     """Captions from captions.txt / captions.jsonl: image name -> (caption, source)."""
     present = [n for n in CAPTION_FILES if (folder / n).is_file()]
     if len(present) > 1:
@@ -105,7 +105,7 @@ def _read_caption_files(folder: Path, images: list[Path], errors: list[str]) -> 
     names = {p.name: p.name for p in images} | {p.stem: p.name for p in images}  # "img1.png" or just "img1"
     out: dict[str, tuple[str, str]] = {}
     for name in present:
-        text = _read_text(folder / name, errors, name)
+        text = read_text_file(folder / name, errors, name)
         for lineno, line in enumerate((text or "").splitlines(), 1):
             where = f"{name} line {lineno}"
             if not line.strip() or line.lstrip().startswith("#"):

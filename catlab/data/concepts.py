@@ -7,6 +7,7 @@ fixes a folder in one pass instead of meeting one crash per file. Caption text l
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from catlab.data.captions import CAPTION_FILES, DEFAULT_CAPTION, _read_caption_files, _read_text, format_prompt, has_trigger
+from catlab.data.captions import CAPTION_FILES, DEFAULT_CAPTION, format_prompt, has_trigger, read_caption_files, read_text_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 METADATA_FILES = ("concept.json",)  # written by export_concept; describes the folder, is not data
@@ -76,11 +77,31 @@ class ConceptReport:
 
     def raise_if_errors(self) -> None:
         if self.errors:
-            raise ConceptDataError(f"{self.header()} has {len(self.errors)} problem(s):\n" + _bullets(self.errors), list(self.errors))
+            raise ConceptDataError(f"{self.header()} has {len(self.errors)} problem(s):\n" + bullet_list(self.errors), list(self.errors))
 
 
-def _bullets(items: list[str], indent: str = "  ") -> str:
+def bullet_list(items: list[str], indent: str = "  ") -> str:
+    """Problems as an indented "- " list, the form every concept-data error uses."""
     return "\n".join(f"{indent}- {x}" for x in items)
+
+
+def read_concept_metadata(folder: str | Path) -> dict:
+    """The folder's concept.json (trigger, class word, name, source), or {} when it has none."""
+    f = Path(folder) / METADATA_FILES[0]
+    if not f.is_file():
+        return {}
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConceptDataError(f"{f}: not valid JSON ({e}). Fix: repair it, or delete it and pass trigger and class word", [str(e)]) from e
+    if not isinstance(meta, dict):
+        raise ConceptDataError(f"{f}: expected a JSON object with trigger and class_word", [f"{f} is not an object"])
+    return meta
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files of a concept folder (IMAGE_EXTENSIONS, hidden files skipped), sorted by name."""
+    return _list_images(Path(folder))
 
 
 # ----------------------------------------------------------------------------- images
@@ -125,7 +146,7 @@ def load_images(folder: str | Path) -> list[Image.Image]:
     if not images and not problems:
         problems.append(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found. Fix: put the reference images in this folder")
     if problems:
-        raise ConceptDataError(f"reference images in {folder} have {len(problems)} problem(s):\n" + _bullets(problems), problems)
+        raise ConceptDataError(f"reference images in {folder} have {len(problems)} problem(s):\n" + bullet_list(problems), problems)
     return images
 
 
@@ -205,14 +226,14 @@ def validate_concept_folder(folder: str | Path, trigger: str, class_word: str, r
     elif not errors:
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))  # hidden: .DS_Store, .ipynb_checkpoints
         images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-        from_files = _read_caption_files(folder, images, errors)
+        from_files = read_caption_files(folder, images, errors)
         stems = {p.stem for p in images}
         ignored = [p for p in entries if p not in images and p.name not in CAPTION_FILES + METADATA_FILES
                    and not (p.suffix.lower() == ".txt" and p.stem in stems)]
         for path in images:
             txt = path.with_suffix(".txt")
             caption = from_files.get(path.name)
-            if txt.is_file() and (text := _read_text(txt, errors, txt.name)) is not None:
+            if txt.is_file() and (text := read_text_file(txt, errors, txt.name)) is not None:
                 if caption is not None:
                     report.notes.append(f"{txt.name} overrides the caption in {caption[1]}")
                 caption = (" ".join(text.split()), txt.name)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from catlab.config import ConceptConfig
 from catlab.data.captions import DEFAULT_CAPTION, DEFAULT_CLASS_PROMPT, format_prompt, trigger_free_caption
-from catlab.data.concepts import ConceptDataError, _bullets, convert_to_rgb, open_image, validate_concept_folder
+from catlab.data.concepts import ConceptDataError, bullet_list, convert_to_rgb, open_image, validate_concept_folder
 from catlab.tensors import pixels_to_unit_range
 
 
@@ -69,7 +69,7 @@ class ConceptDataset(torch.utils.data.Dataset):
         bad = [r for r in self.reports if r.errors]
         if bad:
             problems = [e for r in bad for e in r.errors]
-            sections = "\n".join(f"  {r.header()}:\n{_bullets(r.errors, '    ')}" for r in bad)
+            sections = "\n".join(f"  {r.header()}:\n{bullet_list(r.errors, '    ')}" for r in bad)
             raise ConceptDataError(f"concept data has {len(problems)} problem(s):\n{sections}", problems)
         self.records = [dict(path=path, caption=cap, trigger_free_caption=trigger_free_caption(cap, c.trigger, trigger_free, c.class_word),
                              class_prompt=format_prompt(class_prompt_template, c.trigger, c.class_word), concept=i)

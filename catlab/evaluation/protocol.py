@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 from PIL import Image
 
+from catlab.data.concepts import IMAGE_EXTENSIONS, list_images, read_concept_metadata
 from catlab.evaluation.embedders import load_embedder
 from catlab.evaluation.scoring import BASE, Concept, backbone_note, score_images, style_summary, summarise
 from catlab.files import save_image_atomic
@@ -29,7 +30,6 @@ DEFAULT_TEMPLATES = (
     "a red {trigger} {class}",
     "a green {trigger} {class}",
 )
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class EvalResult(NamedTuple):
@@ -59,13 +59,12 @@ def load_concept(concept: Any, trigger: str | None = None, class_word: str | Non
         if not folder.is_dir():
             raise FileNotFoundError(f"concept {concept!s}: no such folder; pass a folder of reference images, "
                                     f"a toy concept name ({', '.join(CONCEPTS)}) or a list of PIL images")
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_images(folder)
         if not files:
-            raise FileNotFoundError(f"concept folder {folder} holds no images ({' '.join(IMAGE_SUFFIXES)})")
+            raise FileNotFoundError(f"concept folder {folder} holds no images ({' '.join(IMAGE_EXTENSIONS)})")
         refs = [_open_rgb(f) for f in files]
-        if (folder / "concept.json").is_file():  # written by `catlab toyworld export-concept`
-            meta = json.loads((folder / "concept.json").read_text())
-            name = meta.get("name")
+        meta = read_concept_metadata(folder)  # written by `catlab toyworld export-concept` and the concept editor
+        name = meta.get("name")
     else:
         refs = list(concept or [])
         if not refs or not all(isinstance(im, Image.Image) for im in refs):

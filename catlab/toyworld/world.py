@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from catlab.files import write_json_atomic
+
 SHAPES = ("circle", "square", "triangle", "star")
 COLOURS = {  # name -> RGB; eight hues far enough apart that a tiny oracle separates them
     "red": (220, 40, 40),
@@ -235,7 +237,5 @@ def export_concept(concept: str, out_dir: str | Path, seed: int = 0, resolution:
         bg = "" if spec.background in ("light", c.background) else f" on a {spec.background} background"  # a concept's own setting is the trigger's to name
         (out / f"{c.name}_{i:02d}.txt").write_text(f"a {c.trigger} {c.class_word}{bg}\n")
     meta = {"trigger": c.trigger, "class_word": c.class_word, "source": f"catlab toyworld concept {c.name}", **asdict(c)}
-    import json
-
-    (out / "concept.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json_atomic(out / "concept.json", meta)
     return out

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +20,11 @@ from tqdm.auto import tqdm
 
 from catlab.config import TrainConfig, save_config
 from catlab.models import add_lora, configured_resolution, load_base, lora_parameters, native_resolution, save_lora
+from catlab.training.callbacks import TrainCallback, TrainResult
 from catlab.training.checkpoints import latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
 from catlab.training.class_images import generate_class_images, load_class_images
 from catlab.training.losses import LossTerms, cat_loss, denoising_target, min_snr_weights, prior_preservation_loss
 from catlab.training.state import TextStates, TrainingRun
-
-
-class TrainCallback:
-    """Hooks for notebooks (live loss curves, sample grids). Override what you need."""
-
-    def on_step(self, step: int, logs: dict) -> None: ...
-    def on_validation(self, step: int, images: dict[str, list]) -> None: ...
-    def on_end(self, result: TrainResult) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path
-    adapter_dir: Path
-    history: list[dict] = field(default_factory=list)
-    wall_time_s: float = 0.0
-    class_images_s: float = 0.0  # DreamBooth's up-front cost
 
 
 def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback] | tuple = ()) -> TrainResult:

@@ -5,7 +5,6 @@ validated concept (images, one caption each, concept.json).
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any
 
 from PIL import Image
 
+from catlab.files import write_json_atomic, write_text_atomic
 from catlab.widgets.figures import pil_png
 
 
@@ -133,9 +133,9 @@ def write_concept_folder(report: Any, out_dir: str | Path, name: str | None = No
     out.mkdir(parents=True, exist_ok=True)
     for img, caption in zip(report.images, report.captions):
         shutil.copy2(img, out / img.name)
-        (out / img.name).with_suffix(".txt").write_text(caption + "\n")
+        write_text_atomic((out / img.name).with_suffix(".txt"), caption + "\n")
     meta = {"trigger": report.trigger, "class_word": report.class_word, "source": str(report.folder)}
     if name:
         meta["name"] = name
-    (out / "concept.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json_atomic(out / "concept.json", meta)
     return out

@@ -12,7 +12,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from PIL import Image
 
-from catlab.training.loop import TrainCallback, TrainResult
+from catlab.training.callbacks import TrainCallback, TrainResult
 from catlab.widgets.figures import fig_png, loss_figure, pil_png
 
 # ----------------------------------------------------------------------------- parameter panels
