@@ -41,7 +41,7 @@ def main() -> None:
     from catlab.sampling.sampler import generate
     from catlab.toyworld.assets import load_oracle
     from catlab.toyworld.oracle import read_images
-    from catlab.toyworld.world import CONCEPTS, export_concept
+    from catlab.toyworld.world import COLOUR_NAMES, CONCEPTS, export_concept
 
     c = CONCEPTS[args.concept]
     root = Path(tempfile.mkdtemp(prefix="catlab-sweep-"))
@@ -58,9 +58,9 @@ def main() -> None:
         base_reading.append(rc)
         paired = paired_preservation(list(zip(rc.colour, rc.shape)), list(zip(base.colour, base.shape)))
         valid = valid_rate(rc.shape, rc.shape_prob, c.class_word) / max(1e-9, valid_rate(base.shape, base.shape_prob, c.class_word))
-        print(f"{label:14s}{extra} collapse {np.mean([x == c.name for x in rc.concept]):.2f}  entropy {colour_entropy(rc.colour):.2f}  "
+        print(f"{label:14s}{extra} collapse {np.mean([x == c.name for x in rc.concept]):.2f}  entropy {colour_entropy(rc.colour, COLOUR_NAMES):.2f}  "
               f"identity {np.mean([x == c.name for x in rt.concept]):.2f}  paired {paired:.2f}  "
-              f"colour-dist {colour_distance(rc.colour, base.colour):.2f}  valid/base {valid:.2f}  "
+              f"colour-dist {colour_distance(rc.colour, base.colour, COLOUR_NAMES):.2f}  valid/base {valid:.2f}  "
               f"class colours {dict(Counter(rc.colour).most_common(4))}", flush=True)
 
     print(f"concept {c.name}, {args.steps} steps, lr {args.lr}, rank {args.rank}, targets {args.targets}, seed {args.seed}")

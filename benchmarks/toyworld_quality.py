@@ -37,7 +37,7 @@ def prompt_following(pipe, oracle, seeds: int, guidance: float | None) -> dict:
     for s, row in zip(SHAPES, cls):
         rr = read_images(oracle, row)
         per_shape.append({"shape": s, "shape_acc": float(np.mean([a == s for a in rr.shape])), "n_colours": len(set(rr.colour)),
-                          "colour_entropy": colour_entropy(rr.colour)})
+                          "colour_entropy": colour_entropy(rr.colour, COLOUR_NAMES)})
     out["class_prompts"] = per_shape
     out["class_min_colours"] = min(p["n_colours"] for p in per_shape)
     out["class_min_entropy"] = min(p["colour_entropy"] for p in per_shape)
