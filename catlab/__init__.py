@@ -5,7 +5,7 @@ Heavy modules (torch, diffusers) load on first use, so `import catlab` stays fas
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {  # public name -> the module that defines it (one name, one meaning: see tests/test_project.py)
     "TrainConfig": "config", "ConceptConfig": "config", "load_config": "config",

@@ -196,19 +196,15 @@ def _run(args) -> int:
         train(cfg, resume=args.resume)
         return 0
     if args.command == "sample":
-        from catlab.sampling.sampler import sample_cli
-
         if args.adapter:
             _check_adapter(args.adapter)
-        return sample_cli(args)
+        return _sample(args)
     if args.command == "eval":
-        from catlab.evaluation.protocol import evaluate_cli
-
         for pair in args.adapter:
             name, sep, path = pair.partition("=")
             if sep and name and path:
                 _check_adapter(path)
-        return evaluate_cli(args)
+        return _evaluate(args)
     if args.command == "demo":
         from catlab.demo.experiment import run_demo
 
@@ -216,6 +212,64 @@ def _run(args) -> int:
                  first_seed=args.first_seed)
         return 0
     return 2  # unreachable: argparse rejects unknown commands
+
+
+def _sample(args) -> int:
+    """`catlab sample`: one row per prompt, one column per seed."""
+    import torch
+
+    from catlab.files import save_image_atomic
+    from catlab.models import load_base, load_lora
+    from catlab.sampling.grids import image_grid
+    from catlab.sampling.sampler import generate
+
+    out = Path(args.out)
+    if out.exists():
+        raise SystemExit(f"catlab: error: {out} exists; choose another --out (nothing is overwritten)")
+    pipe = load_base(args.base, device="cuda" if torch.cuda.is_available() else None)
+    if args.adapter:
+        load_lora(pipe, args.adapter, "adapter", scale=args.scale)
+    seeds = list(range(args.seeds))
+    images = generate(pipe, args.prompts, seeds, num_inference_steps=args.steps, guidance_scale=args.guidance)
+    grid = image_grid(images, row_labels=args.prompts, col_labels=[f"seed {s}" for s in seeds])
+    save_image_atomic(grid, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    """`catlab eval`: score adapters against the base model; prints the summary and writes the CSVs."""
+    import pandas as pd
+
+    from catlab.evaluation.protocol import evaluate
+    from catlab.evaluation.scoring import backbone_note, style_summary
+
+    adapters = {}
+    for pair in args.adapter:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"catlab: error: --adapter expects NAME=PATH, got {pair!r}")
+        adapters[name] = path
+    oracle = None
+    if args.base == "toyworld":
+        from catlab.toyworld.assets import ToyWorldAssetError, toyworld_path
+
+        try:
+            oracle = toyworld_path("oracle")
+        except ToyWorldAssetError as e:
+            print(f"note: oracle scores skipped ({e})")
+    real = {"dino": getattr(args, "dino", None), "clip": getattr(args, "clip", None)}  # --dino PATH, --clip [PATH]
+    try:
+        res = evaluate(args.base, adapters, args.concept, trigger=args.trigger, class_word=args.class_word, seeds=args.seeds,
+                       embedder=args.embedder, oracle=oracle, out_dir=args.out, **{k: v for k, v in real.items() if v is not None})
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"catlab: error: {e}") from e
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(style_summary(res.summary).data.to_string())
+    if res.summary.attrs.get("backbones"):
+        print(f"backbones: {backbone_note(res.summary.attrs['backbones'])}")
+    print(f"wrote {Path(args.out) / 'per_image.csv'}, {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'backbones.json'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -34,6 +34,11 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def write_csv_atomic(path: str | Path, table) -> Path:
+    """A pandas DataFrame as CSV, without its index."""
+    return replace_atomically(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
 def save_image_atomic(img, path: str | Path) -> Path:
     """A PIL image as PNG (RGB, or as it is when it has an alpha channel)."""
     return replace_atomically(path, lambda tmp: img.save(tmp, format="PNG"))

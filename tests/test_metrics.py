@@ -322,7 +322,7 @@ def test_evaluate_clear_errors(tmp_path, adapters):
 
 
 def test_templates_and_concepts():
-    assert E.trigger_free("a {trigger} {class} on a dark background") == "a {class} on a dark background"
+    assert E.trigger_free_template("a {trigger} {class} on a dark background") == "a {class} on a dark background"
     assert E.expand_templates(["a red {trigger} {class}"], "sks", "circle") == [("a red {trigger} {class}", "a red sks circle", "a red circle")]
     c = E.load_concept("two_tone_circle")
     assert (c.trigger, c.class_word, c.name, len(c.references)) == ("sks", "circle", "two_tone_circle", 5)

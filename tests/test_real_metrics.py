@@ -280,6 +280,8 @@ def test_eval_cli_passes_dino_and_clip_through(tmp_path, monkeypatch, capsys):
     """`catlab eval --dino PATH --clip [PATH]` reach evaluate(); without the flags nothing new is passed."""
     import argparse
 
+    from catlab import cli
+
     seen = []
     summary = pd.DataFrame({"method": ["base"], "n_seeds": [1], "n_prompts": [1], "IS_mean": [0.9], "IS_ci95": [np.nan]})
     summary.attrs["backbones"] = {"IS": "(cos + 1) / 2 of CLIP ViT-B/32 (openai/clip-vit-base-patch32)"}
@@ -291,9 +293,9 @@ def test_eval_cli_passes_dino_and_clip_through(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(E, "evaluate", fake_evaluate)
     common = {"adapter": [], "base": "runs/sd15", "concept": str(tmp_path), "trigger": "sks", "class_word": "dog", "seeds": 1,
               "embedder": "openai/clip-vit-base-patch32", "out": str(tmp_path / "eval")}
-    assert E.evaluate_cli(argparse.Namespace(**common)) == 0
+    assert cli._evaluate(argparse.Namespace(**common)) == 0
     assert "dino" not in seen[-1] and "clip" not in seen[-1]
-    assert E.evaluate_cli(argparse.Namespace(**common, dino="facebook/dino-vits16", clip=True)) == 0
+    assert cli._evaluate(argparse.Namespace(**common, dino="facebook/dino-vits16", clip=True)) == 0
     assert seen[-1]["dino"] == "facebook/dino-vits16" and seen[-1]["clip"] is True
     assert "backbones: IS: (cos + 1) / 2 of CLIP ViT-B/32 (openai/clip-vit-base-patch32)" in capsys.readouterr().out
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from catlab.demo.report import COLUMNS, METHODS, DemoRun, format_table  # noqa: F401  (re-exported: the demo's table vocabulary)
-from catlab.files import write_json_atomic
+from catlab.files import write_csv_atomic, write_json_atomic
 from catlab.notices import quiet_libraries
 
 
@@ -114,7 +114,7 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "br
     print("\n" + format_table(table))
     print("\n" + costs.to_string(index=False))
     print(f"\nreport: {report}  ({time.time() - t0:.0f} s in all)")
-    table.to_csv(out / "table.csv", index=False)
+    write_csv_atomic(out / "table.csv", table)
     write_json_atomic(out / "recipe.json", {**asdict(recipe), "n_seeds": n_seeds, "first_seed": first_seed, "concept": concept})
     return {"table": table, "costs": costs, "per_image": result.per_image, "report": report, "runs": runs}
 

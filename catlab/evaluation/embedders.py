@@ -217,7 +217,7 @@ class ClipEmbedder(Embedder):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:
             # float32 unless asked: scores are compared across runs, so the embedding should not depend on precision
-            self.model = CLIPModel.from_pretrained(spec).to(self.device, dtype or torch.float32).eval()
+            self.model = CLIPModel.from_pretrained(spec, use_safetensors=True).to(self.device, dtype or torch.float32).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(spec)
             self.processor = CLIPImageProcessor.from_pretrained(spec)
         except OSError as e:
@@ -289,7 +289,7 @@ class DinoEmbedder(Embedder):
             raise ValueError(f"{spec!r} holds a {self.config.model_type!r} model, not a ViT: {usable}{clip}")
         try:
             extra = {"add_pooling_layer": False} if self.config.model_type == "vit" else {}
-            self.model = AutoModel.from_pretrained(spec, **extra).to(self.device, dtype or torch.float32).eval()
+            self.model = AutoModel.from_pretrained(spec, use_safetensors=True, **extra).to(self.device, dtype or torch.float32).eval()
         except (OSError, ValueError) as e:
             raise OSError(f"{spec!r} holds no usable DINO model: the {self.config.model_type} weights could not be loaded ({e}). "
                           f"{usable}. {_OFFLINE_HINT}") from e

@@ -16,10 +16,11 @@ from typing import Any, NamedTuple
 import pandas as pd
 from PIL import Image
 
+from catlab.data.captions import trigger_free_caption
 from catlab.data.concepts import IMAGE_EXTENSIONS, list_images, read_concept_metadata
 from catlab.evaluation.embedders import load_embedder
-from catlab.evaluation.scoring import BASE, Concept, backbone_note, score_images, style_summary, summarise
-from catlab.files import save_image_atomic
+from catlab.evaluation.scoring import BASE, Concept, score_images, summarise
+from catlab.files import save_image_atomic, write_csv_atomic, write_json_atomic
 
 # DreamBench-style (Ruiz et al. 2023, arXiv 2208.12242) recontextualisation and property prompts that the toy world
 # can draw; each is also generated without its trigger ("a red {class}") to measure knowledge preservation
@@ -79,9 +80,10 @@ def load_concept(concept: Any, trigger: str | None = None, class_word: str | Non
     return Concept(trigger, class_word, refs, name)
 
 
-def trigger_free(template: str) -> str:
-    """The template without its trigger: 'a {trigger} {class} on a dark background' -> 'a {class} on a dark background'."""
-    return re.sub(r"\s+", " ", template.replace("{trigger}", "")).strip()
+def trigger_free_template(template: str) -> str:
+    """The template's trigger-free form, made as training makes trigger-free captions (`trigger_free_caption`, "drop"):
+    'a {trigger} {class} on a dark background' -> 'a {class} on a dark background'."""
+    return trigger_free_caption(template, "{trigger}", "drop")
 
 
 def expand_templates(templates: str | Sequence[str], trigger: str, class_word: str) -> list[tuple[str, str, str]]:
@@ -95,7 +97,7 @@ def expand_templates(templates: str | Sequence[str], trigger: str, class_word: s
             if slot not in t:
                 raise ValueError(f"prompt template {t!r} has no {slot} placeholder; write e.g. 'a {{trigger}} {{class}} on a dark background'")
         try:
-            out.append((t, t.format(trigger=trigger, **{"class": class_word}), trigger_free(t).format(**{"class": class_word})))
+            out.append((t, t.format(trigger=trigger, **{"class": class_word}), trigger_free_template(t).format(**{"class": class_word})))
         except (KeyError, IndexError, ValueError) as e:
             raise ValueError(f"prompt template {t!r}: only {{trigger}} and {{class}} are allowed ({e!r}); write literal braces as {{{{ }}}}") from e
     return out
@@ -237,7 +239,7 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
         folder = out / "images" / (f"{BASE}_{key}" if adapter is None else f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', method)}_{key}")
         paths = {(p, s): folder / f"{_slug(p)}_s{s}.png" for _, tp, cp in prompts for p in (tp, cp) for s in seeds}
         _generate_missing(paths, get_pipe, lambda pipe, m=method, a=adapter: activate_fn(pipe, m, a), generate_fn, gen_kwargs)
-        (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        write_json_atomic(folder / "settings.json", settings)
         for template, tp, cp in prompts:
             for kind, p in (("trigger", tp), ("class", cp)):
                 rows += [{"method": method, "kind": kind, "template": template, "prompt": p, "seed": s,
@@ -247,37 +249,7 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
     df = pd.DataFrame(rows)
     df = score_images(df, [_open_rgb(out / f) for f in df["image"]], c, embedder, oracle, dino=dino, clip=clip)
     summary = summarise(df)
-    df.to_csv(out / "per_image.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
-    (out / "backbones.json").write_text(json.dumps(df.attrs.get("backbones", {}), indent=2, ensure_ascii=False) + "\n")
+    write_csv_atomic(out / "per_image.csv", df)
+    write_csv_atomic(out / "summary.csv", summary)
+    write_json_atomic(out / "backbones.json", df.attrs.get("backbones", {}))
     return EvalResult(df, summary)
-
-
-def evaluate_cli(args) -> int:
-    """`catlab eval`: score adapters against the base model; prints the summary and writes the CSVs."""
-    adapters = {}
-    for pair in args.adapter:
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"catlab: error: --adapter expects NAME=PATH, got {pair!r}")
-        adapters[name] = path
-    oracle = None
-    if args.base == "toyworld":
-        from catlab.toyworld.assets import ToyWorldAssetError, toyworld_path
-
-        try:
-            oracle = toyworld_path("oracle")
-        except ToyWorldAssetError as e:
-            print(f"note: oracle scores skipped ({e})")
-    real = {"dino": getattr(args, "dino", None), "clip": getattr(args, "clip", None)}  # --dino PATH, --clip [PATH]
-    try:
-        res = evaluate(args.base, adapters, args.concept, trigger=args.trigger, class_word=args.class_word, seeds=args.seeds,
-                       embedder=args.embedder, oracle=oracle, out_dir=args.out, **{k: v for k, v in real.items() if v is not None})
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"catlab: error: {e}") from e
-    with pd.option_context("display.width", 200, "display.max_columns", 50):
-        print(style_summary(res.summary).data.to_string())
-    if res.summary.attrs.get("backbones"):
-        print(f"backbones: {backbone_note(res.summary.attrs['backbones'])}")
-    print(f"wrote {Path(args.out) / 'per_image.csv'}, {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'backbones.json'}")
-    return 0

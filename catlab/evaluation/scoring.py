@@ -26,6 +26,7 @@ from PIL import Image
 
 from catlab.evaluation.embedders import load_embedder
 from catlab.evaluation.metrics import (
+    collapse_rate,
     colour_distance,
     colour_entropy,
     identity_similarity,
@@ -33,8 +34,10 @@ from catlab.evaluation.metrics import (
     knowledge_preservation,
     kps,
     mean_ci95,
+    paired_preservation,
     pairwise_diversity,
     prompt_similarity,
+    valid_rate,
     vendi_score,
 )
 from catlab.toyworld.world import COLOUR_NAMES, SHAPES
@@ -178,15 +181,16 @@ def _score_oracle(df: pd.DataFrame, reading, concept: Concept, groups: Mapping) 
     if concept.name is None:
         warnings.warn(f"the oracle knows no toy concept with trigger {concept.trigger!r} and class {concept.class_word!r}: "
                       "collapse rate and identity accuracy left empty", stacklevel=3)
-    is_concept = (df["oracle_concept"] == concept.name).astype(float).to_numpy() if concept.name else np.full(len(df), np.nan)
+    # each image's score is the metric on that image alone (a rate over one sample): the per-seed means are the rates
+    is_concept = np.array([collapse_rate([c], concept.name) for c in df["oracle_concept"]]) if concept.name else np.full(len(df), np.nan)
     df["collapsed"], df["identity_ok"] = np.where(trig, np.nan, is_concept), np.where(trig, is_concept, np.nan)
     # ground-truth preservation: each class sample against the base model's sample from the same prompt and seed
     read = list(zip(df.oracle_colour, df.oracle_shape))
     base_of = {(p, s): i for i, (m, k, p, s) in enumerate(zip(df.method, df.kind, df.prompt, df.seed)) if m == BASE and k == "class"}
     pair = [None if trig[i] else base_of.get((df.prompt[i], df.seed[i])) for i in range(len(df))]
-    df["preserved"] = [np.nan if j is None else float(read[i] == read[j]) for i, j in enumerate(pair)]
+    df["preserved"] = [np.nan if j is None else paired_preservation([read[i]], [read[j]]) for i, j in enumerate(pair)]
     confidence = reading.shape_prob if getattr(reading, "shape_prob", None) is not None else np.ones(len(df))
-    df["valid"] = [np.nan if trig[i] or shape is None else float(df.oracle_shape[i] == shape and confidence[i] >= VALID_CONFIDENCE)
+    df["valid"] = [np.nan if trig[i] or shape is None else valid_rate([df.oracle_shape[i]], [confidence[i]], shape, VALID_CONFIDENCE)
                    for i in range(len(df))]
     df["colour_entropy"], df["colour_distance"] = np.nan, np.nan
     base_colours = {p: df.oracle_colour[idx].tolist() for (m, p), idx in groups.items() if m == BASE}

@@ -36,7 +36,8 @@ def load_base(name_or_path: str = "toyworld", device: str | torch.device | None 
     from diffusers import StableDiffusionPipeline
 
     path = resolve_base(name_or_path)
-    kwargs = {"safety_checker": None, "requires_safety_checker": False}
+    # safetensors only: a checkpoint that has only pickled .bin weights fails here instead of being unpickled
+    kwargs = {"safety_checker": None, "requires_safety_checker": False, "use_safetensors": True}
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
     try:

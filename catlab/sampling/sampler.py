@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from catlab.files import save_image_atomic
 from catlab.models.base import sampling_defaults
-from catlab.sampling.grids import image_grid
 
 
 def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], *, num_inference_steps: int | None = None,
@@ -44,21 +41,3 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], *, num_inferenc
         for (i, j), im in zip(batch, images):
             out[i][j] = im
     return out  # type: ignore[return-value]
-
-
-def sample_cli(args) -> int:
-    """`catlab sample`: one row per prompt, one column per seed."""
-    from catlab.models import load_base, load_lora
-
-    out = Path(args.out)
-    if out.exists():
-        raise SystemExit(f"catlab: error: {out} exists; choose another --out (nothing is overwritten)")
-    pipe = load_base(args.base, device="cuda" if torch.cuda.is_available() else None)
-    if args.adapter:
-        load_lora(pipe, args.adapter, "adapter", scale=args.scale)
-    seeds = list(range(args.seeds))
-    images = generate(pipe, args.prompts, seeds, num_inference_steps=args.steps, guidance_scale=args.guidance)
-    grid = image_grid(images, row_labels=args.prompts, col_labels=[f"seed {s}" for s in seeds])
-    save_image_atomic(grid, out)
-    print(f"wrote {out}")
-    return 0

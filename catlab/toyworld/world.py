@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from catlab.files import write_json_atomic
+from catlab.files import save_image_atomic, write_json_atomic, write_text_atomic
 
 SHAPES = ("circle", "square", "triangle", "star")
 COLOURS = {  # name -> RGB; eight hues far enough apart that a tiny oracle separates them
@@ -233,9 +233,9 @@ def export_concept(concept: str, out_dir: str | Path, seed: int = 0, resolution:
     out.mkdir(parents=True, exist_ok=True)
     images, specs = concept_images(c, seed=seed, resolution=resolution)
     for i, (img, spec) in enumerate(zip(images, specs)):
-        img.save(out / f"{c.name}_{i:02d}.png")
+        save_image_atomic(img, out / f"{c.name}_{i:02d}.png")
         bg = "" if spec.background in ("light", c.background) else f" on a {spec.background} background"  # a concept's own setting is the trigger's to name
-        (out / f"{c.name}_{i:02d}.txt").write_text(f"a {c.trigger} {c.class_word}{bg}\n")
+        write_text_atomic(out / f"{c.name}_{i:02d}.txt", f"a {c.trigger} {c.class_word}{bg}\n")
     meta = {"trigger": c.trigger, "class_word": c.class_word, "source": f"catlab toyworld concept {c.name}", **asdict(c)}
     write_json_atomic(out / "concept.json", meta)
     return out

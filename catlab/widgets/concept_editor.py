@@ -98,7 +98,7 @@ class CaptionEditor:
         written = []
         for p in self.images:
             txt = p.with_suffix(".txt")
-            txt.write_text(self.captions[p.name] + "\n")
+            write_text_atomic(txt, self.captions[p.name] + "\n")
             written.append(txt)
         self.status.value = f"saved {len(written)} captions"
         return written
