@@ -1,5 +1,6 @@
 """The notebooks are committed clean and share one layout: a single `parameters` cell (the first code cell, so
-papermill and nbval use the CPU-tiny values), then a Colab-only install cell before anything imports catlab.
+papermill and nbval use the CPU-tiny values), then a Colab-only install cell before anything imports catlab, then a
+set-up through `catlab.widgets.setup_notebook`.
 
 Running them is nbval's job (`pytest --nbval-lax notebooks`); these checks only read the JSON, so they take no time.
 """
@@ -82,3 +83,18 @@ def test_docs_list_every_notebook():
     doc = (ROOT / "docs" / "notebooks.md").read_text(encoding="utf-8")
     missing = [p.name for p in NOTEBOOKS if f"notebooks/{p.name}" not in doc]
     assert not missing, f"docs/notebooks.md does not list {missing}; add a row with its Colab badge"
+
+
+PRESET_OVERRIDE = re.compile(r"^[ \t]*[\w, ]+=[^#\n]*\bpreset\.(steps|rank|learning_rate|batch_size|sample_steps|seeds)\b", re.MULTILINE)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_set_up_by_the_package_helper(path: Path):
+    """One set-up helper for every notebook, run configs from the package's presets, and no parameter silently replaced
+    by a preset value (`steps = preset.steps`): `setup_notebook` fills only the parameters left at None."""
+    code = "\n".join(_source(c) for c in _code(path))
+    assert "setup_notebook(" in code, f"{path.name}: set the notebook up with catlab.widgets.setup_notebook"
+    assert "TrainConfig(" not in code, (f"{path.name}: builds a TrainConfig by hand; use make_train_config(wb, ...), which fills the "
+                                        "world's preset and lets the given fields win")
+    overrides = [m.group(0).strip() for m in PRESET_OVERRIDE.finditer(code)]
+    assert not overrides, f"{path.name}: {overrides} replace parameters by the preset; pass them to setup_notebook (None = the preset's)"

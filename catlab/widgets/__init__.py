@@ -6,7 +6,7 @@ A notebook keeps its settings as plain values in its `parameters` cell; a `Param
 and its `values()` are those plain values until a person edits a widget.
 
 The helpers live in small modules, one idea each, and are all re-exported here (`from catlab.widgets import X`):
-`presets` (quiet, world presets, concept configs), `figures` (images and matplotlib figures), `method_grids`
+`presets` (quiet, world presets, concept configs, a notebook's set-up), `figures` (images and matplotlib figures), `method_grids`
 (methods sampled and laid out side by side), `controls` (parameter panels, slider view, live training monitor),
 `concept_editor` (uploads, captions, concept reports and folders) and `cat_explained` (the predictions CAT compares).
 Heavy libraries (torch, diffusers, ipywidgets) are imported only inside the functions that need them.
@@ -30,23 +30,40 @@ from catlab.widgets.figures import (
     tradeoff_figure,
 )
 from catlab.widgets.method_grids import generate_methods, method_blocks, method_grid
-from catlab.widgets.presets import SD15_CLIP, SD15_MODEL, WORLDS, WorldPreset, concept_config, quiet, world_preset
+from catlab.widgets.presets import (
+    SD15_CLIP,
+    SD15_MODEL,
+    SIZES,
+    WORLDS,
+    Workbench,
+    WorldPreset,
+    concept_config,
+    fill_sizes,
+    make_train_config,
+    quiet,
+    setup_notebook,
+    world_preset,
+)
 
 __all__ = [
     "SD15_CLIP",
     "SD15_MODEL",
+    "SIZES",
     "WORLDS",
     "CaptionEditor",
     "LiveTrainingMonitor",
     "NoisePredictions",
     "ParamPanel",
+    "Workbench",
     "WorldPreset",
     "colour_histograms",
     "concept_config",
     "fig_png",
+    "fill_sizes",
     "generate_methods",
     "image_strip",
     "loss_figure",
+    "make_train_config",
     "method_blocks",
     "method_grid",
     "noise_prediction_figure",
@@ -56,6 +73,7 @@ __all__ = [
     "quiet",
     "report_html",
     "save_uploads",
+    "setup_notebook",
     "slider_view",
     "smooth",
     "sweep_figure",

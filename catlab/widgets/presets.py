@@ -1,10 +1,13 @@
 """Set-up and world presets: `quiet()` for library notices, the SD 1.5 model names, the `WorldPreset` of each world
-(the CPU toy world and Stable Diffusion 1.5), and `concept_config` for a concept folder or an exported toy concept.
+(the CPU toy world and Stable Diffusion 1.5), `concept_config` for a concept folder or an exported toy concept, and a
+notebook's set-up in one call: `setup_notebook` gives a `Workbench` (preset, work folder, concept, run sizes, where the
+parameters cell wins and None takes the preset's) and `make_train_config` a `TrainConfig` from it.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,3 +89,96 @@ def concept_config(concept: str | None = None, folder: str | Path | None = None,
     if not trigger or not class_word:
         raise ValueError(f"{folder}: no concept.json says its trigger and class word; set trigger= and class_word=")
     return ConceptConfig(str(folder), trigger, class_word)
+
+
+# the run sizes a world preset gives and a notebook's parameters cell may set (None = the preset's)
+SIZES = ("steps", "rank", "learning_rate", "batch_size", "sample_steps", "seeds")
+
+
+def fill_sizes(preset: WorldPreset, **sizes: Any) -> dict[str, Any]:
+    """The run sizes: each value given (not None) wins, None takes the preset's. Where a given value differs from
+    the preset's, one line says so: the parameters cell is used, never silently replaced."""
+    unknown = sorted(set(sizes) - set(SIZES))
+    if unknown:
+        raise TypeError(f"unknown run size(s) {unknown}; the preset sizes are {list(SIZES)}")
+    filled = {k: getattr(preset, k) if sizes.get(k) is None else sizes[k] for k in SIZES}
+    differ = [f"{k}={filled[k]!r} (preset {getattr(preset, k)!r})" for k in SIZES if filled[k] != getattr(preset, k)]
+    if differ:
+        print(f"from the parameters, not the {preset.name!r} preset: {', '.join(differ)}")
+    return filled
+
+
+@dataclass
+class Workbench:
+    """What a notebook's set-up cell gives the cells below it: the world's preset, the notebook's own work folder,
+    the device, the base model, the concept (if any) and the run sizes (the parameters, None filled from the preset)."""
+
+    world: str
+    preset: WorldPreset
+    work: Path
+    device: str
+    base_model: str
+    steps: int
+    rank: int
+    learning_rate: float
+    batch_size: int
+    sample_steps: int
+    seeds: list[int]
+    concept: Any = None  # a ConceptConfig, or None where the notebook makes its own (01_data_prep)
+
+    @property
+    def mixed_precision(self) -> str:
+        """The world's mixed precision on a GPU; full precision on a CPU."""
+        return self.preset.mixed_precision if self.device == "cuda" else "no"
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """Keyword arguments for generate_methods / evaluate: the sampling steps and the world's guidance scale."""
+        return {"num_inference_steps": self.sample_steps, "guidance_scale": self.preset.guidance_scale}
+
+    def load_concept(self, concept: str | None = None, folder: str | Path | None = None, trigger: str | None = None,
+                     class_word: str | None = None, to: str = "concept") -> Any:
+        """A ConceptConfig for `folder`, or for the toy `concept` exported to work/`to` at the world's concept size."""
+        return concept_config(concept, folder, export_to=self.work / to, trigger=trigger, class_word=class_word,
+                              px=self.preset.concept_px)
+
+
+def setup_notebook(world: str, out_root: str | Path, name: str, concept: str | None = None, concept_folder: str | Path | None = None,
+                   trigger: str | None = None, class_word: str | None = None, base_model: str | None = None,
+                   device: str | None = None, quiet_notices: bool = True, **sizes: Any) -> Workbench:
+    """Set up a notebook: the world's preset, a fresh work folder out_root/name (the notebook's own outputs from an
+    earlier run are removed), the concept when one is given, and the run sizes (`SIZES`), where a value given here wins
+    over the preset and None takes the preset's. Loads no model."""
+    preset = world_preset(world)
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"name={name!r}: give the notebook's name, a single folder name under out_root")
+    filled = fill_sizes(preset, **sizes)
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if quiet_notices:
+        quiet()
+    work = Path(out_root) / name
+    if concept_folder is not None and work.resolve() in Path(concept_folder).expanduser().resolve().parents:
+        raise ValueError(f"concept_folder={str(concept_folder)!r} lies in {work}, which this set-up clears: copy it elsewhere first")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    wb = Workbench(world, preset, work, device, base_model or preset.base_model, **filled)
+    if concept is not None or concept_folder is not None:
+        wb.concept = wb.load_concept(concept, concept_folder, trigger, class_word)
+    print(f"world {world!r}: base model {wb.base_model!r} on {device}; {wb.steps} steps, rank {wb.rank}, lr {wb.learning_rate:g}, "
+          f"batch {wb.batch_size}" + (f"; {wb.concept}" if wb.concept else ""))
+    return wb
+
+
+def make_train_config(wb: Workbench, output_dir: str, *, regime: str, concepts: list | None = None, **fields: Any) -> Any:
+    """A TrainConfig for the workbench: its base model, concept, run sizes, resolution and precision, written to
+    work/output_dir, with no checkpoints or sample grids during training. Any field given here (not None) wins."""
+    from catlab.config import TrainConfig
+
+    preset = dict(base_model=wb.base_model, concepts=concepts or ([wb.concept] if wb.concept else []), output_dir=str(wb.work / output_dir),
+                  regime=regime, resolution=wb.preset.resolution, mixed_precision=wb.mixed_precision, steps=wb.steps, rank=wb.rank,
+                  learning_rate=wb.learning_rate, batch_size=wb.batch_size, validation_seeds=list(wb.seeds), validate_every=0,
+                  checkpoint_every=0)
+    return TrainConfig(**{**preset, **{k: v for k, v in fields.items() if v is not None}})
