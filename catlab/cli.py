@@ -30,6 +30,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--concept", default="bronze_star", help="toy concept (default: bronze_star; `catlab toyworld concepts` lists them)")
     p.add_argument("--quick", action="store_true", help="a few steps and samples: checks the plumbing in under 2 minutes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--workers", type=int, default=None,
+                   help="training runs side by side, one process each (default: one per CPU core; 1 on a GPU)")
 
 
 def _add_train(sub) -> None:
@@ -209,7 +211,7 @@ def _run(args) -> int:
         from catlab.demo.experiment import run_demo
 
         run_demo(out=Path(args.out), n_seeds=args.seeds, concept=args.concept, quick=args.quick, overwrite=args.overwrite,
-                 first_seed=args.first_seed)
+                 first_seed=args.first_seed, workers=args.workers)
         return 0
     return 2  # unreachable: argparse rejects unknown commands
 

@@ -48,3 +48,20 @@ def test_demo_trains_the_seeds_it_is_asked_for(tiny_assets, tmp_path, monkeypatc
     assert main(["demo", "--quick", "--first-seed", "-1", "--out", str(tmp_path / "neg")]) == 1
     assert capsys.readouterr().err.startswith("catlab: error: first_seed=-1")
     assert not (tmp_path / "neg").exists(), "a rejected demo must not leave a folder behind"
+
+
+def test_demo_runs_side_by_side_train_the_same_adapters_as_one_at_a_time(tiny_assets, tmp_path, monkeypatch):
+    """The demo's training runs are independent: two worker processes give the runs (order, names, losses) that one
+    process gives, up to the float noise of another thread count."""
+    import numpy as np
+
+    from catlab.demo.experiment import run_demo
+
+    monkeypatch.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
+    serial = run_demo(out=tmp_path / "serial", quick=True, workers=1)["runs"]
+    parallel = run_demo(out=tmp_path / "parallel", quick=True, workers=2)["runs"]
+    assert [r.name for r in parallel] == [r.name for r in serial] == ["lora_s0", "dreambooth_s0", "cat_s0"]
+    for a, b in zip(serial, parallel):
+        assert np.allclose([h["loss"] for h in a.history], [h["loss"] for h in b.history], rtol=1e-3), a.name
+        assert (b.adapter / "pytorch_lora_weights.safetensors").is_file()
+    assert parallel[1].class_images_s > 0 and parallel[0].class_images_s == 0  # drawn once, charged to DreamBooth

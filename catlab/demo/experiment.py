@@ -7,6 +7,8 @@ shows the grids, the metric table, the class-prompt colour histograms, the loss 
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -64,18 +66,16 @@ def _train_config(regime: str, seed: int, recipe: DemoRecipe, concept, out: Path
 
 @quiet_libraries()  # the terminal shows catlab's progress and results, not the libraries' notices
 def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "bronze_star", quick: bool = False,
-             overwrite: bool = False, recipe: DemoRecipe | None = None, first_seed: int = 0) -> dict:
+             overwrite: bool = False, recipe: DemoRecipe | None = None, first_seed: int = 0, workers: int | None = None) -> dict:
     """Train, evaluate and report; returns the tables and the report path.
 
     Training seeds are first_seed, ..., first_seed + n_seeds - 1: a recipe chosen on seeds 0-2 can be checked on
-    seeds it was not chosen on."""
-    import torch
-
+    seeds it was not chosen on. `workers` training runs go side by side in their own processes (default: one per
+    CPU core, one thread each; one run at a time on a GPU); the runs do not depend on each other."""
     from catlab.evaluation.protocol import evaluate
     from catlab.models import load_base
     from catlab.toyworld.assets import load_oracle
     from catlab.toyworld.world import CONCEPTS, export_concept
-    from catlab.training.loop import train
 
     if first_seed < 0:
         raise ValueError(f"first_seed={first_seed}: training seeds must be >= 0")
@@ -92,15 +92,17 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "br
     c = CONCEPTS[concept]
     export_concept(concept, out / "concept")
     t0 = time.time()
-    runs = []
-    print(f"catlab demo: concept {concept!r} ('a {c.trigger} {c.class_word}'), {n_seeds} training seed(s), {recipe.steps} steps each")
-    for seed in range(first_seed, first_seed + n_seeds):
-        for regime in METHODS:
-            torch.manual_seed(seed)
-            res = train(_train_config(regime, seed, recipe, c, out))
-            runs.append(DemoRun(regime, seed, res.adapter_dir, train_s=res.wall_time_s - res.class_images_s,
-                                class_images_s=res.class_images_s, history=res.history))
+    jobs = [(regime, seed) for seed in range(first_seed, first_seed + n_seeds) for regime in METHODS]
+    workers = default_workers(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
+    print(f"catlab demo: concept {concept!r} ('a {c.trigger} {c.class_word}'), {n_seeds} training seed(s), {recipe.steps} steps each"
+          + (f", {workers} runs at a time" if workers > 1 else ""))
+    configs = [_train_config(regime, seed, recipe, c, out) for regime, seed in jobs]
     pipe = load_base("toyworld")
+    class_images_s = _draw_class_images(pipe, configs)  # once, before runs that share them start side by side
+    results = _train_all(configs, workers)
+    runs = [DemoRun(regime, seed, res.adapter_dir, train_s=res.wall_time_s - res.class_images_s,
+                    class_images_s=res.class_images_s + (class_images_s if k == _first_dreambooth(jobs) else 0.0), history=res.history)
+            for k, ((regime, seed), res) in enumerate(zip(jobs, results))]
     adapters = {r.name: r.adapter for r in runs}
     result = evaluate(pipe, adapters, concept=out / "concept", trigger=c.trigger, class_word=c.class_word,
                       templates=recipe.eval_templates, seeds=recipe.eval_seeds, oracle=load_oracle(), out_dir=out / "eval")
@@ -117,6 +119,67 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "br
     write_csv_atomic(out / "table.csv", table)
     write_json_atomic(out / "recipe.json", {**asdict(recipe), "n_seeds": n_seeds, "first_seed": first_seed, "concept": concept})
     return {"table": table, "costs": costs, "per_image": result.per_image, "report": report, "runs": runs}
+
+
+def default_workers(n_jobs: int) -> int:
+    """Training runs side by side: one per CPU core (a tiny UNet keeps one thread busy, and two runs on one thread
+    each beat one run on two); one at a time on a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(n_jobs, os.cpu_count() or 1))
+
+
+def _first_dreambooth(jobs: list[tuple[str, int]]) -> int:
+    return next((k for k, (regime, _) in enumerate(jobs) if regime == "dreambooth"), -1)
+
+
+def _draw_class_images(pipe, configs) -> float:
+    """The class images every run shares (DreamBooth's prior, CAT's anchors), drawn by the base model once; seconds."""
+    from catlab.models import native_resolution
+    from catlab.training.class_images import generate_class_images
+
+    cfg = next((c for c in configs if c.regime == "dreambooth" or (c.regime == "cat" and c.cat_anchor == "class")), None)
+    if cfg is None:
+        return 0.0
+    t0 = time.time()
+    prompt = cfg.class_prompt or f"a {cfg.concepts[0].class_word}"
+    generate_class_images(pipe, prompt, cfg.num_class_images, Path(cfg.class_images_dir), cfg.resolution or native_resolution(pipe))
+    return time.time() - t0
+
+
+def _train_all(configs, workers: int) -> list:
+    """TrainResults in the order of `configs`, with one bar over the runs."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    from catlab.training.loop import train
+
+    if workers == 1:
+        return [train(cfg) for cfg in configs]
+    bar = tqdm(total=len(configs), desc=f"training {len(configs)} adapters, {workers} at a time", unit="run")
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker) as pool:
+        futures = [pool.submit(_train_quietly, cfg) for cfg in configs]
+        for future in futures:
+            future.add_done_callback(lambda _: bar.update())
+        results = [future.result() for future in futures]
+    bar.close()
+    return results
+
+
+def _start_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _train_quietly(cfg):
+    from catlab.training.loop import train
+
+    with quiet_libraries():
+        return train(cfg, progress=False)
 
 
 def summarise_by_method(per_image: pd.DataFrame, runs: list[DemoRun]) -> pd.DataFrame:

@@ -27,12 +27,13 @@ from catlab.training.losses import LossTerms, cat_loss, denoising_target, min_sn
 from catlab.training.state import TextStates, TrainingRun
 
 
-def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback] | tuple = ()) -> TrainResult:
-    """Train one adapter as configured; returns where it was saved and the loss history."""
+def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback] | tuple = (), progress: bool = True) -> TrainResult:
+    """Train one adapter as configured; returns where it was saved and the loss history. `progress=False` hides the
+    step bar (the demo shows one bar over all its runs instead)."""
     t_start = time.time()
     run, start = start_run(cfg, resume)
     bar = tqdm(range(start, cfg.steps), desc=f"train [{cfg.regime}]", initial=start, total=cfg.steps,
-               disable=not run.acc.is_local_main_process)
+               disable=not progress or not run.acc.is_local_main_process)
     log_path = run.out / "metrics.jsonl"
     run.unet.train()
     try:
