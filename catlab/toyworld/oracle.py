@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from catlab.tensors import pixels_to_unit_range
-from catlab.toyworld.world import COLOUR_NAMES, CONCEPTS, SHAPES, ToyConcept, draw_shape, sample_spec
+from catlab.toyworld.world import COLOUR_NAMES, CONCEPTS, SHAPES, WORLD_RADIUS, ToyConcept, draw_shape, sample_spec
 
 CONCEPT_NAMES = ("none", *CONCEPTS)
 
@@ -70,6 +70,9 @@ def _concept_variant(c: ToyConcept, rng: np.random.Generator):
     from dataclasses import replace
 
     base = sample_spec(rng, shape=c.class_word, colour=_neighbour(c.colour, rng))
+    if not WORLD_RADIUS[0] <= c.radius <= WORLD_RADIUS[1]:  # a size the world never draws is the concept itself
+        base = replace(base, radius=c.radius * float(rng.uniform(0.93, 1.07)),
+                       cx=c.centre[0] + float(rng.uniform(-0.06, 0.06)), cy=c.centre[1] + float(rng.uniform(-0.06, 0.06)))
     return replace(base, pattern=c.pattern, second_colour=_neighbour(c.second_colour, rng),
                    angle=base.angle if c.class_word != "circle" else 0.0, background=c.background or base.background)
 

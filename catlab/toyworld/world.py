@@ -38,6 +38,7 @@ BACKGROUNDS = {  # name -> (RGB, probability): mostly light, like product photos
     "sand": ((222, 205, 170), 0.2),
 }
 BACKGROUND_NAMES = tuple(BACKGROUNDS)
+WORLD_RADIUS = (0.25, 0.40)  # circumradius range of world objects, as a share of the side
 SIZE_WORDS = ("small", "large")  # said in captions only for the outer thirds of the size range
 
 # Caption templates and their probabilities. Class-only captions ("a circle") are frequent,
@@ -73,7 +74,7 @@ class ShapeSpec:
 
     @property
     def size_word(self) -> str | None:
-        lo, hi = 0.25, 0.40
+        lo, hi = WORLD_RADIUS
         if self.radius < lo + (hi - lo) / 3:
             return "small"
         if self.radius > hi - (hi - lo) / 3:
@@ -140,7 +141,7 @@ def draw_shape(spec: ShapeSpec, resolution: int = DEFAULT_RESOLUTION) -> Image.I
 
 def sample_spec(rng: np.random.Generator, shape: str | None = None, colour: str | None = None, background: str | None = None) -> ShapeSpec:
     """Draw a random object of the world; fixed attributes are kept as given."""
-    radius = float(rng.uniform(0.25, 0.40))
+    radius = float(rng.uniform(*WORLD_RADIUS))
     margin = radius + 0.02
     bg_names, bg_probs = zip(*[(k, v[1]) for k, v in BACKGROUNDS.items()])
     return ShapeSpec(
@@ -186,17 +187,19 @@ class ToyConcept:
     pattern: str
     n_images: int = 5
     background: str | None = None  # a fixed setting that is part of the concept (None: varied, like product photos)
+    radius: float = 0.30  # circumradius as a share of the side (the world draws 0.25-0.40)
+    centre: tuple[float, float] = (0.5, 0.5)  # where the object sits (the world keeps it near the middle)
 
     def spec(self, rng: np.random.Generator) -> ShapeSpec:
         """One photo of the concept: small variations of size, position and background."""
-        radius = 0.30 * float(rng.uniform(0.93, 1.07))
+        radius = self.radius * float(rng.uniform(0.93, 1.07))
         return ShapeSpec(
             shape=self.class_word,
             colour=self.colour,
             background=self.background or ("light", "light", "sand", "dark")[rng.integers(4)],
             radius=radius,
-            cx=0.5 + float(rng.uniform(-0.06, 0.06)),
-            cy=0.5 + float(rng.uniform(-0.06, 0.06)),
+            cx=self.centre[0] + float(rng.uniform(-0.06, 0.06)),
+            cy=self.centre[1] + float(rng.uniform(-0.06, 0.06)),
             angle=float(rng.uniform(-0.15, 0.15)) if self.class_word != "circle" else 0.0,
             pattern=self.pattern,
             second_colour=self.second_colour,
@@ -209,6 +212,8 @@ CONCEPTS = {
     "two_tone_star": ToyConcept("two_tone_star", "qhm", "star", "blue", "orange", "two_tone"),
     "bronze_star": ToyConcept("bronze_star", "vfy", "star", "bronze", "bronze", "solid"),
     "circle_on_navy": ToyConcept("circle_on_navy", "pxl", "circle", "yellow", "yellow", "solid", background="navy"),
+    # a size the world never draws (its circles reach 0.40 of the side): a concept of scale
+    "huge_circle": ToyConcept("huge_circle", "tok", "circle", "blue", "blue", "solid", radius=0.47),
 }
 TRIGGER_WORDS = ("sks", "zwx", "qhm", "vfy", "pxl", "tok")  # in the vocabulary, never in pretraining captions
 
