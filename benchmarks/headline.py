@@ -1,6 +1,6 @@
 """The headline claims, checked on full `catlab demo` runs, one per toy concept. Exits non-zero if one fails.
 
-    python benchmarks/headline.py [--out runs/headline] [--seeds 3] [--first-seed 0] [--concepts striped_square,bronze_star]
+    python benchmarks/headline.py [--out runs/headline] [--seeds 3] [--first-seed 0] [--concepts bronze_star,huge_circle]
 
 Claims, per concept, over the training seeds (means; ground truth from the toy world's oracle):
   the protocol: the base model's class-sample colour entropy >= 0.85 (it must be able to see diversity);
@@ -43,7 +43,8 @@ def main() -> int:
     ap.add_argument("--out", default="runs/headline")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0, help="first training seed: 3 checks a recipe on seeds it was not chosen on")
-    ap.add_argument("--concepts", default="bronze_star,circle_on_navy", help="comma-separated toy concepts (default: a new colour and a new setting)")
+    ap.add_argument("--concepts", default="bronze_star,huge_circle,circle_on_navy",
+                    help="comma-separated toy concepts (default: a new colour, a new size and a new setting)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a numeric DemoRecipe field, e.g. cat_null_share=0")
     args = ap.parse_args()
     from catlab.demo.experiment import DemoRecipe, run_demo
