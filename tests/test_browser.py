@@ -14,8 +14,8 @@ repository gets outputs. Needs Playwright for Python (the dev extras) and a Chro
 used. Without them the tests fail and say why.
 
 Screenshots of a widget panel and a result figure of each notebook, and of the top of the demo report, go to a
-temporary folder, or, with CATLAB_SCREENSHOTS=1, to docs/img/notebooks/ and docs/img/report.png (the pictures in
-docs/notebooks.md and the README). With CATLAB_BROWSER_PAGES=<folder>, every notebook is also saved there as
+temporary folder, or, with CATLAB_SCREENSHOTS=1, to docs/img/notebooks/ (the pictures in docs/notebooks.md and the
+README) and, when CATLAB_REPORT_HTML names a real demo's report.html, to docs/img/report.png. With CATLAB_BROWSER_PAGES=<folder>, every notebook is also saved there as
 screenshots, one viewport at a time.
 """
 
@@ -311,8 +311,12 @@ JS_REPORT = """() => {
 @pytest.fixture(scope="module")
 def demo_report(tiny_assets, tmp_path_factory) -> Path:
     """report.html of one `catlab demo --quick --seeds 2` on the tiny toy world (as tests/test_demo.py runs it): two
-    training seeds, so that the scores table has its "mean ± std" cells, as in a full demo (three seeds)."""
+    training seeds, so that the scores table has its "mean ± std" cells, as in a full demo (three seeds). With
+    CATLAB_REPORT_HTML=path, that report instead (a real demo's, for the screenshot in the docs)."""
     from catlab.cli import main
+
+    if os.environ.get("CATLAB_REPORT_HTML"):
+        return Path(os.environ["CATLAB_REPORT_HTML"]).resolve()
 
     out = tmp_path_factory.mktemp("demo") / "demo"
     t0 = time.monotonic()
@@ -327,8 +331,10 @@ def demo_report(tiny_assets, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report_png(shots) -> Path:
-    """Where the report's screenshot goes: docs/img/report.png with CATLAB_SCREENSHOTS=1, else a temporary folder."""
-    return (ROOT / "docs" / "img" if os.environ.get("CATLAB_SCREENSHOTS") == "1" else shots) / "report.png"
+    """Where the report's screenshot goes: docs/img/report.png with CATLAB_SCREENSHOTS=1 and a real report to take it
+    of (CATLAB_REPORT_HTML; the quick demo's tiny-world report is noise), else a temporary folder."""
+    to_docs = os.environ.get("CATLAB_SCREENSHOTS") == "1" and os.environ.get("CATLAB_REPORT_HTML")
+    return (ROOT / "docs" / "img" if to_docs else shots) / "report.png"
 
 
 def test_demo_report_in_chromium(demo_report: Path, browser, report_png: Path, tmp_path):

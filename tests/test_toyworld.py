@@ -61,14 +61,19 @@ def test_trigger_words_are_single_known_tokens():
 
 
 def test_concepts_never_occur_in_the_world():
-    """Every concept has a pattern or a colour that no world image has."""
+    """Every concept has a pattern, a colour, a setting or a size that no world image has."""
+    from catlab.toyworld.world import WORLD_RADIUS
+
+    def look(s):
+        return s.shape, s.colour, s.pattern, s.background, WORLD_RADIUS[0] <= s.radius <= WORLD_RADIUS[1]
+
     _, world = make_world_dataset(2000, seed=0)
-    world_looks = {(s.shape, s.colour, s.pattern, s.background) for s in world}
-    assert all(s.pattern == "solid" for s in world)
+    world_looks = {look(s) for s in world}
+    assert all(s.pattern == "solid" for s in world) and all(look(s)[-1] for s in world)
     for name, c in CONCEPTS.items():
         imgs, specs = concept_images(name, seed=0)
         assert len(imgs) == c.n_images
-        assert all((s.shape, s.colour, s.pattern, s.background) not in world_looks for s in specs), name
+        assert all(look(s) not in world_looks for s in specs), name
 
 
 def test_pipeline_round_trips_through_save_pretrained(tiny_assets, tmp_path):
