@@ -3,20 +3,17 @@ CPU-tiny parameters, and the page checked: no cell ends in an error, every widge
 the "Loading widget..." placeholder nor a plain-text `VBox(children=...)`, which would mean JupyterLab's widget
 manager does not work), widget text is not cut off, and the widgets that matter do something when used: the
 **Train** button of 02_train trains with a live loss curve and sample grids, the adapter-scale slider of 03_diversity
-redraws its grid, the 01_data_prep panel and caption boxes react. And the report of `catlab demo --quick --seeds 2`
-(on the tiny toy world, as tests/test_demo.py runs it; two seeds, so that the scores read "mean ± std" as in a full
-demo) opened in the same browser: the scores a real table that does not push the page sideways, every embedded
-image decoded, the headings there.
+redraws its grid, the 01_data_prep panel and caption boxes react. (The demo's HTML report has its own browser test,
+tests/test_browser_report.py.)
 
 JupyterLab serves copies of the notebooks from a temporary folder (tests/jupyterlab_browser.py), so nothing in the
 repository gets outputs. Needs Playwright for Python (the dev extras) and a Chromium: Debian's `chromium` package
 (`apt-get install chromium`, which .ci/run does) or $CATLAB_CHROMIUM; Playwright's own browser download is not
-used. Without them the tests fail and say why.
+used. Without them the tests fail and say why (tests/chromium_session.py).
 
-Screenshots of a widget panel and a result figure of each notebook, and of the top of the demo report, go to a
-temporary folder, or, with CATLAB_SCREENSHOTS=1, to docs/img/notebooks/ (the pictures in docs/notebooks.md and the
-README) and, when CATLAB_REPORT_HTML names a real demo's report.html, to docs/img/report.png. With CATLAB_BROWSER_PAGES=<folder>, every notebook is also saved there as
-screenshots, one viewport at a time.
+Screenshots of a widget panel and a result figure of each notebook go to a temporary folder, or, with
+CATLAB_SCREENSHOTS=1, to docs/img/notebooks/ (the pictures in docs/notebooks.md and the README). With
+CATLAB_BROWSER_PAGES=<folder>, every notebook is also saved there as screenshots, one viewport at a time.
 """
 
 from __future__ import annotations
@@ -28,17 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from jupyterlab_browser import JupyterLabServer, NotebookPage, copy_notebooks, find_chromium, small_png
+from chromium_session import chromium_browser, fail_with_screenshot, log
+from jupyterlab_browser import JupyterLabServer, NotebookPage, copy_notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 RUN_TIMEOUT = float(os.environ.get("CATLAB_BROWSER_TIMEOUT", "480"))  # seconds for Run All Cells of one notebook
 CLICK_TIMEOUT = 300.0  # seconds for what one click starts (the Train button trains a whole adapter)
 VIEWPORT = {"width": 1280, "height": 900}  # a laptop screen, JupyterLab's file browser open
-
-
-def _log(msg: str) -> None:
-    print(f"[browser] {msg}", flush=True)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -54,38 +48,15 @@ def lab(tmp_path_factory):
         server = JupyterLabServer(tmp / "root", tmp / "home").__enter__()
     except RuntimeError as e:
         pytest.fail(f"JupyterLab did not start: {e}", pytrace=False)
-    _log(f"JupyterLab up on {server.url} in {time.monotonic() - t0:.1f} s")
+    log(f"JupyterLab up on {server.url} in {time.monotonic() - t0:.1f} s")
     yield server
     server.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium driven by Playwright; a failure (not a skip) when either is missing."""
-    try:
-        from playwright.sync_api import Error as PlaywrightError
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:
-        pytest.fail(f"the browser tests need Playwright for Python ({e}); install the dev extras: "
-                    "`.venv/bin/python -m pip install -e '.[dev]'` (scripts/bootstrap.sh does)", pytrace=False)
-    exe = find_chromium()
-    if exe is None:
-        pytest.fail("the browser tests need Chromium and found none at $CATLAB_CHROMIUM, /usr/bin/chromium or on PATH; "
-                    "install Debian's package: `apt-get install -y chromium` (.ci/run does when it is missing)", pytrace=False)
-    pw = sync_playwright().start()
-    try:
-        chromium, error = pw.chromium.launch(executable_path=exe, headless=True, args=["--disable-gpu", "--disable-dev-shm-usage"]), None
-    except PlaywrightError as e:
-        chromium, error = None, e
-    if chromium is None:
-        pw.stop()
-        lines = str(error).splitlines()
-        log = [line for line in lines if "pid=" in line and "launching" not in line][-6:]
-        pytest.fail(f"Chromium ({exe}) did not start under Playwright: {lines[0]}\n" + "\n".join(log), pytrace=False)
-    _log(f"Chromium {chromium.version} from {exe}")
-    yield chromium
-    chromium.close()
-    pw.stop()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +143,7 @@ def check_02_train(nb: NotebookPage, shots: Path) -> None:
         nb.wait_for(done, CLICK_TIMEOUT, "02_train: clicking Train did not finish training (the monitor never said 'done')", poll=0.2)
     except AssertionError as e:
         raise AssertionError(f"{e}\npanel output: {out.inner_text()[:800]!r}") from None
-    _log(f"02_train: Train button: trained in {time.monotonic() - t0:.1f} s; live loss curve seen: {seen_live['loss']}, "
+    log(f"02_train: Train button: trained in {time.monotonic() - t0:.1f} s; live loss curve seen: {seen_live['loss']}, "
          f"live grid seen: {seen_live['grid']}")
     # then the live views make way for the final curve and grid as plain outputs (they stay in a saved notebook)
     finals = out.locator(".jp-RenderedImage img")
@@ -202,7 +173,7 @@ def check_03_diversity(nb: NotebookPage, shots: Path) -> None:
     nb.wait_for(lambda: status.inner_text() != before_text and "drawing" not in status.inner_text(), CLICK_TIMEOUT,
                 f"03_diversity: moving the adapter-scale slider did not redraw (status still {before_text!r})")
     after = _image_png(img)
-    _log(f"03_diversity: slider {before_text!r} -> {status.inner_text()!r}, redrawn in {time.monotonic() - t0:.1f} s")
+    log(f"03_diversity: slider {before_text!r} -> {status.inner_text()!r}, redrawn in {time.monotonic() - t0:.1f} s")
     assert not _same_picture(before, after), f"03_diversity: the grid is unchanged after moving the slider to {status.inner_text()!r}"
     nb.screenshot(view, shots / "03_diversity-panel.png")
     nb.screenshot(nb.outputs("pca_scatter(groups").first, shots / "03_diversity-figure.png")
@@ -238,7 +209,7 @@ def test_notebook_in_jupyterlab(path: Path, lab, browser, shots, tmp_path):
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.set_default_timeout(60_000)
-    nb = NotebookPage(page, lab, path.name, log=_log)
+    nb = NotebookPage(page, lab, path.name, log=log)
     t0 = time.monotonic()
     try:
         nb.open()
@@ -253,166 +224,15 @@ def test_notebook_in_jupyterlab(path: Path, lab, browser, shots, tmp_path):
         clipped = nb.clipped_widgets()
         assert not clipped, f"{name}: widget text or panels do not fit:\n" + "\n".join(clipped)
         for wide in nb.wide_outputs():  # tables may scroll sideways; said, not failed
-            _log(f"{name}: wider than the notebook: {wide}")
+            log(f"{name}: wider than the notebook: {wide}")
         CHECKS[name](nb, shots)
         errors = nb.errors(nb.state())  # what the clicks printed into the panels
         assert not errors, "after using the widgets:\n" + "\n".join(errors)
         if os.environ.get("CATLAB_BROWSER_PAGES"):
             nb.scroll_pages(Path(os.environ["CATLAB_BROWSER_PAGES"]))
-        _log(f"{name}: passed in {time.monotonic() - t0:.1f} s")
+        log(f"{name}: passed in {time.monotonic() - t0:.1f} s")
     except AssertionError as e:
-        try:
-            page.screenshot(path=str(tmp_path / f"{name}-failure.png"))
-            note = f"\n(the page at the failure: {tmp_path / f'{name}-failure.png'})"
-        except Exception:
-            note = ""
-        pytest.fail(f"{e}{note}", pytrace=False)
+        fail_with_screenshot(e, page, tmp_path / f"{name}-failure.png")
     finally:
         context.close()
         lab.shutdown_kernels()
-
-
-# ----------------------------------------------------------------------------- the demo's HTML report
-
-REPORT_HEADINGS = ("Scores", "Does the class stay the base model's?")  # each the start of an <h2>
-REPORT_METHODS = ["base model", "LoRA", "DreamBooth-LoRA", "CAT"]  # the rows of the scores table
-
-# What the report looks like at the viewport's width: page and table widths, images, headings, anything wider than the page.
-JS_REPORT = """() => {
-  const doc = document.documentElement, box = e => e.getBoundingClientRect();
-  const table = document.querySelector('table.scores');
-  const wrap = table && table.closest('.wrap');
-  let heading = '';
-  const images = [];
-  for (const e of document.body.querySelectorAll('h1, h2, img')) {
-    if (e.tagName !== 'IMG') { heading = e.innerText.trim(); continue; }
-    images.push({after: heading, complete: e.complete, natural: [e.naturalWidth, e.naturalHeight],
-                 shown: [Math.round(box(e).width), Math.round(box(e).height)], src: e.getAttribute('src').slice(0, 22)});
-  }
-  const scrolls = wrap && ['auto', 'scroll'].includes(getComputedStyle(wrap).overflowX);
-  const inWrap = e => scrolls && wrap.contains(e) && e !== wrap;  // may scroll inside its box
-  const over = new Set([...document.body.querySelectorAll('*')].filter(e => box(e).right > doc.clientWidth + 1 && !inWrap(e)));
-  const wide = [...over].filter(e => !over.has(e.parentElement))  // the outermost of them
-    .map(e => `<${e.tagName.toLowerCase()}${e.className ? ' class=' + e.className : ''}> reaches x = ${Math.round(box(e).right)}`);
-  return {
-    viewport: window.innerWidth, visible: doc.clientWidth, page: doc.scrollWidth, body: document.body.scrollWidth,
-    headings: [...document.querySelectorAll('h1, h2')].map(h => h.tagName.toLowerCase() + ': ' + h.innerText.trim()),
-    table: table && {width: Math.round(box(table).width), bottom: Math.round(box(table).bottom + window.scrollY),
-                     header: [...table.querySelectorAll('thead th')].map(t => t.innerText.trim()),
-                     rows: [...table.querySelectorAll('tbody tr')].map(tr => [...tr.cells].map(c => c.innerText.trim()))},
-    wrap: wrap && {scroll: wrap.scrollWidth, client: wrap.clientWidth, overflowX: getComputedStyle(wrap).overflowX,
-                   hidden: [...table.querySelectorAll('thead th')].filter(t => box(t).right > box(wrap).right + 1)
-                             .map(t => t.innerText.trim())},
-    images, wide,
-  };
-}"""
-
-
-@pytest.fixture(scope="module")
-def demo_report(tiny_assets, tmp_path_factory) -> Path:
-    """report.html of one `catlab demo --quick --seeds 2` on the tiny toy world (as tests/test_demo.py runs it): two
-    training seeds, so that the scores table has its "mean ± std" cells, as in a full demo (three seeds). With
-    CATLAB_REPORT_HTML=path, that report instead (a real demo's, for the screenshot in the docs)."""
-    from catlab.cli import main
-
-    if os.environ.get("CATLAB_REPORT_HTML"):
-        return Path(os.environ["CATLAB_REPORT_HTML"]).resolve()
-
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    t0 = time.monotonic()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
-        code = main(["demo", "--quick", "--seeds", "2", "--out", str(out)])
-    if code != 0 or not (out / "report.html").is_file():
-        pytest.fail(f"`catlab demo --quick --seeds 2 --out {out}` exited with {code} and wrote no report.html (its output is above)", pytrace=False)
-    _log(f"demo report: catlab demo --quick in {time.monotonic() - t0:.1f} s")
-    return out / "report.html"
-
-
-@pytest.fixture(scope="module")
-def report_png(shots) -> Path:
-    """Where the report's screenshot goes: docs/img/report.png with CATLAB_SCREENSHOTS=1 and a real report to take it
-    of (CATLAB_REPORT_HTML; the quick demo's tiny-world report is noise), else a temporary folder."""
-    to_docs = os.environ.get("CATLAB_SCREENSHOTS") == "1" and os.environ.get("CATLAB_REPORT_HTML")
-    return (ROOT / "docs" / "img" if to_docs else shots) / "report.png"
-
-
-def test_demo_report_in_chromium(demo_report: Path, browser, report_png: Path, tmp_path):
-    """The demo's report.html as a person opens it on a laptop: the scores a real <table> that does not make the page
-    scroll sideways (the table may scroll inside its .wrap box), every embedded image decoded, the headings there."""
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    console: list[str] = []
-    page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
-    page.on("pageerror", lambda e: console.append(f"page error: {e}"))
-    t0 = time.monotonic()
-    try:
-        page.goto(demo_report.as_uri(), wait_until="load", timeout=60_000)
-        try:  # data: URLs load with the page; decoding is bounded too
-            page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=30_000)
-        except Exception as e:
-            raise AssertionError(f"report.html: images still loading after 30 s ({str(e).splitlines()[0]})") from None
-        r = page.evaluate(JS_REPORT)
-        where = f" (report.html at {VIEWPORT['width']}x{VIEWPORT['height']}; browser console: {console[-5:]})"
-
-        # the headings
-        h2 = [h.split(": ", 1)[1] for h in r["headings"] if h.startswith("h2: ")]
-        missing = [t for t in REPORT_HEADINGS if not any(h.startswith(t) for h in h2)]
-        assert not missing, f"report.html: no heading starting {missing}; its headings: {r['headings']}" + where
-
-        # the scores: a real table, one row per method, every cell filled
-        t = r["table"]
-        assert t is not None, "report.html: no <table class=\"scores\"> (the scores must be an HTML table, not text)" + where
-        assert t["header"][:1] == ["method"] and len(t["header"]) > 4, f"report.html: the scores table's header is {t['header']}" + where
-        methods = [row[0] for row in t["rows"]]
-        assert methods == REPORT_METHODS, f"report.html: the scores table's rows are {methods}, expected {REPORT_METHODS}" + where
-        empty = [(row[0], t["header"][i]) for row in t["rows"] for i, c in enumerate(row) if not c or c.lower().startswith("nan")]
-        assert not empty, f"report.html: empty or nan cells in the scores table (method, column): {empty}" + where
-
-        # the page does not scroll sideways; the table may, inside its .wrap box
-        assert r["page"] <= r["visible"] and r["body"] <= r["visible"], (
-            f"report.html scrolls sideways at {r['viewport']} px: the page is {r['page']} px wide (body {r['body']} px), "
-            f"{r['visible']} px visible; wider than the page: {r['wide'][:8]}" + where)
-        assert not r["wide"], f"report.html: elements reach past the right edge of the page ({r['visible']} px): {r['wide'][:8]}" + where
-        w = r["wrap"]
-        assert w is not None, "report.html: the scores table is not in its .wrap box (which scrolls a wide table sideways)" + where
-        if w["scroll"] > w["client"]:
-            assert w["overflowX"] in ("auto", "scroll"), (
-                f"report.html: the scores table needs {w['scroll']} px, its box has {w['client']} px and overflow-x {w['overflowX']!r}, "
-                "so part of it cannot be seen" + where)
-            _log(f"demo report: the scores table ({t['width']} px, {len(t['header'])} columns) is wider than its box "
-                 f"({w['client']} px) at {r['viewport']} px: it scrolls sideways in .wrap, {w['scroll'] - w['client']} px out of view "
-                 f"(columns {', '.join(w['hidden'])})")
-        else:
-            _log(f"demo report: the scores table ({t['width']} px, {len(t['header'])} columns) fits its box ({w['client']} px) "
-                 f"at {r['viewport']} px")
-
-        # every embedded image decoded
-        imgs = r["images"]
-        assert len(imgs) == 4, f"report.html shows {len(imgs)} images, expected 4 (grid, paired, colours, losses): {imgs}" + where
-        broken = [i for i in imgs if not (i["complete"] and i["natural"][0] > 0)]
-        assert not broken, f"report.html: images that did not load (naturalWidth 0): {broken}" + where
-        linked = [i["src"] for i in imgs if not i["src"].startswith("data:image/png;base64")]
-        assert not linked, f"report.html: images not embedded: {linked}" + where
-        for i in imgs:
-            scale = f", scaled to {i['shown'][0] / i['natural'][0]:.0%}" if i["shown"][0] < i["natural"][0] else ""
-            _log(f"demo report: image after {i['after'][:40]!r}: {i['natural'][0]}x{i['natural'][1]} px, "
-                 f"shown {i['shown'][0]}x{i['shown'][1]}{scale}")
-        if console:
-            _log(f"demo report: browser console: {console}")
-
-        # the top of the report down to the scores table, as a picture
-        height = min(t["bottom"] + 24, 4000)
-        png = page.screenshot(clip={"x": 0, "y": 0, "width": r["visible"], "height": height}, full_page=True, animations="disabled")
-        small_png(png, report_png, max_width=800)
-        _log(f"demo report: passed in {time.monotonic() - t0:.1f} s; screenshot {report_png} ({report_png.stat().st_size // 1024} KB)")
-    except AssertionError as e:
-        try:
-            page.screenshot(path=str(tmp_path / "report-failure.png"), full_page=True)
-            note = f"\n(the page at the failure: {tmp_path / 'report-failure.png'})"
-        except Exception:
-            note = ""
-        pytest.fail(f"{e}{note}", pytrace=False)
-    finally:
-        context.close()
