@@ -59,6 +59,9 @@ def _add_eval(sub) -> None:
                    help="add DreamBooth's DINO score (raw cosine) with this ViT/DINOv2 folder or hub id, e.g. facebook/dino-vits16")
     p.add_argument("--clip", nargs="?", const=True, default=None, metavar="PATH",
                    help="add DreamBooth's CLIP-I and CLIP-T (raw cosines): alone with --embedder's CLIP, or with this CLIP folder or hub id")
+    p.add_argument("--unconditional", choices=("adapted", "base"), default="adapted",
+                   help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
+                        "(default), or from the base model (docs/results.md, the cure)")
 
 
 def _add_sample(sub) -> None:
@@ -71,6 +74,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--seeds", type=int, default=8, help="number of seeds (default: 8)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--unconditional", choices=("adapted", "base"), default="adapted",
+                   help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
+                        "(default), or from the base model (docs/results.md, the cure)")
     p.add_argument("--out", default="runs/sample/grid.png", help="output image (default: runs/sample/grid.png)")
 
 
@@ -232,7 +238,8 @@ def _sample(args) -> int:
     if args.adapter:
         load_lora(pipe, args.adapter, "adapter", scale=args.scale)
     seeds = list(range(args.seeds))
-    images = generate(pipe, args.prompts, seeds, num_inference_steps=args.steps, guidance_scale=args.guidance)
+    images = generate(pipe, args.prompts, seeds, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      unconditional=args.unconditional)
     grid = image_grid(images, row_labels=args.prompts, col_labels=[f"seed {s}" for s in seeds])
     save_image_atomic(grid, out)
     print(f"wrote {out}")
@@ -263,7 +270,8 @@ def _evaluate(args) -> int:
     real = {"dino": getattr(args, "dino", None), "clip": getattr(args, "clip", None)}  # --dino PATH, --clip [PATH]
     try:
         res = evaluate(args.base, adapters, args.concept, trigger=args.trigger, class_word=args.class_word, seeds=args.seeds,
-                       embedder=args.embedder, oracle=oracle, out_dir=args.out, **{k: v for k, v in real.items() if v is not None})
+                       embedder=args.embedder, oracle=oracle, out_dir=args.out, unconditional=args.unconditional,
+                       **{k: v for k, v in real.items() if v is not None})
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"catlab: error: {e}") from e
     with pd.option_context("display.width", 200, "display.max_columns", 50):

@@ -50,6 +50,10 @@ class TrainConfig:
     # images the base model drew for the class prompt (generated once, like DreamBooth's), which is where class
     # prompts go at sampling time (docs/training.md)
     cat_anchor: str = "concept"
+    # > 1: the CAT term holds the *guided* class prediction eps("") + s * (eps(c_free) - eps("")) at this guidance
+    # scale (use the sampling one), so the adapter may move eps("") if eps(c_free) moves with it (docs/training.md);
+    # 0: the paper's term on eps(c_free) alone. Instead of cat_null_share, not with it
+    cat_guidance: float = 0.0
     prior_loss_weight: float = 1.0  # DreamBooth's default
     num_class_images: int = 50  # prior images generated once by the base model and cached
     class_prompt: str | None = None  # default "a {class_word}"
@@ -103,6 +107,9 @@ class TrainConfig:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
         if self.cat_anchor not in ("concept", "class"):
             problems.append(f"cat_anchor={self.cat_anchor!r}: choose 'concept' (the paper) or 'class' (the base model's class images)")
+        if self.cat_guidance and (self.cat_guidance <= 1 or self.cat_null_share):
+            problems.append(f"cat_guidance={self.cat_guidance}: use 0 (off) or the sampling guidance scale (> 1), with cat_null_share 0 "
+                            f"(it is {self.cat_null_share}): the guided term holds the empty caption itself")
         if not 0.0 <= self.cat_null_share <= 1.0:
             problems.append(f"cat_null_share={self.cat_null_share}: must be between 0 and 1 (a share of the batch)")
         for name in ("cat_lambda", "prior_loss_weight", "learning_rate", "lora_dropout"):

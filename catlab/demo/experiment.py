@@ -37,8 +37,12 @@ class DemoRecipe:
     # looks at the base model's own class images rather than the concept's, which is where class prompts go
     cat_null_share: float = 0.5
     cat_anchor: str = "class"
+    cat_guidance: float = 0.0  # > 1: CAT holds the guided class prediction instead (TrainConfig.cat_guidance)
     prior_loss_weight: float = 1.0  # DreamBooth's default
     num_class_images: int = 40  # DreamBooth's prior images; CAT's class anchors reuse them
+    # where sampling takes classifier-free guidance's unconditional branch for every adapter: "adapted" (what every
+    # pipeline does) or "base" (the adapters off for that branch; catlab.sampling.guidance)
+    unconditional: str = "adapted"
     eval_seeds: int = 48  # >= 48 class samples per adapter: fewer measure even the base model's class as narrow
     eval_templates: tuple[str, ...] = ("a {trigger} {class}",)
     grid_seeds: int = 8
@@ -58,7 +62,8 @@ def _train_config(regime: str, seed: int, recipe: DemoRecipe, concept, out: Path
         concepts=[ConceptConfig(str(out / "concept"), concept.trigger, concept.class_word)], output_dir=str(out / "runs" / f"{regime}_seed{seed}"),
         regime=regime, seed=seed, steps=recipe.steps, learning_rate=recipe.learning_rate, rank=recipe.rank, batch_size=recipe.batch_size,
         target_modules=list(recipe.target_modules),
-        cat_lambda=recipe.cat_lambda, cat_null_share=recipe.cat_null_share, cat_anchor=recipe.cat_anchor, prior_loss_weight=recipe.prior_loss_weight, num_class_images=recipe.num_class_images,
+        cat_lambda=recipe.cat_lambda, cat_null_share=recipe.cat_null_share, cat_anchor=recipe.cat_anchor, cat_guidance=recipe.cat_guidance,
+        prior_loss_weight=recipe.prior_loss_weight, num_class_images=recipe.num_class_images,
         class_images_dir=str(out / "class_images"), random_flip=False,  # the two-tone concepts are not mirror-symmetric
         checkpoint_every=0, validate_every=0, log_every=10,
     )
@@ -105,7 +110,8 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "br
             for k, ((regime, seed), res) in enumerate(zip(jobs, results))]
     adapters = {r.name: r.adapter for r in runs}
     result = evaluate(pipe, adapters, concept=out / "concept", trigger=c.trigger, class_word=c.class_word,
-                      templates=recipe.eval_templates, seeds=recipe.eval_seeds, oracle=load_oracle(), out_dir=out / "eval")
+                      templates=recipe.eval_templates, seeds=recipe.eval_seeds, oracle=load_oracle(), out_dir=out / "eval",
+                      unconditional=recipe.unconditional)
     table = summarise_by_method(result.per_image, runs)
     costs = cost_table(runs)
     from catlab.demo.report import write_report

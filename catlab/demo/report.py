@@ -215,7 +215,9 @@ def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs:
     cost_txt = costs.to_string(index=False, float_format=lambda v: f"{v:.2f}")
     intro = (f"Toy concept `{concept.name}`: trigger `{concept.trigger}`, class `{concept.class_word}`. Each method trained with the same "
              f"data, {recipe.steps} steps, lr {recipe.learning_rate}, rank {recipe.rank}, batch {recipe.batch_size}, over {n_seeds} training "
-             f"seed(s); evaluated on {recipe.eval_seeds} sampling seeds per prompt. Scores: mean ± std over training seeds. "
+             f"seed(s); evaluated on {recipe.eval_seeds} sampling seeds per prompt"
+             + (", guidance's unconditional branch from the base model" if getattr(recipe, "unconditional", "adapted") == "base" else "")
+             + f". Scores: mean ± std over training seeds. "
              f"IS, KP, KPS, PRES in [0, 1] (CLIP (cos+1)/2); colour entropy normalised to [0, 1]; collapse rate = share of class-prompt "
              f"images the oracle reads as the concept; identity_acc = share of trigger-prompt images it reads as the concept; "
              f"paired_preservation = share of class-prompt seeds whose image has the oracle colour and shape of the base model's image "

@@ -180,7 +180,7 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
              seeds: int | Sequence[int] = 8, embedder: Any = "toyworld", oracle: Any = None, out_dir: str | Path = "runs/eval",
              num_inference_steps: int | None = None, guidance_scale: float | None = None, batch_size: int = 32,
              device: str | None = None, progress: bool = True, generate_fn: Callable | None = None,
-             activate_fn: Callable | None = None, dino: Any = None, clip: Any = None) -> EvalResult:
+             activate_fn: Callable | None = None, dino: Any = None, clip: Any = None, unconditional: str = "adapted") -> EvalResult:
     """Generate with the base model and each adapter on the same prompts x seeds, embed, score and summarise.
 
     base: a pipeline or 'toyworld' / folder / hub id. adapters: method name -> adapter path, or None for the base
@@ -194,9 +194,15 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
     The metrics real-world papers report, as raw cosines (off by default): dino = a ViT / DINOv2 folder or hub id
     (DreamBooth's facebook/dino-vits16) or an Embedder adds DINO_cos and DINO-PRES_cos; clip = True (the evaluation
     embedder, a CLIP) or a CLIP folder / hub id / Embedder adds CLIP-I_cos and CLIP-T_cos. See docs/metrics.md.
+
+    unconditional="base" samples every adapter with classifier-free guidance's unconditional branch from the base
+    model (catlab.sampling.guidance; generate_fn must then accept `unconditional`).
     """
     if concept is None:
         raise ValueError("evaluate: pass concept= (a toy concept name, a folder of reference images, or a list of PIL images)")
+    from catlab.sampling.guidance import check_unconditional
+
+    check_unconditional(unconditional)
     c = load_concept(concept, trigger, class_word)
     prompts = expand_templates(templates, c.trigger, c.class_word)
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -216,6 +222,8 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
         from catlab.sampling.sampler import generate as generate_fn
     activate_fn = activate_fn or activate_adapter
     gen_kwargs = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "batch_size": batch_size, "progress": progress}
+    if unconditional != "adapted":  # passed only when set, so a generate_fn written before the option still works
+        gen_kwargs["unconditional"] = unconditional
     loaded: dict[str, Any] = {}
 
     def get_pipe():
@@ -234,6 +242,8 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
     for method, adapter in methods.items():
         settings = {"base": base_id, "adapter": None if adapter is None else _path_id(adapter),
                     "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+        if adapter is not None and unconditional != "adapted":  # the base model's images are the same either way
+            settings["unconditional"] = unconditional
         key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         # the base model's images are shared by every method that is the base model
         folder = out / "images" / (f"{BASE}_{key}" if adapter is None else f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', method)}_{key}")

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from catlab.models.base import sampling_defaults
+from catlab.sampling.guidance import check_unconditional, unconditional_from_base
 
 
 def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], *, num_inference_steps: int | None = None,
              guidance_scale: float | None = None, batch_size: int = 32, progress: bool = True,
-             negative_prompt: str | None = None) -> list[list[Image.Image]]:
+             negative_prompt: str | None = None, unconditional: str = "adapted") -> list[list[Image.Image]]:
     """images[i][j] = `prompts[i]` drawn from seed `seeds[j]`.
 
     Each image gets its own torch.Generator, so an image depends only on its (prompt, seed) and the
-    sampler settings, not on how the work was batched.
+    sampler settings, not on how the work was batched. unconditional="base" takes classifier-free guidance's
+    unconditional (or negative-prompt) branch from the base model, the adapters off for it (catlab.sampling.guidance).
     """
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
@@ -26,13 +29,14 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], *, num_inferenc
     d = sampling_defaults(pipe)
     steps = num_inference_steps or d["num_inference_steps"]
     guidance = d["guidance_scale"] if guidance_scale is None else guidance_scale
+    from_base = check_unconditional(unconditional) == "base" and guidance > 1  # guidance 1 has no unconditional branch
     jobs = [(i, j) for i in range(len(prompts)) for j in range(len(seeds))]
     out: list[list[Image.Image | None]] = [[None] * len(seeds) for _ in prompts]
     gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
     batches = [jobs[k : k + batch_size] for k in range(0, len(jobs), batch_size)]
     for batch in tqdm(batches, desc="sampling", disable=not progress or len(batches) < 2):
         gens = [torch.Generator(device=gen_device).manual_seed(int(seeds[j])) for _, j in batch]
-        with torch.no_grad():
+        with torch.no_grad(), unconditional_from_base(pipe.unet) if from_base else nullcontext():
             images = pipe(
                 prompt=[prompts[i] for i, _ in batch], generator=gens, num_inference_steps=steps, guidance_scale=guidance,
                 negative_prompt=[negative_prompt] * len(batch) if negative_prompt else None,

@@ -119,7 +119,7 @@ def compute_losses(run: TrainingRun, i: int) -> LossTerms:
     t = torch.randint(0, run.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(acc.device)
     noisy = run.noise_scheduler.add_noise(latents, noise, t)  # (B, 4, h, w)
     target = denoising_target(run.noise_scheduler, latents, noise, t)
-    cond, cond_free = (h.to(dtype) for h in run.text(captions, trigger_free))  # (B, L, D) each
+    cond, cond_free, cond_null = (h.to(dtype) for h in run.text(captions, trigger_free, [""]))  # (B, L, D), (B, L, D), (1, L, D)
     weights = min_snr_weights(run.noise_scheduler, t, cfg.snr_gamma) if cfg.snr_gamma else None
     with acc.autocast():
         if cfg.regime == "dreambooth":
@@ -130,8 +130,9 @@ def compute_losses(run: TrainingRun, i: int) -> LossTerms:
             lam = lam * cfg.cat_every if i % cfg.cat_every == 0 else 0.0
         if run.anchored:  # concept rows train the trigger, anchor rows carry the CAT term
             return cat_loss(run.unet, noisy[:n_concept], t[:n_concept], cond, cond_free, target[:n_concept], lam=lam,
-                            weights=None if weights is None else weights[:n_concept], anchors=(noisy[n_concept:], t[n_concept:]))
-        return cat_loss(run.unet, noisy, t, cond, cond_free, target, lam=lam, weights=weights)
+                            weights=None if weights is None else weights[:n_concept], anchors=(noisy[n_concept:], t[n_concept:]),
+                            guidance=cfg.cat_guidance, cond_null=cond_null)
+        return cat_loss(run.unet, noisy, t, cond, cond_free, target, lam=lam, weights=weights, guidance=cfg.cat_guidance, cond_null=cond_null)
 
 
 def start_run(cfg: TrainConfig, resume: bool = False) -> tuple[TrainingRun, int]:

@@ -53,7 +53,8 @@ class LossTerms:
 
 def cat_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond_trigger: torch.Tensor, cond_trigger_free: torch.Tensor,
              target: torch.Tensor, lam: float = 1.0, cat_share: float = 1.0, weights: torch.Tensor | None = None,
-             batched: bool = True, anchors: tuple[torch.Tensor, torch.Tensor] | None = None) -> LossTerms:
+             batched: bool = True, anchors: tuple[torch.Tensor, torch.Tensor] | None = None,
+             guidance: float = 0.0, cond_null: torch.Tensor | None = None) -> LossTerms:
     """Contrastive Adapter Training (Park et al. 2024, arXiv 2404.07554):
 
         L = || eps_adapted(z_t, t, c_T) - target ||^2 + lam * || eps_adapted(z_t, t, c_free) - sg[eps_base(z_t, t, c_free)] ||^2
@@ -66,6 +67,14 @@ def cat_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond_trigger: t
     `anchors` = (z_t, t) of other images for the CAT rows, e.g. noised images the base model drew for the class
     (catlab's `cat_anchor: class`); default: the concept's own z_t and t, as the paper.
     lam = 0 is plain LoRA (and skips the extra passes).
+
+    `guidance` = s > 1 holds what classifier-free guidance samples (Ho & Salimans 2022, arXiv 2207.12598),
+    eps(null) + s * (eps(c_free) - eps(null)), instead of eps(c_free) alone (catlab's `cat_guidance`): each CAT row
+    is also run on the empty caption (`cond_null`, (1, L, D) or (k, L, D)), and with d = adapted - base per caption,
+
+        cat = || d(c_free) + (1 - s) / s * d(null) ||^2   (= the paper's term while eps(null) does not move)
+
+    so the adapter may move eps(null) and eps(c_free) together as long as the guided class prediction stays.
     """
     if lam == 0:
         pred = unet(noisy, timesteps, encoder_hidden_states=cond_trigger).sample
@@ -74,20 +83,31 @@ def cat_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond_trigger: t
     b = noisy.shape[0]
     k = max(1, round(b * cat_share))  # samples that also get the CAT term
     z_free, t_free = (noisy[:k], timesteps[:k]) if anchors is None else (anchors[0][:k], anchors[1][:k])
+    cond_free = cond_trigger_free[:k]
+    if guidance:
+        if guidance <= 1 or cond_null is None:
+            raise ValueError(f"cat_loss: guidance={guidance} needs a scale > 1 and cond_null (the empty caption's text states)")
+        z_free, t_free = torch.cat([z_free, z_free]), torch.cat([t_free, t_free])  # (2k, C, h, w): each row twice
+        cond_free = torch.cat([cond_free, cond_null.expand(k, *cond_null.shape[1:])])  # (2k, L, D): c_free, then null
     if batched:
         z = torch.cat([noisy, z_free])  # (B + k, C, h, w)
         tt = torch.cat([timesteps, t_free])
-        cond = torch.cat([cond_trigger, cond_trigger_free[:k]])  # (B + k, L, D)
+        cond = torch.cat([cond_trigger, cond_free])  # (B + k, L, D)
         pred_all = unet(z, tt, encoder_hidden_states=cond).sample
         pred_trigger, pred_free = pred_all[:b], pred_all[b:]
     else:
         pred_trigger = unet(noisy, timesteps, encoder_hidden_states=cond_trigger).sample
-        pred_free = unet(z_free, t_free, encoder_hidden_states=cond_trigger_free[:k]).sample
+        pred_free = unet(z_free, t_free, encoder_hidden_states=cond_free).sample
     inner = getattr(unet, "module", unet)  # under DDP the adapters live on the wrapped module
     with torch.no_grad(), adapters_disabled(inner):
-        base_free = inner(z_free, t_free, encoder_hidden_states=cond_trigger_free[:k]).sample  # stop-gradient target
+        base_free = inner(z_free, t_free, encoder_hidden_states=cond_free).sample  # stop-gradient target
     ldm = mse(pred_trigger, target, weights)
-    cat = mse(pred_free, base_free, None if weights is None or anchors is not None else weights[:k])
+    cat_weights = None if weights is None or anchors is not None else weights[:k]
+    if guidance:
+        d = pred_free - base_free  # (2k, C, h, w): adapted - base, c_free rows then null rows
+        cat = mse(d[:k] + (1 - guidance) / guidance * d[k:], torch.zeros_like(d[:k]), cat_weights)
+    else:
+        cat = mse(pred_free, base_free, cat_weights)
     return LossTerms(loss=ldm + lam * cat, ldm=ldm, cat=cat)
 
 

@@ -1,0 +1,129 @@
+"""Where does a concept live? Sample the same adapters with guidance's unconditional branch adapted, then from the base.
+
+    python benchmarks/headline.py --concepts bronze_star --out runs/headline        # a demo folder first (or catlab demo)
+    python benchmarks/unconditional_source.py runs/headline/bronze_star --variant cat_null_share=0
+
+For each adapter of a demo folder (plain LoRA, DreamBooth-LoRA and CAT per training seed) and each extra CAT variant
+(FIELD=VALUE,... over the demo's CAT recipe, trained here on the demo's seeds, two runs at a time), it scores the demo protocol twice: once as every pipeline samples (both branches of classifier-free
+guidance through the adapter) and once with the unconditional branch from the base model
+(`catlab.sampling.guidance`). It prints the oracle's identity, collapse, paired preservation, colour distance and
+valid-sample rate, mean ± std over training seeds, and the ratio of identity base/adapted side by side.
+
+A concept an adapter holds in caption-aware layers (cross-attention) survives the base model's unconditional
+branch, or grows: guidance then amplifies all of it. A concept held in caption-blind layers (self-attention) moves
+ε(∅) as much as ε(prompt); guidance only draws it while ε(∅) moves with it, and the base model's ε(∅) erases it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import shutil
+import sys
+from pathlib import Path
+
+COLUMNS = {"identity_acc_mean": "identity", "collapse_rate_mean": "collapse", "paired_preservation_mean": "paired",
+           "colour_distance_mean": "colour dist.", "valid_rate_mean": "valid"}
+
+
+def parse_variant(spec: str) -> dict:
+    """"cat_null_share=0,cat_anchor=class" -> a CAT run's TrainConfig fields over the demo recipe, named after the spec."""
+    from catlab.config import TrainConfig
+
+    defaults, fields = TrainConfig(), {}
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        if key not in TrainConfig.__dataclass_fields__ or not value:
+            raise SystemExit(f"--variant {spec!r}: {item!r} is not FIELD=VALUE with FIELD a TrainConfig field (e.g. cat_null_share=0)")
+        fields[key] = type(getattr(defaults, key))(value)
+    return {"name": "v_" + "_".join(f"{k.removeprefix('cat_')}{v}" for k, v in fields.items()).replace(".", "p"), "fields": fields}
+
+
+def train_variant(job: tuple) -> str:
+    """One CAT run with the demo's recipe and the variant's fields (one thread: two of these share the 2 cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from catlab import train
+    from catlab.demo.experiment import DemoRecipe, _train_config
+    from catlab.notices import quiet_libraries
+    from catlab.toyworld.world import CONCEPTS
+
+    demo, concept, seed, name, fields = job
+    cfg = _train_config("cat", seed, DemoRecipe(), CONCEPTS[concept], Path(demo))
+    cfg = dataclasses.replace(cfg, output_dir=str(Path(demo) / "runs" / f"{name}_seed{seed}"), **fields)
+    with quiet_libraries():
+        train(cfg, progress=False)
+    return f"{name} seed {seed}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("demo", help="a folder written by `catlab demo` (or benchmarks/headline.py), with its recipe.json")
+    ap.add_argument("--variant", action="append", default=[], metavar="SPEC", help="an extra CAT setting to train and score (repeatable)")
+    ap.add_argument("--sources", default="adapted,base", help="which unconditional branches to score (default: both)")
+    args = ap.parse_args()
+    demo = Path(args.demo)
+    if not (demo / "recipe.json").is_file():
+        raise SystemExit(f"{demo}: no recipe.json; pass a folder written by `catlab demo` or benchmarks/headline.py")
+    recipe = json.loads((demo / "recipe.json").read_text())
+    concept, seeds = recipe["concept"], range(recipe["first_seed"], recipe["first_seed"] + recipe["n_seeds"])
+    variants = [parse_variant(v) for v in args.variant]
+
+    from catlab.toyworld.world import CONCEPTS
+
+    jobs = [(str(demo), concept, s, v["name"], v["fields"]) for v in variants for s in seeds
+            if not (demo / "runs" / f"{v['name']}_seed{s}" / "adapter").is_dir()]  # a variant trained before is reused
+    if jobs:
+        from catlab.models import load_base
+        from catlab.training.class_images import generate_class_images
+
+        most = max([40, *(v["fields"].get("num_class_images", 40) for v in variants)])  # drawn once, before runs share them
+        generate_class_images(load_base("toyworld"), f"a {CONCEPTS[concept].class_word}", most, demo / "class_images", 32)
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            for done in pool.imap_unordered(train_variant, jobs):
+                print(f"trained {done}", flush=True)
+
+    import pandas as pd
+    import torch
+
+    from catlab.evaluation.protocol import evaluate
+    from catlab.models import load_base
+    from catlab.toyworld.assets import load_oracle
+
+    torch.set_num_threads(2)
+    c, pipe, oracle = CONCEPTS[concept], load_base("toyworld"), load_oracle()
+    # the demo's methods and the variants asked for, named as the demo names its methods (lora_s0, ...), so the
+    # demo's cached samples are found
+    settings = ["lora", "dreambooth", "cat", *(v["name"] for v in variants)]
+    adapters = {f"{name}_s{s}": demo / "runs" / f"{name}_seed{s}" / "adapter" for name in settings for s in seeds}
+    tables = {}
+    for source in args.sources.split(","):
+        out = demo / f"eval_unconditional_{source}"
+        if source == "adapted" and not (out / "images").exists() and (demo / "eval" / "images").exists():
+            shutil.copytree(demo / "eval" / "images", out / "images")  # the demo's own samples: same keys, no new sampling
+        res = evaluate(pipe, adapters, concept=demo / "concept", trigger=c.trigger, class_word=c.class_word,
+                       templates=("a {trigger} {class}",), seeds=recipe["eval_seeds"], oracle=oracle, out_dir=out,
+                       unconditional=source, progress=False)
+        s = res.summary.set_index("method")[list(COLUMNS)].rename(columns=COLUMNS)
+        s["setting"] = [m.rsplit("_s", 1)[0] for m in s.index]
+        tables[source] = s
+    print(f"\n{concept}: {len(seeds)} training seeds, {recipe['eval_seeds']} sampling seeds; mean ± std over training seeds")
+    for source, s in tables.items():
+        g = s.groupby("setting", sort=False)
+        mean, std = g.mean(numeric_only=True), g.std(numeric_only=True).fillna(0.0)
+        cells = mean.map(lambda v: f"{v:.2f}") + " ± " + std.map(lambda v: f"{v:.2f}")
+        print(f"\nunconditional branch: {source}\n" + cells.to_string())
+    if set(tables) != {"adapted", "base"}:
+        return 0
+    ident = {k: t.groupby("setting", sort=False)["identity"].mean() for k, t in tables.items()}
+    ratio = pd.DataFrame({"identity adapted": ident["adapted"], "identity base": ident["base"],
+                          "base / adapted": ident["base"] / ident["adapted"].where(ident["adapted"] > 0)})
+    print("\n" + ratio.round(2).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
