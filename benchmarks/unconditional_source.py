@@ -51,8 +51,9 @@ def train_variant(job: tuple) -> str:
     from catlab.notices import quiet_libraries
     from catlab.toyworld.world import CONCEPTS
 
-    demo, concept, seed, name, fields = job
-    cfg = _train_config("cat", seed, DemoRecipe(), CONCEPTS[concept], Path(demo))
+    demo, concept, seed, name, fields, recipe = job
+    known = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in DemoRecipe.__dataclass_fields__}
+    cfg = _train_config("cat", seed, DemoRecipe(**known), CONCEPTS[concept], Path(demo))  # the recipe the demo ran
     cfg = dataclasses.replace(cfg, output_dir=str(Path(demo) / "runs" / f"{name}_seed{seed}"), **fields)
     with quiet_libraries():
         train(cfg, progress=False)
@@ -74,14 +75,15 @@ def main() -> int:
 
     from catlab.toyworld.world import CONCEPTS
 
-    jobs = [(str(demo), concept, s, v["name"], v["fields"]) for v in variants for s in seeds
+    jobs = [(str(demo), concept, s, v["name"], v["fields"], recipe) for v in variants for s in seeds
             if not (demo / "runs" / f"{v['name']}_seed{s}" / "adapter").is_dir()]  # a variant trained before is reused
     if jobs:
-        from catlab.models import load_base
+        from catlab.models import load_base, native_resolution
         from catlab.training.class_images import generate_class_images
 
-        most = max([40, *(v["fields"].get("num_class_images", 40) for v in variants)])  # drawn once, before runs share them
-        generate_class_images(load_base("toyworld"), f"a {CONCEPTS[concept].class_word}", most, demo / "class_images", 32)
+        most = max([recipe["num_class_images"], *(v["fields"].get("num_class_images", 0) for v in variants)])  # drawn once, before runs share them
+        pipe = load_base("toyworld")
+        generate_class_images(pipe, f"a {CONCEPTS[concept].class_word}", most, demo / "class_images", native_resolution(pipe))
         with multiprocessing.get_context("spawn").Pool(2) as pool:
             for done in pool.imap_unordered(train_variant, jobs):
                 print(f"trained {done}", flush=True)

@@ -30,3 +30,22 @@ def test_regime_sweep_runs_and_prints_ground_truth_scores(toyworld_env, tmp_path
     for row in rows:
         for score in ("collapse", "identity", "paired", "colour-dist", "valid/base"):
             assert re.search(rf"{re.escape(score)} \d\.\d\d", row), f"{score} missing from: {row}"
+
+
+def test_unconditional_source_trains_a_variant_and_scores_both_branches(toyworld_env, tmp_path):
+    from catlab.demo.experiment import run_demo
+
+    demo = tmp_path / "demo"
+    run_demo(out=demo, quick=True, workers=1)
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "unconditional_source.py"), str(demo),
+                          "--variant", "cat_null_share=0,cat_guidance=3"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (demo / "runs" / "v_null_share0p0_guidance3p0_seed0" / "adapter").is_dir(), "the variant is trained with the demo's recipe"
+    out = res.stdout
+    assert "unconditional branch: adapted" in out and "unconditional branch: base" in out, out[-2000:]
+    for setting in ("lora", "dreambooth", "cat", "v_null_share0p0_guidance3p0"):
+        assert re.search(rf"^{setting}\s+\d\.\d\d ± ", out, re.M), f"{setting} missing from:\n{out[-2000:]}"
+    assert "base / adapted" in out
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "unconditional_source.py"), str(demo), "--variant", "lambda=2"],
+                       check=True, capture_output=True, timeout=120, cwd=tmp_path)
