@@ -123,11 +123,12 @@ def test_guided_cat_term_holds_the_guided_class_prediction(toyworld_env):
 
 
 def test_cat_guidance_is_checked_and_reaches_the_loss(toyworld_env, concept_dir, tmp_path, monkeypatch):
+    from lora_helpers import tiny_run_config
+
     import catlab.training.loop as loop
     from catlab import train
     from catlab.config import TrainConfig
     from catlab.training.losses import cat_loss
-    from lora_helpers import tiny_run_config
 
     seen = []
 

@@ -292,9 +292,11 @@ def test_eval_cli_passes_dino_and_clip_through(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(E, "evaluate", fake_evaluate)
     common = {"adapter": [], "base": "runs/sd15", "concept": str(tmp_path), "trigger": "sks", "class_word": "dog", "seeds": 1,
-              "embedder": "openai/clip-vit-base-patch32", "out": str(tmp_path / "eval")}
+              "embedder": "openai/clip-vit-base-patch32", "out": str(tmp_path / "eval"), "unconditional": "adapted"}
     assert cli._evaluate(argparse.Namespace(**common)) == 0
-    assert "dino" not in seen[-1] and "clip" not in seen[-1]
+    assert "dino" not in seen[-1] and "clip" not in seen[-1] and seen[-1]["unconditional"] == "adapted"
+    assert cli._evaluate(argparse.Namespace(**{**common, "unconditional": "base"})) == 0
+    assert seen[-1]["unconditional"] == "base"
     assert cli._evaluate(argparse.Namespace(**common, dino="facebook/dino-vits16", clip=True)) == 0
     assert seen[-1]["dino"] == "facebook/dino-vits16" and seen[-1]["clip"] is True
     assert "backbones: IS: (cos + 1) / 2 of CLIP ViT-B/32 (openai/clip-vit-base-patch32)" in capsys.readouterr().out
@@ -309,3 +311,5 @@ def test_eval_cli_parses_the_dreambooth_metric_flags():
     args = build_parser().parse_args(base + ["--clip", "models/clip"])
     assert args.dino is None and args.clip == "models/clip"
     assert build_parser().parse_args(base).clip is None
+    assert build_parser().parse_args(base).unconditional == "adapted"
+    assert build_parser().parse_args(base + ["--unconditional", "base"]).unconditional == "base"
