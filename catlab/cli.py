@@ -61,7 +61,7 @@ def _add_eval(sub) -> None:
                    help="add DreamBooth's CLIP-I and CLIP-T (raw cosines): alone with --embedder's CLIP, or with this CLIP folder or hub id")
     p.add_argument("--unconditional", choices=("adapted", "base"), default="adapted",
                    help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
-                        "(default), or from the base model (docs/results.md, the cure)")
+                        "(default), or from the base model: a diagnostic of where an adapter put its concept (docs/results.md)")
 
 
 def _add_sample(sub) -> None:
@@ -76,7 +76,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--unconditional", choices=("adapted", "base"), default="adapted",
                    help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
-                        "(default), or from the base model (docs/results.md, the cure)")
+                        "(default), or from the base model: a diagnostic of where an adapter put its concept (docs/results.md)")
     p.add_argument("--out", default="runs/sample/grid.png", help="output image (default: runs/sample/grid.png)")
 
 

@@ -6,9 +6,9 @@ caption-blind layers (self-attention, convolutions) moves eps(uncond) too, and g
 the class prompt included, away from wherever the unconditional branch went: a class drifts to the concept's
 opposite hues (docs/results.md). Taking the unconditional branch from the base model (the adapters switched off
 for that half of the batch) removes that path: what a prompt draws then differs from the base model's only by
-how the adapter changed eps(prompt), which is exactly what CAT's term holds for the class prompt.
-WebUI users know the knob as "apply the LoRA to the negative prompt" (composable-lora's uc switches) and ComfyUI
-users as a dual-model guider.
+how the adapter changed eps(prompt). Measured on the toy world it is a diagnostic, not a cure: a concept held in
+caption-aware layers is drawn more often, one held in caption-blind layers vanishes, and adapters trained with
+their own unconditional branch drift more (docs/results.md, "where does a concept live?").
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ def compute_losses(run: TrainingRun, i: int) -> LossTerms:
     t = torch.randint(0, run.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(acc.device)
     noisy = run.noise_scheduler.add_noise(latents, noise, t)  # (B, 4, h, w)
     target = denoising_target(run.noise_scheduler, latents, noise, t)
-    cond, cond_free, cond_null = (h.to(dtype) for h in run.text(captions, trigger_free, [""]))  # (B, L, D), (B, L, D), (1, L, D)
+    cond, cond_free = (h.to(dtype) for h in run.text(captions, trigger_free))  # (B, L, D) each
+    cond_null = run.text([""])[0].to(dtype) if cfg.cat_guidance else None  # (1, L, D): the guided CAT term's empty caption
     weights = min_snr_weights(run.noise_scheduler, t, cfg.snr_gamma) if cfg.snr_gamma else None
     with acc.autocast():
         if cfg.regime == "dreambooth":
