@@ -52,9 +52,12 @@ def train_variant(job: tuple) -> str:
     from catlab.toyworld.world import CONCEPTS
 
     demo, concept, seed, name, fields, recipe = job
-    known = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in DemoRecipe.__dataclass_fields__}
-    cfg = _train_config("cat", seed, DemoRecipe(**known), CONCEPTS[concept], Path(demo))  # the recipe the demo ran
-    cfg = dataclasses.replace(cfg, output_dir=str(Path(demo) / "runs" / f"{name}_seed{seed}"), **fields)
+    ran = {"cat_guidance": 0.0,  # a recipe.json written before the guided term existed ran without it
+           **{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in DemoRecipe.__dataclass_fields__}}
+    in_recipe = {k: v for k, v in fields.items() if k in DemoRecipe.__dataclass_fields__}  # applied together, checked once
+    cfg = _train_config("cat", seed, DemoRecipe(**{**ran, **in_recipe}), CONCEPTS[concept], Path(demo))
+    cfg = dataclasses.replace(cfg, output_dir=str(Path(demo) / "runs" / f"{name}_seed{seed}"),
+                              **{k: v for k, v in fields.items() if k not in in_recipe})
     with quiet_libraries():
         train(cfg, progress=False)
     return f"{name} seed {seed}"
