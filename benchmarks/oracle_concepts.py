@@ -4,8 +4,11 @@
 
 Prints: shape / colour accuracy and the share read as "none" on 400 world images; how many large world circles
 (radius > 0.36) it reads as huge_circle; for each concept, the share of 20 concept photos read as that concept;
-and the reading of one drawn blue circle per radius around the world's largest size (0.40). Used for
-docs/toyworld.md (the oracle after huge_circle was added).
+the reading of one drawn blue circle per radius around the world's largest size (0.40); the share of 200 near
+misses (world shapes in open colours at least 70 RGB units from every concept colour) read as some concept; and,
+per concept, the share of its photos read as the concept after a round trip through the pipeline's autoencoder
+(encode -> decode: the best any adapter can draw) with the mean pixel error of that trip. Used for
+docs/toyworld.md (the oracle after huge_circle was added; the open-colour autoencoder and near-miss oracle).
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--assets", default=None, help="toy-world asset folder (default: the shipped one, or $CATLAB_TOYWORLD_DIR)")
     args = ap.parse_args()
+    import torch
+
+    from catlab.models import load_base
     from catlab.toyworld.assets import load_oracle
-    from catlab.toyworld.oracle import read_images
+    from catlab.toyworld.oracle import images_to_tensor, near_miss_spec, read_images
     from catlab.toyworld.world import CONCEPTS, ShapeSpec, concept_images, draw_shape, make_world_dataset
 
     oracle = load_oracle(args.assets)
@@ -36,6 +42,18 @@ def main() -> None:
     for radius in (0.38, 0.40, 0.42, 0.44):
         reading = read_images(oracle, [draw_shape(ShapeSpec("circle", "blue", "light", radius, 0.5, 0.5, 0.0))]).concept[0]
         print(f"a drawn blue circle of radius {radius:.2f} reads: {reading}")
+    rng = np.random.default_rng(2024)
+    misses = [draw_shape(near_miss_spec(rng)) for _ in range(200)]
+    print(f"near misses (200 open-colour world shapes): read as some concept {np.mean([c != 'none' for c in read_images(oracle, misses).concept]):.2f}")
+    vae = load_base(f"{args.assets}/pipeline" if args.assets else "toyworld").vae.eval()
+    for name in CONCEPTS:
+        photos, _ = concept_images(name, seed=99, n=20)
+        x = images_to_tensor(photos)
+        with torch.no_grad():
+            y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)  # (20, 3, 32, 32)
+        trip = ((y + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        print(f"{name} through the autoencoder: {sum(c == name for c in read_images(oracle, trip).concept)} of 20 read as the concept, "
+              f"mean pixel error {float((y - x).abs().mean() * 127.5):.1f}")
 
 
 if __name__ == "__main__":

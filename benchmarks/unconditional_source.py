@@ -95,11 +95,10 @@ def main() -> int:
     import torch
 
     from catlab.evaluation.protocol import evaluate
-    from catlab.models import load_base
     from catlab.toyworld.assets import load_oracle
 
     torch.set_num_threads(2)
-    c, pipe, oracle = CONCEPTS[concept], load_base("toyworld"), load_oracle()
+    c, oracle = CONCEPTS[concept], load_oracle()
     # the demo's methods and the variants asked for, named as the demo names its methods (lora_s0, ...), so the
     # demo's cached samples are found
     settings = ["lora", "dreambooth", "cat", *(v["name"] for v in variants)]
@@ -109,9 +108,10 @@ def main() -> int:
         out = demo / f"eval_unconditional_{source}"
         if source == "adapted" and not (out / "images").exists() and (demo / "eval" / "images").exists():
             shutil.copytree(demo / "eval" / "images", out / "images")  # the demo's own samples: same keys, no new sampling
-        res = evaluate(pipe, adapters, concept=demo / "concept", trigger=c.trigger, class_word=c.class_word,
+        # by name and two one-thread workers, as the demo samples (same image cache keys)
+        res = evaluate("toyworld", adapters, concept=demo / "concept", trigger=c.trigger, class_word=c.class_word,
                        templates=("a {trigger} {class}",), seeds=recipe["eval_seeds"], oracle=oracle, out_dir=out,
-                       unconditional=source, progress=False)
+                       unconditional=source, progress=False, workers=2)
         s = res.summary.set_index("method")[list(COLUMNS)].rename(columns=COLUMNS)
         s["setting"] = [m.rsplit("_s", 1)[0] for m in s.index]
         tables[source] = s

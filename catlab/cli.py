@@ -88,8 +88,8 @@ def _add_toyworld(sub) -> None:
     pre.add_argument("--out", required=True, help="asset folder to write (pipeline/, clip/, oracle.safetensors)")
     pre.add_argument("--quick", action="store_true", help="a few steps of every stage (for tests)")
     pre.add_argument("--seed", type=int, default=0)
-    pre.add_argument("--stages", default="vae,oracle,clip,unet",
-                     help="comma-separated stages to (re)build into --out, e.g. 'oracle' after adding a toy concept")
+    pre.add_argument("--stages", default="vae,oracle,clip,unet,open_colours",
+                     help="comma-separated stages to (re)build into --out, e.g. 'oracle' after adding a toy concept, 'open_colours' to open the autoencoder to colours the world lacks")
     exp = tw.add_parser("export-concept", help="write a toy concept as a folder of images + captions")
     exp.add_argument("name", help="concept name, e.g. two_tone_circle")
     exp.add_argument("--out", required=True, help="folder to write")
@@ -153,9 +153,9 @@ def _run_toyworld(args) -> int:
         cfg = PretrainConfig.tiny() if args.quick else PretrainConfig()
         cfg.seed = args.seed
         cfg.stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-        unknown = sorted(set(cfg.stages) - {"vae", "oracle", "clip", "unet"})
+        unknown = sorted(set(cfg.stages) - set(PretrainConfig.stages))
         if unknown:
-            raise SystemExit(f"catlab: error: --stages: unknown stage(s) {unknown}; choose from vae, oracle, clip, unet")
+            raise SystemExit(f"catlab: error: --stages: unknown stage(s) {unknown}; choose from {', '.join(PretrainConfig.stages)}")
         out = pretrain(args.out, cfg)
         print(f"toy world written to {out}")
     elif args.toyworld_cmd == "export-concept":

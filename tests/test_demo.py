@@ -51,17 +51,24 @@ def test_demo_trains_the_seeds_it_is_asked_for(tiny_assets, tmp_path, monkeypatc
 
 
 def test_demo_runs_side_by_side_train_the_same_adapters_as_one_at_a_time(tiny_assets, tmp_path, monkeypatch):
-    """The demo's training runs are independent: two worker processes give the runs (order, names, losses) that one
-    process gives, up to the float noise of another thread count."""
+    """The demo's training runs and each model's sampling are independent: two worker processes give the runs (order,
+    names, losses) and the evaluation images that one process gives, up to the float noise of another thread count."""
     import numpy as np
 
     from catlab.demo.experiment import run_demo
 
     monkeypatch.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
-    serial = run_demo(out=tmp_path / "serial", quick=True, workers=1)["runs"]
-    parallel = run_demo(out=tmp_path / "parallel", quick=True, workers=2)["runs"]
+    serial_demo, parallel_demo = (run_demo(out=tmp_path / name, quick=True, workers=w) for name, w in (("serial", 1), ("parallel", 2)))
+    serial, parallel = serial_demo["runs"], parallel_demo["runs"]
     assert [r.name for r in parallel] == [r.name for r in serial] == ["lora_s0", "dreambooth_s0", "cat_s0"]
     for a, b in zip(serial, parallel):
         assert np.allclose([h["loss"] for h in a.history], [h["loss"] for h in b.history], rtol=1e-3), a.name
         assert (b.adapter / "pytorch_lora_weights.safetensors").is_file()
     assert parallel[1].class_images_s > 0 and parallel[0].class_images_s == 0  # drawn once, charged to DreamBooth
+    from PIL import Image
+
+    a, b = serial_demo["per_image"], parallel_demo["per_image"]
+    assert list(a["method"]) == list(b["method"]) and list(a["prompt"]) == list(b["prompt"]) and list(a["seed"]) == list(b["seed"])
+    for fa, fb in zip(a["image"], b["image"]):
+        pa, pb = (np.asarray(Image.open(root / "eval" / f), dtype=float) for root, f in ((tmp_path / "serial", fa), (tmp_path / "parallel", fb)))
+        assert np.abs(pa - pb).mean() < 1.0, f"{fa}: sampled in a worker, the image differs from the one sampled in-process"

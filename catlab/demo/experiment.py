@@ -78,7 +78,8 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "br
 
     Training seeds are first_seed, ..., first_seed + n_seeds - 1: a recipe chosen on seeds 0-2 can be checked on
     seeds it was not chosen on. `workers` training runs go side by side in their own processes (default: one per
-    CPU core, one thread each; one run at a time on a GPU); the runs do not depend on each other."""
+    CPU core, one thread each; one run at a time on a GPU); the runs do not depend on each other, and neither does
+    each model's sampling for the evaluation, which goes side by side the same way."""
     from catlab.evaluation.protocol import evaluate
     from catlab.models import load_base
     from catlab.toyworld.assets import load_oracle
@@ -106,14 +107,15 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "br
     configs = [_train_config(regime, seed, recipe, c, out) for regime, seed in jobs]
     pipe = load_base("toyworld")
     class_images_s = _draw_class_images(pipe, configs)  # once, before runs that share them start side by side
-    results = _train_all(configs, workers)
+    eval_kwargs = dict(trigger=c.trigger, class_word=c.class_word, templates=recipe.eval_templates, seeds=recipe.eval_seeds,
+                       out_dir=out / "eval", unconditional=recipe.unconditional)
+    results = _train_all(configs, workers, [f"{regime}_s{seed}" for regime, seed in jobs], eval_kwargs)
     runs = [DemoRun(regime, seed, res.adapter_dir, train_s=res.wall_time_s - res.class_images_s,
                     class_images_s=res.class_images_s + (class_images_s if k == _first_dreambooth(jobs) else 0.0), history=res.history)
             for k, ((regime, seed), res) in enumerate(zip(jobs, results))]
     adapters = {r.name: r.adapter for r in runs}
-    result = evaluate(pipe, adapters, concept=out / "concept", trigger=c.trigger, class_word=c.class_word,
-                      templates=recipe.eval_templates, seeds=recipe.eval_seeds, oracle=load_oracle(), out_dir=out / "eval",
-                      unconditional=recipe.unconditional)
+    # with workers, every image is already drawn (by name "toyworld", the key the workers used): this only scores
+    result = evaluate("toyworld" if workers > 1 else pipe, adapters, concept=out / "concept", oracle=load_oracle(), **eval_kwargs)
     table = summarise_by_method(result.per_image, runs)
     costs = cost_table(runs)
     from catlab.demo.report import write_report
@@ -160,9 +162,11 @@ def _draw_class_images(pipe, configs) -> float:
 RUN_COST_RANK = {"cat": 0, "dreambooth": 1, "lora": 2}  # slowest first (docs/results.md, step cost)
 
 
-def _train_all(configs, workers: int) -> list:
-    """TrainResults in the order of `configs`, with one bar over the runs."""
-    from concurrent.futures import ProcessPoolExecutor
+def _train_all(configs, workers: int, names: list[str], eval_kwargs: dict) -> list:
+    """TrainResults in the order of `configs`. With workers, each adapter's evaluation images are drawn by the worker
+    that frees up next as soon as the adapter exists (and the base model's at the end of the queue), so no core waits
+    for the last training run; the later `evaluate` finds them cached."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from tqdm.auto import tqdm
 
@@ -170,17 +174,36 @@ def _train_all(configs, workers: int) -> list:
 
     if workers == 1:
         return [train(cfg) for cfg in configs]
-    bar = tqdm(total=len(configs), desc=f"training {len(configs)} adapters, {workers} at a time", unit="run")
+    from catlab.evaluation.scoring import BASE
+
+    bar = tqdm(total=2 * len(configs) + 1, desc=f"training {len(configs)} adapters and sampling them, {workers} at a time", unit="job")
     # longest runs first (CAT, then DreamBooth's double batch, then plain LoRA), so that no worker is left with a
     # long run at the end: the demo's nine runs finish about a minute sooner than in seed order on 2 cores
     longest_first = sorted(range(len(configs)), key=lambda k: RUN_COST_RANK.get(configs[k].regime, len(RUN_COST_RANK)))
+    results: dict[int, object] = {}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker) as pool:
-        futures = {k: pool.submit(_train_quietly, configs[k]) for k in longest_first}
-        for future in futures.values():
-            future.add_done_callback(lambda _: bar.update())
-        results = [futures[k].result() for k in range(len(configs))]
+        training = {pool.submit(_train_quietly, configs[k]): k for k in longest_first}
+        sampling = {pool.submit(_sample_quietly, BASE, None, eval_kwargs)}
+        while training or sampling:
+            done, _ = wait([*training, *sampling], return_when=FIRST_COMPLETED)
+            for future in done:
+                bar.update()
+                if future in training:
+                    k = training.pop(future)
+                    results[k] = future.result()
+                    sampling.add(pool.submit(_sample_quietly, names[k], results[k].adapter_dir, eval_kwargs))
+                else:
+                    sampling.discard(future)
+                    future.result()  # a worker's error surfaces here, with its traceback
     bar.close()
-    return results
+    return [results[k] for k in range(len(configs))]
+
+
+def _sample_quietly(method: str, adapter, eval_kwargs: dict) -> None:
+    from catlab.evaluation.protocol import sample_for_evaluation
+
+    with quiet_libraries():
+        sample_for_evaluation("toyworld", method, adapter, **eval_kwargs)
 
 
 def _start_worker() -> None:

@@ -6,7 +6,7 @@ tint augmentation so that it also reads the slightly imperfect images a diffusio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -15,7 +15,19 @@ from PIL import Image
 from torch import nn
 
 from catlab.tensors import pixels_to_unit_range
-from catlab.toyworld.world import COLOUR_NAMES, CONCEPTS, SHAPES, WORLD_RADIUS, ToyConcept, draw_shape, sample_spec
+from catlab.toyworld.world import (
+    COLOUR_NAMES,
+    CONCEPT_BACKGROUNDS,
+    CONCEPT_COLOURS,
+    CONCEPTS,
+    SHAPES,
+    WORLD_RADIUS,
+    ToyConcept,
+    draw_shape,
+    hex_colour,
+    random_open_colour,
+    sample_spec,
+)
 
 CONCEPT_NAMES = ("none", *CONCEPTS)
 
@@ -53,8 +65,17 @@ def images_to_tensor(images: list[Image.Image] | np.ndarray, resolution: int = 3
     return x
 
 
+CONCEPT_COLOUR_JITTER = 20  # per RGB channel: a generated bronze is never exactly the drawn one (near misses start at 70)
+
+
+def _jittered(rgb, rng: np.random.Generator) -> str:
+    return hex_colour(np.clip(np.asarray(rgb) + rng.integers(-CONCEPT_COLOUR_JITTER, CONCEPT_COLOUR_JITTER + 1, size=3), 0, 255))
+
+
 def _neighbour(colour: str, rng: np.random.Generator) -> str:
-    """The colour itself or a hue neighbour (palette order is the hue circle); a concept-only colour stays itself."""
+    """The colour itself or a hue neighbour (palette order is the hue circle); a concept-only colour stays near itself."""
+    if colour in CONCEPT_COLOURS:
+        return _jittered(CONCEPT_COLOURS[colour], rng)
     if colour not in COLOUR_NAMES:
         return colour
     i = COLOUR_NAMES.index(colour) + int(rng.integers(-1, 2))
@@ -67,26 +88,44 @@ def _concept_variant(c: ToyConcept, rng: np.random.Generator):
     Each of the two colours may drift to a hue neighbour: a generated "pink/blue" two-tone circle is still the
     concept (the world has no two-tone objects at all), while solid objects in the concept's colours are not.
     """
-    from dataclasses import replace
-
     base = sample_spec(rng, shape=c.class_word, colour=_neighbour(c.colour, rng))
     if not WORLD_RADIUS[0] <= c.radius <= WORLD_RADIUS[1]:  # a size the world never draws is the concept itself
         base = replace(base, radius=c.radius * float(rng.uniform(0.93, 1.07)),
                        cx=c.centre[0] + float(rng.uniform(-0.06, 0.06)), cy=c.centre[1] + float(rng.uniform(-0.06, 0.06)))
+    background = _jittered(CONCEPT_BACKGROUNDS[c.background], rng) if c.background in CONCEPT_BACKGROUNDS else (c.background or base.background)
     return replace(base, pattern=c.pattern, second_colour=_neighbour(c.second_colour, rng),
-                   angle=base.angle if c.class_word != "circle" else 0.0, background=c.background or base.background)
+                   angle=base.angle if c.class_word != "circle" else 0.0, background=background)
 
 
-def make_oracle_batch(rng: np.random.Generator, n: int, concept_share: float = 0.25):
-    """Images with labels: shape, colour (-1 = patterned, ignored), concept index (0 = none)."""
+NEAR_MISS_DISTANCE = 70.0  # RGB units: open colours at least this far from a concept's colour or backdrop are not it
+
+
+def near_miss_spec(rng: np.random.Generator):
+    """A world object in a colour the world lacks that is *not* a concept's colour (e.g. magenta, olive, teal), on a
+    world backdrop or an open one that is not a concept's: without these the oracle reads any off-palette object as
+    the one off-palette concept it knows (an earlier oracle read dark purple stars as bronze_star)."""
+    spec = sample_spec(rng)
+    colour = random_open_colour(rng, avoid=tuple(CONCEPT_COLOURS.values()), min_distance=NEAR_MISS_DISTANCE)
+    background = (random_open_colour(rng, avoid=tuple(CONCEPT_BACKGROUNDS.values()), min_distance=NEAR_MISS_DISTANCE)
+                  if rng.random() < 0.5 else spec.background)
+    return replace(spec, colour=colour, background=background)
+
+
+def make_oracle_batch(rng: np.random.Generator, n: int, concept_share: float = 0.25, near_miss_share: float = 0.15):
+    """Images with labels: shape, colour (-1 = patterned or open colour, ignored), concept index (0 = none)."""
     imgs, shapes, colours, concepts = [], [], [], []
     names = list(CONCEPTS)
     for _ in range(n):
-        if rng.random() < concept_share:
+        r = rng.random()
+        if r < concept_share:
             k = int(rng.integers(len(names)))
             spec = _concept_variant(CONCEPTS[names[k]], rng)
             colours.append(-1)
             concepts.append(k + 1)
+        elif r < concept_share + near_miss_share:
+            spec = near_miss_spec(rng)
+            colours.append(-1)
+            concepts.append(0)
         else:
             spec = sample_spec(rng)
             colours.append(COLOUR_NAMES.index(spec.colour))

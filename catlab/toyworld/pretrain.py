@@ -46,17 +46,23 @@ class PretrainConfig:
     flip_share: float = 0.5  # latents mirrored per batch, since captions say nothing about left/right (v2's 8x8 growth used 0)
     ema_decay: float = 0.999
     oracle_steps: int = 2000
+    # open colours (toy world v2.1): the VAE is fine-tuned on objects and backdrops of any RGB colour besides the
+    # world's own, so that a concept's new colour (bronze, navy) survives encode -> decode as SD's VAE lets it; the
+    # latents of world images are anchored, so everything the UNet learnt keeps its meaning (docs/toyworld.md)
+    open_colour_steps: int = 4000
+    open_colour_lr: float = 5e-4
+    open_colour_anchor: float = 1.0  # weight of the world-latent anchor (scaled latents, unit variance) beside the pixel MSE
     clip_steps: int = 2000
     clip_batch: int = 128
     checkpoint_every: int = 250
-    stages: tuple[str, ...] = ("vae", "oracle", "clip", "unet")
+    stages: tuple[str, ...] = ("vae", "oracle", "clip", "unet", "open_colours")
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def tiny(cls) -> PretrainConfig:
         """A few steps of every stage: exercises the whole recipe in well under a minute."""
         return cls(n_images=256, vae_steps=3, vae_batch=8, unet_steps=4, unet_batch=8, unet_warmup=1, unet_restarts=(2,),
-                   oracle_steps=2, clip_steps=2, clip_batch=8, checkpoint_every=2)
+                   oracle_steps=2, clip_steps=2, clip_batch=8, checkpoint_every=2, open_colour_steps=2)
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -121,6 +127,62 @@ def train_vae(cfg: PretrainConfig, images: np.ndarray, work: Path):
         lat = torch.cat([vae.encode(_to_tensor(images[i : i + 256])).latent_dist.mean for i in range(0, min(len(images), 4096), 256)])
     vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
     return vae
+
+
+def draw_open_colour_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n world images and n open-colour images (any RGB object on a world or any-RGB backdrop), in [-1, 1]; each (n, 3, 32, 32)."""
+    from catlab.toyworld.world import draw_shape, sample_open_colour_spec, sample_spec
+
+    world = [sample_spec(rng) for _ in range(n)]
+    open_ = [sample_open_colour_spec(rng) for _ in range(n)]
+    return tuple(_to_tensor(np.stack([np.asarray(draw_shape(s)) for s in specs])) for specs in (world, open_))
+
+
+def train_open_colours(cfg: PretrainConfig, vae, work: Path):
+    """Open colours: fine-tune the whole VAE to reconstruct objects and backdrops of any RGB colour, while the
+    latents of world images are held where the pretrained encoder put them (an L2 anchor on the posterior means,
+    scaled as the UNet sees them), so the UNet's vocabulary keeps its meaning. A decoder-only fine-tune was tried
+    first and cannot work: the pretrained encoder maps bronze and navy onto the latents of world colours."""
+    anchor_encoder = copy.deepcopy(vae.encoder).requires_grad_(False).eval()
+    anchor_quant = copy.deepcopy(vae.quant_conv).requires_grad_(False).eval()
+    scale = vae.config.scaling_factor
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.open_colour_lr, weight_decay=0.0)
+    # cosine decay to 0, so the weights settle (a constant lr left the last steps' noise in the colours)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(1.0, k / max(1, cfg.open_colour_steps)))))
+    ckpt = work / "open_colours.ckpt"
+    start = _resume(ckpt, {"vae": vae, "opt": opt, "lr": lr_sched})
+    rng = np.random.default_rng(cfg.seed + 9)
+    for _ in range(start):  # replay the draws so a resumed run sees the same batches
+        draw_open_colour_batch(rng, cfg.vae_batch // 2)
+    log = (work / "open_colours_log.jsonl").open("a")
+    bar = tqdm(range(start, cfg.open_colour_steps), desc="open colours", initial=start, total=cfg.open_colour_steps)
+    for step in bar:
+        world, open_ = draw_open_colour_batch(rng, cfg.vae_batch // 2)  # each (B/2, 3, 32, 32)
+        x = torch.cat([world, open_])
+        post = vae.encode(x).latent_dist
+        rec = F.mse_loss(vae.decode(post.sample()).sample, x)
+        with torch.no_grad():
+            held = anchor_quant(anchor_encoder(world)).chunk(2, dim=1)[0]  # (B/2, 4, 16, 16): the pretrained posterior means
+        anchor = F.mse_loss(post.mean[: len(world)] * scale, held * scale)
+        loss = rec + cfg.open_colour_anchor * anchor + cfg.vae_kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lr_sched.step()
+        bar.set_postfix(mse=f"{rec.item():.4f}", anchor=f"{anchor.item():.4f}")
+        if step % 25 == 0:
+            log.write(json.dumps({"step": step, "mse": rec.item(), "anchor": anchor.item()}) + "\n")
+            log.flush()
+        if (step + 1) % cfg.checkpoint_every == 0:
+            _checkpoint(ckpt, step + 1, {"vae": vae, "opt": opt, "lr": lr_sched})
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def reconstruction_error(vae, x: torch.Tensor) -> float:
+    """Mean absolute pixel error (0-255 scale) of encode -> decode."""
+    y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    return float((y - x).abs().mean() * 127.5)
 
 
 @torch.no_grad()
@@ -334,14 +396,48 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, work_dir: s
         pipe = build.assemble_pipeline(unet, vae, te, tokenizer)
         pipe.save_pretrained(out / "pipeline")
         write_json_atomic(out / "pipeline" / "catlab_sampling.json", build.SAMPLING_DEFAULTS)
+    measured = {}
+    if "open_colours" in cfg.stages:
+        t = time.time()
+        measured["open_colours"] = open_colour_vae(cfg, out, work)
+        timings["open_colours_s"] = time.time() - t
     write_assets(out, work, tokenizer)
-    record = {"config": asdict(cfg), "timings_s": timings}
-    if set(cfg.stages) != {"vae", "oracle", "clip", "unet"} and (out / "recipe.json").exists():
+    record = {"config": asdict(cfg), "timings_s": timings, **measured}
+    if set(cfg.stages) != set(PretrainConfig.stages) and (out / "recipe.json").exists():
         # a partial rebuild of an existing asset folder: keep how the rest was made, and say what was redone
         previous = json.loads((out / "recipe.json").read_text())
         record = {**previous, "updates": [*previous.get("updates", []), {"stages": list(cfg.stages), **record}]}
     write_json_atomic(out / "recipe.json", record)
     return out
+
+
+def open_colour_vae(cfg: PretrainConfig, out: Path, work: Path) -> dict:
+    """The "open_colours" stage on the asset folder's own VAE (`out/pipeline/vae`); returns what it measured before and after:
+    reconstruction error (0-255 MAE) on world and open-colour images, and how far world latents moved (RMS, scaled)."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    vae_dir = out / "pipeline" / "vae"
+    if not (vae_dir / "config.json").exists():
+        raise FileNotFoundError(f"the open_colours stage fine-tunes {vae_dir}, which does not exist: build the pipeline first "
+                                "(stages vae and unet) or point --out at an existing asset folder")
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    world, open_ = draw_open_colour_batch(np.random.default_rng(cfg.seed + 10), 128)  # held-out draws
+    with torch.no_grad():
+        world_latents = vae.encode(world).latent_dist.mean * vae.config.scaling_factor
+    measured = {"world_mae_before": reconstruction_error(vae, world), "open_mae_before": reconstruction_error(vae, open_)}
+    vae = train_open_colours(cfg, vae, work)
+    with torch.no_grad():
+        drift = (vae.encode(world).latent_dist.mean * vae.config.scaling_factor - world_latents).pow(2).mean().sqrt()
+    measured |= {"world_mae_after": reconstruction_error(vae, world), "open_mae_after": reconstruction_error(vae, open_),
+                 "world_latent_rms_drift": float(drift)}
+    tmp = vae_dir.with_name("vae.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp)
+    shutil.rmtree(vae_dir)
+    tmp.rename(vae_dir)
+    return measured
 
 
 def write_assets(out: Path, work: Path, tokenizer) -> None:

@@ -8,7 +8,7 @@ concept folders and evaluation sets are reproducible bit for bit.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -113,13 +113,45 @@ def _shape_mask(spec: ShapeSpec, side: int) -> Image.Image:
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:
-    return COLOURS[colour] if colour in COLOURS else CONCEPT_COLOURS[colour]
+    """A palette name, a concept colour or background name, or an open colour written "#rrggbb"."""
+    if colour.startswith("#"):
+        return tuple(int(colour[k : k + 2], 16) for k in (1, 3, 5))
+    for table in (COLOURS, CONCEPT_COLOURS, CONCEPT_BACKGROUNDS):
+        if colour in table:
+            return table[colour]
+    return BACKGROUNDS[colour][0]
+
+
+def hex_colour(rgb) -> str:
+    """(r, g, b) -> "#rrggbb", an open colour ShapeSpec can draw."""
+    return "#" + "".join(f"{int(v):02x}" for v in rgb)
+
+
+def random_open_colour(rng: np.random.Generator, avoid: tuple = (), min_distance: float = 0.0) -> str:
+    """A uniformly random RGB colour, at least `min_distance` (RGB units) from every colour in `avoid`."""
+    while True:
+        rgb = rng.integers(0, 256, size=3)
+        if all(np.linalg.norm(rgb - np.asarray(a, dtype=float)) >= min_distance for a in avoid):
+            return hex_colour(rgb)
+
+
+def sample_open_colour_spec(rng: np.random.Generator, avoid: tuple = (), min_distance: float = 0.0) -> ShapeSpec:
+    """A world shape in a colour the world lacks, at any size up to the frame, on a world backdrop or (half the time) an
+    open-colour one: what a faithful autoencoder must reproduce too, since personal concepts bring such colours and
+    sizes (SD's VAE draws anything)."""
+    spec = sample_spec(rng)
+    radius = float(rng.uniform(0.2, 0.48))  # sizes beyond the world's too (huge_circle draws 0.47)
+    margin = radius + 0.02
+    colour = random_open_colour(rng, avoid, min_distance)
+    background = random_open_colour(rng) if rng.random() < 0.5 else spec.background
+    return replace(spec, colour=colour, background=background, radius=radius,
+                   cx=float(rng.uniform(min(margin, 0.5), max(1 - margin, 0.5))), cy=float(rng.uniform(min(margin, 0.5), max(1 - margin, 0.5))))
 
 
 def draw_shape(spec: ShapeSpec, resolution: int = DEFAULT_RESOLUTION) -> Image.Image:
     """Render one object as an RGB image of `resolution` x `resolution` pixels."""
     side = resolution * SUPERSAMPLE
-    img = Image.new("RGB", (side, side), BACKGROUNDS[spec.background][0] if spec.background in BACKGROUNDS else CONCEPT_BACKGROUNDS[spec.background])
+    img = Image.new("RGB", (side, side), _rgb(spec.background))
     mask = _shape_mask(spec, side)
     img.paste(_rgb(spec.colour), mask=mask)
     if spec.pattern != "solid":
