@@ -27,7 +27,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seeds", type=int, default=3, help="number of training seeds (default: 3)")
     p.add_argument("--first-seed", type=int, default=0, help="first training seed (default: 0; seeds are consecutive)")
-    p.add_argument("--concept", default="bronze_star", help="toy concept (default: bronze_star; `catlab toyworld concepts` lists them)")
+    p.add_argument("--concept", default="circle_on_navy", help="toy concept (default: circle_on_navy; `catlab toyworld concepts` lists them)")
     p.add_argument("--quick", action="store_true", help="a few steps and samples: checks the plumbing in under 2 minutes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--workers", type=int, default=None,

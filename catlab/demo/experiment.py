@@ -72,7 +72,7 @@ def _train_config(regime: str, seed: int, recipe: DemoRecipe, concept, out: Path
 
 
 @quiet_libraries()  # the terminal shows catlab's progress and results, not the libraries' notices
-def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "bronze_star", quick: bool = False,
+def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "circle_on_navy", quick: bool = False,
              overwrite: bool = False, recipe: DemoRecipe | None = None, first_seed: int = 0, workers: int | None = None) -> dict:
     """Train, evaluate and report; returns the tables and the report path.
 
