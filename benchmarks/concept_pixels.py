@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-MARGIN = 70.0  # RGB units, as catlab.toyworld.oracle.NEAR_MISS_DISTANCE
+from catlab.toyworld.oracle import NEAR_MISS_DISTANCE as MARGIN  # RGB units: the oracle's near misses start here
 
 
 def object_and_backdrop(path: Path) -> tuple[np.ndarray | None, np.ndarray]:

@@ -7,7 +7,8 @@ Prints: shape / colour accuracy and the share read as "none" on 400 world images
 the reading of one drawn blue circle per radius around the world's largest size (0.40); the share of 200 near
 misses (world shapes in open colours at least 70 RGB units from every concept colour) read as some concept; and,
 per concept, the share of its photos read as the concept after a round trip through the pipeline's autoencoder
-(encode -> decode: the best any adapter can draw) with the mean pixel error of that trip. Used for
+(encode -> decode: the best any adapter can draw) with the mean pixel error of that trip and the median colour at
+the centre (the object) and in the corner (the backdrop) before and after it. Used for
 docs/toyworld.md (the oracle after huge_circle was added; the open-colour autoencoder and near-miss oracle).
 """
 
@@ -22,10 +23,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--assets", default=None, help="toy-world asset folder (default: the shipped one, or $CATLAB_TOYWORLD_DIR)")
     args = ap.parse_args()
-    import torch
-
     from catlab.models import load_base
     from catlab.toyworld.assets import load_oracle
+    from catlab.toyworld.open_colours import round_trip
     from catlab.toyworld.oracle import images_to_tensor, near_miss_spec, read_images
     from catlab.toyworld.world import CONCEPTS, ShapeSpec, concept_images, draw_shape, make_world_dataset
 
@@ -49,11 +49,13 @@ def main() -> None:
     for name in CONCEPTS:
         photos, _ = concept_images(name, seed=99, n=20)
         x = images_to_tensor(photos)
-        with torch.no_grad():
-            y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)  # (20, 3, 32, 32)
+        y = round_trip(vae, x)  # (20, 3, 32, 32)
         trip = ((y + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        drawn = np.stack([np.asarray(p.convert("RGB")) for p in photos])  # (20, 32, 32, 3)
+        centre, corner = (lambda a: np.median(a[:, 15:17, 15:17].reshape(-1, 3), 0).astype(int).tolist()), (lambda a: np.median(a[:, :2, :2].reshape(-1, 3), 0).astype(int).tolist())
         print(f"{name} through the autoencoder: {sum(c == name for c in read_images(oracle, trip).concept)} of 20 read as the concept, "
-              f"mean pixel error {float((y - x).abs().mean() * 127.5):.1f}")
+              f"mean pixel error {float((y - x).abs().mean() * 127.5):.1f}; median RGB at the centre {tuple(centre(drawn))} -> "
+              f"{tuple(centre(trip))}, in the corner {tuple(corner(drawn))} -> {tuple(corner(trip))}")
 
 
 if __name__ == "__main__":

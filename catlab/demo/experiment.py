@@ -174,6 +174,7 @@ def _train_all(configs, workers: int, names: list[str], eval_kwargs: dict) -> li
 
     if workers == 1:
         return [train(cfg) for cfg in configs]
+    from catlab.evaluation.protocol import start_one_thread_worker
     from catlab.evaluation.scoring import BASE
 
     bar = tqdm(total=2 * len(configs) + 1, desc=f"training {len(configs)} adapters and sampling them, {workers} at a time", unit="job")
@@ -181,7 +182,7 @@ def _train_all(configs, workers: int, names: list[str], eval_kwargs: dict) -> li
     # long run at the end: the demo's nine runs finish about a minute sooner than in seed order on 2 cores
     longest_first = sorted(range(len(configs)), key=lambda k: RUN_COST_RANK.get(configs[k].regime, len(RUN_COST_RANK)))
     results: dict[int, object] = {}
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_one_thread_worker) as pool:
         training = {pool.submit(_train_quietly, configs[k]): k for k in longest_first}
         sampling = {pool.submit(_sample_quietly, BASE, None, eval_kwargs)}
         while training or sampling:
@@ -204,12 +205,6 @@ def _sample_quietly(method: str, adapter, eval_kwargs: dict) -> None:
 
     with quiet_libraries():
         sample_for_evaluation("toyworld", method, adapter, **eval_kwargs)
-
-
-def _start_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _train_quietly(cfg):

@@ -202,7 +202,8 @@ def _has_cuda() -> bool:
 _WORKER_PIPES: dict[str, Any] = {}  # one pipeline per worker process, loaded by its first job
 
 
-def _start_generation_worker() -> None:
+def start_one_thread_worker() -> None:
+    """Process-pool initializer: one torch thread per worker (a tiny UNet keeps one thread busy)."""
     import torch
 
     torch.set_num_threads(1)
@@ -232,7 +233,7 @@ def _generate_in_workers(base: str, jobs: list, gen_kwargs: dict, workers: int) 
     from tqdm.auto import tqdm
 
     workers = min(workers, len(jobs))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_generation_worker) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_one_thread_worker) as pool:
         futures = [pool.submit(_generate_method_in_worker, base, m, a, dict(p), gen_kwargs) for m, a, p in jobs]
         bar = tqdm(as_completed(futures), total=len(futures), desc=f"sampling {len(jobs)} models, {workers} at a time", unit="model",
                    disable=not gen_kwargs.get("progress", True))

@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from catlab.files import replace_atomically, write_json_atomic
+from catlab.files import write_json_atomic
 from catlab.tensors import encode_prompts, pixels_to_unit_range, tokenize
 from catlab.toyworld import build
+from catlab.toyworld.open_colours import open_colour_vae
 from catlab.toyworld.oracle import Oracle, augment, make_oracle_batch
+from catlab.toyworld.stage_checkpoints import resume_stage, save_stage_checkpoint
 from catlab.toyworld.world import make_world_dataset
 
 
@@ -65,10 +67,6 @@ class PretrainConfig:
                    oracle_steps=2, clip_steps=2, clip_batch=8, checkpoint_every=2, open_colour_steps=2)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
-
-
 def _world_data(cfg: PretrainConfig, work: Path):
     cache = work / f"world_{cfg.n_images}_{cfg.seed}.npz"
     if cache.exists():
@@ -86,26 +84,12 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return pixels_to_unit_range(images)  # (N, 3, 32, 32) in [-1, 1]
 
 
-def _resume(path: Path, objs: dict) -> int:
-    if not path.exists():
-        return 0
-    state = torch.load(path, weights_only=True)  # tensors, numbers and strings only: no pickle
-    for k, obj in objs.items():
-        obj.load_state_dict(state[k])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
-
-
-def _checkpoint(path: Path, step: int, objs: dict) -> None:
-    _atomic_torch_save({**{k: o.state_dict() for k, o in objs.items()}, "step": step, "torch_rng": torch.get_rng_state()}, path)
-
-
 def train_vae(cfg: PretrainConfig, images: np.ndarray, work: Path):
     """Autoencoder stage; sets `scaling_factor` so latents have unit variance, as SD does (0.18215)."""
     vae = build.build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     ckpt = work / "vae.ckpt"
-    start = _resume(ckpt, {"vae": vae, "opt": opt})
+    start = resume_stage(ckpt, {"vae": vae, "opt": opt})
     g = np.random.default_rng(cfg.seed + 1)
     for _ in range(start):  # replay the index stream so a resumed run sees the same batches
         g.integers(len(images), size=cfg.vae_batch)
@@ -121,68 +105,12 @@ def train_vae(cfg: PretrainConfig, images: np.ndarray, work: Path):
         opt.step()
         bar.set_postfix(mse=f"{rec.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0:
-            _checkpoint(ckpt, step + 1, {"vae": vae, "opt": opt})
+            save_stage_checkpoint(ckpt, step + 1, {"vae": vae, "opt": opt})
     vae.eval()
     with torch.no_grad():
         lat = torch.cat([vae.encode(_to_tensor(images[i : i + 256])).latent_dist.mean for i in range(0, min(len(images), 4096), 256)])
     vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
     return vae
-
-
-def draw_open_colour_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n world images and n open-colour images (any RGB object on a world or any-RGB backdrop), in [-1, 1]; each (n, 3, 32, 32)."""
-    from catlab.toyworld.world import draw_shape, sample_open_colour_spec, sample_spec
-
-    world = [sample_spec(rng) for _ in range(n)]
-    open_ = [sample_open_colour_spec(rng) for _ in range(n)]
-    return tuple(_to_tensor(np.stack([np.asarray(draw_shape(s)) for s in specs])) for specs in (world, open_))
-
-
-def train_open_colours(cfg: PretrainConfig, vae, work: Path):
-    """Open colours: fine-tune the whole VAE to reconstruct objects and backdrops of any RGB colour, while the
-    latents of world images are held where the pretrained encoder put them (an L2 anchor on the posterior means,
-    scaled as the UNet sees them), so the UNet's vocabulary keeps its meaning. A decoder-only fine-tune was tried
-    first and cannot work: the pretrained encoder maps bronze and navy onto the latents of world colours."""
-    anchor_encoder = copy.deepcopy(vae.encoder).requires_grad_(False).eval()
-    anchor_quant = copy.deepcopy(vae.quant_conv).requires_grad_(False).eval()
-    scale = vae.config.scaling_factor
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.open_colour_lr, weight_decay=0.0)
-    # cosine decay to 0, so the weights settle (a constant lr left the last steps' noise in the colours)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(1.0, k / max(1, cfg.open_colour_steps)))))
-    ckpt = work / "open_colours.ckpt"
-    start = _resume(ckpt, {"vae": vae, "opt": opt, "lr": lr_sched})
-    rng = np.random.default_rng(cfg.seed + 9)
-    for _ in range(start):  # replay the draws so a resumed run sees the same batches
-        draw_open_colour_batch(rng, cfg.vae_batch // 2)
-    log = (work / "open_colours_log.jsonl").open("a")
-    bar = tqdm(range(start, cfg.open_colour_steps), desc="open colours", initial=start, total=cfg.open_colour_steps)
-    for step in bar:
-        world, open_ = draw_open_colour_batch(rng, cfg.vae_batch // 2)  # each (B/2, 3, 32, 32)
-        x = torch.cat([world, open_])
-        post = vae.encode(x).latent_dist
-        rec = F.mse_loss(vae.decode(post.sample()).sample, x)
-        with torch.no_grad():
-            held = anchor_quant(anchor_encoder(world)).chunk(2, dim=1)[0]  # (B/2, 4, 16, 16): the pretrained posterior means
-        anchor = F.mse_loss(post.mean[: len(world)] * scale, held * scale)
-        loss = rec + cfg.open_colour_anchor * anchor + cfg.vae_kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lr_sched.step()
-        bar.set_postfix(mse=f"{rec.item():.4f}", anchor=f"{anchor.item():.4f}")
-        if step % 25 == 0:
-            log.write(json.dumps({"step": step, "mse": rec.item(), "anchor": anchor.item()}) + "\n")
-            log.flush()
-        if (step + 1) % cfg.checkpoint_every == 0:
-            _checkpoint(ckpt, step + 1, {"vae": vae, "opt": opt, "lr": lr_sched})
-    return vae.eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def reconstruction_error(vae, x: torch.Tensor) -> float:
-    """Mean absolute pixel error (0-255 scale) of encode -> decode."""
-    y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-    return float((y - x).abs().mean() * 127.5)
 
 
 @torch.no_grad()
@@ -246,7 +174,7 @@ def train_unet(cfg: PretrainConfig, latents: torch.Tensor, specs: list[dict], to
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     objs = {"unet": unet, "te": text_encoder, "ema_unet": ema_unet, "ema_te": ema_te, "opt": opt, "lr": lr_sched}
     ckpt = work / "unet.ckpt"
-    start = _resume(ckpt, objs)
+    start = resume_stage(ckpt, objs)
     rng = np.random.default_rng(cfg.seed + 3)
     for _ in range(start):  # replay the data draws of the steps already done
         draw_batch(latents, specs, rng, cfg.unet_batch, cfg.flip_share)
@@ -270,7 +198,7 @@ def train_unet(cfg: PretrainConfig, latents: torch.Tensor, specs: list[dict], to
             log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr_sched.get_last_lr()[0], "elapsed_s": time.time() - t0}) + "\n")
             log.flush()
         if (step + 1) % cfg.checkpoint_every == 0:
-            _checkpoint(ckpt, step + 1, objs)
+            save_stage_checkpoint(ckpt, step + 1, objs)
     return ema_unet, ema_te
 
 
@@ -409,35 +337,6 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, work_dir: s
         record = {**previous, "updates": [*previous.get("updates", []), {"stages": list(cfg.stages), **record}]}
     write_json_atomic(out / "recipe.json", record)
     return out
-
-
-def open_colour_vae(cfg: PretrainConfig, out: Path, work: Path) -> dict:
-    """The "open_colours" stage on the asset folder's own VAE (`out/pipeline/vae`); returns what it measured before and after:
-    reconstruction error (0-255 MAE) on world and open-colour images, and how far world latents moved (RMS, scaled)."""
-    import shutil
-
-    from diffusers import AutoencoderKL
-
-    vae_dir = out / "pipeline" / "vae"
-    if not (vae_dir / "config.json").exists():
-        raise FileNotFoundError(f"the open_colours stage fine-tunes {vae_dir}, which does not exist: build the pipeline first "
-                                "(stages vae and unet) or point --out at an existing asset folder")
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
-    world, open_ = draw_open_colour_batch(np.random.default_rng(cfg.seed + 10), 128)  # held-out draws
-    with torch.no_grad():
-        world_latents = vae.encode(world).latent_dist.mean * vae.config.scaling_factor
-    measured = {"world_mae_before": reconstruction_error(vae, world), "open_mae_before": reconstruction_error(vae, open_)}
-    vae = train_open_colours(cfg, vae, work)
-    with torch.no_grad():
-        drift = (vae.encode(world).latent_dist.mean * vae.config.scaling_factor - world_latents).pow(2).mean().sqrt()
-    measured |= {"world_mae_after": reconstruction_error(vae, world), "open_mae_after": reconstruction_error(vae, open_),
-                 "world_latent_rms_drift": float(drift)}
-    tmp = vae_dir.with_name("vae.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(tmp)
-    shutil.rmtree(vae_dir)
-    tmp.rename(vae_dir)
-    return measured
 
 
 def write_assets(out: Path, work: Path, tokenizer) -> None:
