@@ -52,7 +52,7 @@ def train_variant(job: tuple) -> str:
     from catlab.toyworld.world import CONCEPTS
 
     demo, concept, seed, name, fields, recipe = job
-    ran = {"cat_guidance": 0.0,  # a recipe.json written before the guided term existed ran without it
+    ran = {"cat_guidance": 0.0, "lr_scheduler": "constant",  # what a recipe.json written before these fields existed ran with
            **{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in DemoRecipe.__dataclass_fields__}}
     in_recipe = {k: v for k, v in fields.items() if k in DemoRecipe.__dataclass_fields__}  # applied together, checked once
     cfg = _train_config("cat", seed, DemoRecipe(**{**ran, **in_recipe}), CONCEPTS[concept], Path(demo))

@@ -214,7 +214,7 @@ def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs:
     rerun = rerun or f"catlab demo --out {out} --overwrite"
     cost_txt = costs.to_string(index=False, float_format=lambda v: f"{v:.2f}")
     intro = (f"Toy concept `{concept.name}`: trigger `{concept.trigger}`, class `{concept.class_word}`. Each method trained with the same "
-             f"data, {recipe.steps} steps, lr {recipe.learning_rate}, rank {recipe.rank}, batch {recipe.batch_size}, over {n_seeds} training "
+             f"data, {recipe.steps} steps, lr {recipe.learning_rate} ({getattr(recipe, 'lr_scheduler', 'constant')}), rank {recipe.rank}, batch {recipe.batch_size}, over {n_seeds} training "
              f"seed(s); evaluated on {recipe.eval_seeds} sampling seeds per prompt"
              + (", guidance's unconditional branch from the base model" if getattr(recipe, "unconditional", "adapted") == "base" else "")
              + f". Scores: mean ± std over training seeds. "
