@@ -49,3 +49,22 @@ def test_unconditional_source_trains_a_variant_and_scores_both_branches(toyworld
     with pytest.raises(subprocess.CalledProcessError):
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "unconditional_source.py"), str(demo), "--variant", "lambda=2"],
                        check=True, capture_output=True, timeout=120, cwd=tmp_path)
+
+
+def test_per_seed_counts_class_colour_changes_against_the_base(tmp_path):
+    """Hand-made readings: seed 0 keeps its colour under both adapters, seed 1 turns red -> green under both."""
+    import pandas as pd
+
+    eval_dir = tmp_path / "demo" / "eval"
+    eval_dir.mkdir(parents=True)
+    rows = [("base", 0, "red"), ("base", 1, "red"), ("cat_s0", 0, "red"), ("cat_s0", 1, "green"), ("cat_s1", 0, "red"), ("cat_s1", 1, "green")]
+    pd.DataFrame([{"method": m, "kind": "class", "seed": s, "oracle_colour": c} for m, s, c in rows]
+                 + [{"method": "cat_s0", "kind": "trigger", "seed": 0, "oracle_colour": "blue"}]).to_csv(eval_dir / "per_image.csv", index=False)
+    pd.DataFrame([{"method": m, "identity_acc_mean": 1.0, "collapse_rate_mean": 0.0, "paired_preservation_mean": 0.5,
+                   "colour_distance_mean": 0.5} for m in ("cat_s0", "cat_s1")]).to_csv(eval_dir / "summary.csv", index=False)
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "per_seed.py"), str(tmp_path / "demo")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert re.search(r"red -> green\s+2\b", res.stdout), res.stdout
+    assert "red -> red" not in res.stdout and "blue" not in res.stdout
+    assert "0: 1.000 / 0.000 / 0.500 / 0.500" in res.stdout

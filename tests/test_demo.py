@@ -72,3 +72,18 @@ def test_demo_runs_side_by_side_train_the_same_adapters_as_one_at_a_time(tiny_as
     for fa, fb in zip(a["image"], b["image"]):
         pa, pb = (np.asarray(Image.open(root / "eval" / f), dtype=float) for root, f in ((tmp_path / "serial", fa), (tmp_path / "parallel", fb)))
         assert np.abs(pa - pb).mean() < 1.0, f"{fa}: sampled in a worker, the image differs from the one sampled in-process"
+
+
+def test_every_recipe_field_the_trainer_knows_reaches_its_config(tmp_path):
+    """A DemoRecipe field with a TrainConfig namesake (lr_scheduler, cat_lambda, ...) must be what the demo trains with."""
+    from catlab.config import TrainConfig
+    from catlab.demo.experiment import DemoRecipe, _train_config
+    from catlab.toyworld.world import CONCEPTS
+
+    shared = set(DemoRecipe.__dataclass_fields__) & set(TrainConfig.__dataclass_fields__)
+    assert "lr_scheduler" in shared and "cat_lambda" in shared
+    recipe = DemoRecipe(lr_scheduler="linear", cat_lambda=2.0, rank=2)  # not the defaults, so a dropped field shows
+    cfg = _train_config("cat", 0, recipe, CONCEPTS["circle_on_navy"], tmp_path)
+    for name in sorted(shared):
+        got, want = getattr(cfg, name), getattr(recipe, name)
+        assert (list(got) if isinstance(got, (list, tuple)) else got) == (list(want) if isinstance(want, (list, tuple)) else want), name
