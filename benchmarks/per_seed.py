@@ -1,6 +1,6 @@
 """Per training seed, what a demo folder's means hide: each adapter's scores, and where its class samples' colours went.
 
-    python benchmarks/per_seed.py runs/headline6/huge_circle runs/heldout6/huge_circle [--method cat]
+    python benchmarks/per_seed.py runs/headline7/huge_circle runs/heldout7/huge_circle [--method cat]
 
 For each demo folder (from `catlab demo` or benchmarks/headline.py) it prints, per adapter, the oracle's identity /
 collapse / paired preservation / colour distance (from eval/summary.csv), then, over all the folders' adapters of
