@@ -26,6 +26,7 @@ def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch,
         assert f"<th>{col.replace('_', '_<wbr>')}</th>" in html
     assert "`" not in html.split("<body>")[1], "Markdown backticks must become <code> in the HTML report"
     assert "Rerun: <code>catlab demo --out" in html and "--quick" in html.split("Rerun:")[1]
+    assert "CAT's term: λ" in (out / "report.md").read_text(), "the report names CAT's settings"
     table = pd.read_csv(out / "table.csv")
     assert list(table["method"]) == ["base model", "LoRA", "DreamBooth-LoRA", "CAT"]
     assert set(COLUMNS) <= set(table.columns)
@@ -87,3 +88,15 @@ def test_every_recipe_field_the_trainer_knows_reaches_its_config(tmp_path):
     for name in sorted(shared):
         got, want = getattr(cfg, name), getattr(recipe, name)
         assert (list(got) if isinstance(got, (list, tuple)) else got) == (list(want) if isinstance(want, (list, tuple)) else want), name
+
+
+def test_the_report_names_cat_terms_settings():
+    """The report says what CAT's term held, so a reader need not open recipe.json to tell the paper's from the demo's."""
+    from catlab.demo.experiment import DemoRecipe
+    from catlab.demo.report import describe_cat_term
+
+    assert describe_cat_term(DemoRecipe()) == "CAT's term: λ 4 on the guided class prediction (scale 3), at the base model's class images"
+    paper = DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_anchor="concept")
+    assert describe_cat_term(paper) == "CAT's term: λ 1 on the trigger-free prediction, at the concept's images"
+    assert describe_cat_term(DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_null_share=0.5)).endswith(
+        "λ 1 on the trigger-free prediction (the caption empty on 50% of the rows), at the base model's class images")

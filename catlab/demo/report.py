@@ -199,6 +199,17 @@ def _html_scores(table: pd.DataFrame) -> str:
     return cells.to_html(index=False, classes="scores", border=0, escape=False)
 
 
+def describe_cat_term(recipe) -> str:
+    """CAT's term in words, as the recipe sets it: its weight, what it holds and on which images."""
+    guidance = getattr(recipe, "cat_guidance", 0.0)
+    null_share = getattr(recipe, "cat_null_share", 0.0)
+    held = f"the guided class prediction (scale {guidance:g})" if guidance else "the trigger-free prediction"
+    if null_share:
+        held += f" (the caption empty on {null_share:.0%} of the rows)"
+    images = "the base model's class images" if getattr(recipe, "cat_anchor", "concept") == "class" else "the concept's images"
+    return f"CAT's term: λ {recipe.cat_lambda:g} on {held}, at {images}"
+
+
 def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs: pd.DataFrame, runs: list[DemoRun], concept,
                  recipe, n_seeds: int, total_s: float, rerun: str | None = None) -> Path:
     """report.md + PNGs + a self-contained report.html in `out`; returns the HTML path. `rerun`: the command that
@@ -215,7 +226,7 @@ def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs:
     cost_txt = costs.to_string(index=False, float_format=lambda v: f"{v:.2f}")
     intro = (f"Toy concept `{concept.name}`: trigger `{concept.trigger}`, class `{concept.class_word}`. Each method trained with the same "
              f"data, {recipe.steps} steps, lr {recipe.learning_rate} ({getattr(recipe, 'lr_scheduler', 'constant')}), rank {recipe.rank}, batch {recipe.batch_size}, over {n_seeds} training "
-             f"seed(s); evaluated on {recipe.eval_seeds} sampling seeds per prompt"
+             f"seed(s); {describe_cat_term(recipe)}; evaluated on {recipe.eval_seeds} sampling seeds per prompt"
              + (", guidance's unconditional branch from the base model" if getattr(recipe, "unconditional", "adapted") == "base" else "")
              + f". Scores: mean ± std over training seeds. "
              f"IS, KP, KPS, PRES in [0, 1] (CLIP (cos+1)/2); colour entropy normalised to [0, 1]; collapse rate = share of class-prompt "
