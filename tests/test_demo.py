@@ -95,7 +95,8 @@ def test_the_report_names_cat_terms_settings():
     from catlab.demo.experiment import DemoRecipe
     from catlab.demo.report import describe_cat_term
 
-    assert describe_cat_term(DemoRecipe()) == "CAT's term: λ 4 on the guided class prediction (scale 3), at the base model's class images"
+    guided = DemoRecipe(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class")  # the demo's term, spelt out so a new default does not break this
+    assert describe_cat_term(guided) == "CAT's term: λ 4 on the guided class prediction (scale 3), at the base model's class images"
     paper = DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_anchor="concept")
     assert describe_cat_term(paper) == "CAT's term: λ 1 on the trigger-free prediction, at the concept's images"
     assert describe_cat_term(DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_null_share=0.5)).endswith(
