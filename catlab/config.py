@@ -45,6 +45,9 @@ class TrainConfig:
     # "replace" it by the class word, "sks on a rug" -> "circle on a rug"
     trigger_free: str = "drop"
     cat_every: int = 1  # amortised CAT: apply the term every k-th step only (k=1: every step), scaled by k
+    # share of each batch whose rows also carry the CAT term (with cat_anchor "class": anchor images per step, as a
+    # share of batch_size); below 1 a CAT step costs less (docs/training.md, "Cheaper CAT")
+    cat_share: float = 1.0
     cat_null_share: float = 0.0  # share of the CAT rows whose trigger-free caption is "" (CFG's unconditional branch, see docs/training.md)
     # where the CAT term looks: "concept" = the concept's own noisy latents (the paper); "class" = noisy latents of
     # images the base model drew for the class prompt (generated once, like DreamBooth's), which is where class
@@ -110,6 +113,8 @@ class TrainConfig:
         if self.cat_guidance and (self.cat_guidance <= 1 or self.cat_null_share):
             problems.append(f"cat_guidance={self.cat_guidance}: use 0 (off) or the sampling guidance scale (> 1), with cat_null_share 0 "
                             f"(it is {self.cat_null_share}): the guided term holds the empty caption itself")
+        if not 0.0 < self.cat_share <= 1.0:
+            problems.append(f"cat_share={self.cat_share}: must be above 0 and at most 1 (a share of the batch; 1 = every row)")
         if not 0.0 <= self.cat_null_share <= 1.0:
             problems.append(f"cat_null_share={self.cat_null_share}: must be between 0 and 1 (a share of the batch)")
         for name in ("cat_lambda", "prior_loss_weight", "learning_rate", "lora_dropout"):

@@ -199,6 +199,25 @@ def test_cat_anchor_class_puts_the_cat_term_on_the_base_models_class_images(toyw
         TrainConfig(cat_anchor="prior")
 
 
+def test_cat_share_puts_the_cat_term_on_fewer_rows(toyworld_env, concept_dir, tmp_path, monkeypatch):
+    import catlab.training.loop as train_module
+
+    seen = []
+
+    def spy(unet, noisy, t, cond, cond_free, target, **kw):
+        seen.append((noisy.shape[0], kw.get("anchors"), cond_free.shape[0], kw["cat_share"]))
+        return cat_loss(unet, noisy, t, cond, cond_free, target, **kw)
+
+    monkeypatch.setattr(train_module, "cat_loss", spy)
+    train(_cfg(concept_dir, tmp_path / "share", steps=1, batch_size=4, cat_share=0.5))
+    train(_cfg(concept_dir, tmp_path / "share_anchor", steps=1, batch_size=4, cat_share=0.5, cat_anchor="class", num_class_images=3))
+    (n, anchors, n_free, share), (n_a, anchors_a, n_free_a, share_a) = seen
+    assert (n, anchors, n_free, share) == (4, None, 2, 0.5), "the paper's rows: the first half of the concept rows"
+    assert n_a == 4 and anchors_a[0].shape[0] == 2 and n_free_a == 2 and share_a == 0.5, "two anchor images, not four"
+    with pytest.raises(ValueError, match="cat_share=0"):
+        TrainConfig(cat_share=0)
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="regime='bogus'"):
         TrainConfig(regime="bogus")

@@ -43,6 +43,7 @@ class DemoRecipe:
     # the concept; with the cosine decay, 4 costs no identity and holds huge_circle's class a little closer than 3
     # (paired 0.76 -> 0.80), and 3 had missed the colour-distance bar on seeds 6-8 (docs/results.md)
     cat_lambda: float = 4.0
+    cat_share: float = 1.0  # anchor images per step, as a share of the batch
     cat_null_share: float = 0.0  # the guided term holds the empty caption itself
     cat_anchor: str = "class"
     cat_guidance: float = 3.0
@@ -70,7 +71,7 @@ def _train_config(regime: str, seed: int, recipe: DemoRecipe, concept, out: Path
         concepts=[ConceptConfig(str(out / "concept"), concept.trigger, concept.class_word)], output_dir=str(out / "runs" / f"{regime}_seed{seed}"),
         regime=regime, seed=seed, steps=recipe.steps, learning_rate=recipe.learning_rate, lr_scheduler=recipe.lr_scheduler, rank=recipe.rank, batch_size=recipe.batch_size,
         target_modules=list(recipe.target_modules),
-        cat_lambda=recipe.cat_lambda, cat_null_share=recipe.cat_null_share, cat_anchor=recipe.cat_anchor, cat_guidance=recipe.cat_guidance,
+        cat_lambda=recipe.cat_lambda, cat_share=recipe.cat_share, cat_null_share=recipe.cat_null_share, cat_anchor=recipe.cat_anchor, cat_guidance=recipe.cat_guidance,
         prior_loss_weight=recipe.prior_loss_weight, num_class_images=recipe.num_class_images,
         class_images_dir=str(out / "class_images"), random_flip=False,  # the two-tone concepts are not mirror-symmetric
         checkpoint_every=0, validate_every=0, log_every=10,

@@ -97,10 +97,13 @@ def compute_losses(run: TrainingRun, i: int) -> LossTerms:
     captions = [it["caption"] for it in items]
     trigger_free = [it["trigger_free_caption"] for it in items]
     n_concept = len(items)
+    n_cat = max(1, round(cfg.batch_size * cfg.cat_share))  # rows that carry the CAT term (cat_share < 1: cheaper steps)
     if run.anchored:  # the CAT rows look at the base model's own class images, captioned with their class prompt
-        ai = rng.integers(len(run.class_images), size=cfg.batch_size)
-        pixels = torch.cat([pixels, run.class_images[ai]])  # (2B, 3, R, R): concept images, then anchors
+        ai = rng.integers(len(run.class_images), size=n_cat)
+        pixels = torch.cat([pixels, run.class_images[ai]])  # (B + n_cat, 3, R, R): concept images, then anchors
         trigger_free = [run.class_prompts[k] for k in ai]
+    elif cfg.regime == "cat":
+        trigger_free = trigger_free[:n_cat]  # the paper's rows: the first n_cat concept images, trigger dropped
     if cfg.regime == "cat" and cfg.cat_null_share > 0:
         # classifier-free guidance samples with eps(c) and eps(""): an adapter that shifts eps("") while CAT holds
         # eps(c_free) moves guided class samples *away* from the concept; holding eps("") too prevents that
@@ -132,8 +135,9 @@ def compute_losses(run: TrainingRun, i: int) -> LossTerms:
         if run.anchored:  # concept rows train the trigger, anchor rows carry the CAT term
             return cat_loss(run.unet, noisy[:n_concept], t[:n_concept], cond, cond_free, target[:n_concept], lam=lam,
                             weights=None if weights is None else weights[:n_concept], anchors=(noisy[n_concept:], t[n_concept:]),
-                            guidance=cfg.cat_guidance, cond_null=cond_null)
-        return cat_loss(run.unet, noisy, t, cond, cond_free, target, lam=lam, weights=weights, guidance=cfg.cat_guidance, cond_null=cond_null)
+                            cat_share=cfg.cat_share, guidance=cfg.cat_guidance, cond_null=cond_null)
+        return cat_loss(run.unet, noisy, t, cond, cond_free, target, lam=lam, cat_share=cfg.cat_share, weights=weights,
+                        guidance=cfg.cat_guidance, cond_null=cond_null)
 
 
 def start_run(cfg: TrainConfig, resume: bool = False) -> tuple[TrainingRun, int]:
