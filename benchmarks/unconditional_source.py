@@ -52,7 +52,7 @@ def train_variant(job: tuple) -> str:
     from catlab.toyworld.world import CONCEPTS
 
     demo, concept, seed, name, fields, recipe = job
-    ran = {"cat_guidance": 0.0, "lr_scheduler": "constant",  # what a recipe.json written before these fields existed ran with
+    ran = {"cat_guidance": 0.0, "lr_scheduler": "constant", "cat_share": 1.0,  # what a recipe.json written before these fields existed ran with
            **{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in DemoRecipe.__dataclass_fields__}}
     in_recipe = {k: v for k, v in fields.items() if k in DemoRecipe.__dataclass_fields__}  # applied together, checked once
     cfg = _train_config("cat", seed, DemoRecipe(**{**ran, **in_recipe}), CONCEPTS[concept], Path(demo))
@@ -110,12 +110,15 @@ def main() -> int:
             shutil.copytree(demo / "eval" / "images", out / "images")  # the demo's own samples: same keys, no new sampling
         # by name and two one-thread workers, as the demo samples (same image cache keys)
         res = evaluate("toyworld", adapters, concept=demo / "concept", trigger=c.trigger, class_word=c.class_word,
-                       templates=("a {trigger} {class}",), seeds=recipe["eval_seeds"], oracle=oracle, out_dir=out,
+                       templates=("a {trigger} {class}",), seeds=recipe["eval_seeds"],
+                       trigger_seeds=recipe.get("eval_trigger_seeds"), oracle=oracle, out_dir=out,
                        unconditional=source, progress=False, workers=2)
         s = res.summary.set_index("method")[list(COLUMNS)].rename(columns=COLUMNS)
         s["setting"] = [m.rsplit("_s", 1)[0] for m in s.index]
         tables[source] = s
-    print(f"\n{concept}: {len(seeds)} training seeds, {recipe['eval_seeds']} sampling seeds; mean ± std over training seeds")
+    trigger_seeds = recipe.get("eval_trigger_seeds", recipe["eval_seeds"])  # older demo folders drew both prompts on eval_seeds
+    print(f"\n{concept}: {len(seeds)} training seeds, {recipe['eval_seeds']} class-prompt and {trigger_seeds} trigger-prompt sampling seeds; "
+          "mean ± std over training seeds")
     for source, s in tables.items():
         g = s.groupby("setting", sort=False)
         mean, std = g.mean(numeric_only=True), g.std(numeric_only=True).fillna(0.0)

@@ -54,6 +54,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--class-word", required=True, help="class word, e.g. circle")
     p.add_argument("--embedder", default="toyworld", help="'toyworld', a CLIP folder or hub id (default: toyworld)")
     p.add_argument("--seeds", type=int, default=8, help="seeds per prompt (default: 8)")
+    p.add_argument("--trigger-seeds", type=int, default=None, metavar="N",
+                   help="seeds for the trigger prompts, if not --seeds (e.g. fewer: identity is a rate, the class needs many samples)")
     p.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
     p.add_argument("--dino", metavar="PATH", default=None,
                    help="add DreamBooth's DINO score (raw cosine) with this ViT/DINOv2 folder or hub id, e.g. facebook/dino-vits16")
@@ -270,7 +272,7 @@ def _evaluate(args) -> int:
     real = {"dino": getattr(args, "dino", None), "clip": getattr(args, "clip", None)}  # --dino PATH, --clip [PATH]
     try:
         res = evaluate(args.base, adapters, args.concept, trigger=args.trigger, class_word=args.class_word, seeds=args.seeds,
-                       embedder=args.embedder, oracle=oracle, out_dir=args.out, unconditional=args.unconditional,
+                       trigger_seeds=args.trigger_seeds, embedder=args.embedder, oracle=oracle, out_dir=args.out, unconditional=args.unconditional,
                        **{k: v for k, v in real.items() if v is not None})
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"catlab: error: {e}") from e

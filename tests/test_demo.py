@@ -95,9 +95,22 @@ def test_the_report_names_cat_terms_settings():
     from catlab.demo.experiment import DemoRecipe
     from catlab.demo.report import describe_cat_term
 
-    guided = DemoRecipe(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class")  # the demo's term, spelt out so a new default does not break this
+    guided = DemoRecipe(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=1.0)  # spelt out so a new default does not break this
     assert describe_cat_term(guided) == "CAT's term: λ 4 on the guided class prediction (scale 3), at the base model's class images"
-    paper = DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_anchor="concept")
+    fewer = DemoRecipe(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=0.5, batch_size=4)
+    assert describe_cat_term(fewer) == ("CAT's term: λ 4 on the guided class prediction (scale 3), at 2 of the base model's class images "
+                                        "per step (beside 4 concept images)")
+    paper = DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_anchor="concept", cat_share=1.0)
     assert describe_cat_term(paper) == "CAT's term: λ 1 on the trigger-free prediction, at the concept's images"
-    assert describe_cat_term(DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_null_share=0.5)).endswith(
+    half = DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_anchor="concept", cat_share=0.5, batch_size=4)
+    assert describe_cat_term(half) == "CAT's term: λ 1 on the trigger-free prediction, at 2 of each step's 4 concept images"
+    assert describe_cat_term(DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_null_share=0.5, cat_share=1.0)).endswith(
         "λ 1 on the trigger-free prediction (the caption empty on 50% of the rows), at the base model's class images")
+
+
+def test_the_report_says_how_many_seeds_each_prompt_had():
+    from catlab.demo.experiment import DemoRecipe
+    from catlab.demo.report import describe_eval_seeds
+
+    assert describe_eval_seeds(DemoRecipe(eval_seeds=48, eval_trigger_seeds=48)) == "48 sampling seeds per prompt"
+    assert describe_eval_seeds(DemoRecipe(eval_seeds=48, eval_trigger_seeds=24)) == "48 sampling seeds for the class prompt and 24 for the trigger prompt"

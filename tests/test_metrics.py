@@ -356,7 +356,8 @@ def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_r
     out, clip = tmp_path / "eval", tiny_clip_root / "clip"
 
     assert main(["eval", "--base", str(tmp_path / "pipe"), "--adapter", f"lora={tmp_path / 'lora'}", "--concept", str(concept),
-                 "--trigger", "sks", "--class-word", "circle", "--embedder", str(clip), "--seeds", "1", "--out", str(out)]) == 0
+                 "--trigger", "sks", "--class-word", "circle", "--embedder", str(clip), "--seeds", "1", "--trigger-seeds", "1",
+                 "--out", str(out)]) == 0
     cli_summary = pd.read_csv(out / "summary.csv")
     summary = cli_summary.set_index("method")
     assert summary.loc["base", "KP_mean"] == pytest.approx(1.0) and summary.loc["lora", "KP_mean"] < 1.0
@@ -371,6 +372,26 @@ def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_r
     df, again = E.evaluate(pipe, {"lora": tmp_path / "lora", "same": None}, concept, seeds=1, embedder=clip, out_dir=out, generate_fn=counted)
     assert calls == [] and again.set_index("method").loc["same", "KP_mean"] == pytest.approx(1.0)
     pd.testing.assert_frame_equal(again.iloc[:2], cli_summary, check_dtype=False)
+
+
+def test_evaluate_draws_trigger_prompts_on_their_own_seeds(tmp_path, adapters):
+    calls = []
+
+    def recording_generate(pipe, prompts, seeds, **kw):
+        calls.append((tuple(prompts), tuple(seeds)))
+        return fake_generate(pipe, prompts, seeds, **kw)
+
+    df, summary = run_eval(tmp_path / "eval", {"cat": adapters["cat"]}, templates=["a {trigger} {class}"], seeds=4, trigger_seeds=2,
+                           generate_fn=recording_generate)
+    assert calls == [(("a sks circle",), (0, 1)), (("a circle",), (0, 1, 2, 3))] * 2, "each prompt on its own seeds, nothing extra drawn"
+    assert sorted(df.loc[df.kind == "trigger", "seed"].unique()) == [0, 1] and sorted(df.loc[df.kind == "class", "seed"].unique()) == [0, 1, 2, 3]
+    s = summary.set_index("method")
+    assert (s["n_seeds"] == 4).all() and np.isfinite(s.loc["cat", ["IS_mean", "KP_mean", "KPS_mean"]].astype(float)).all()
+    seeds = S.per_seed_scores(df).set_index(["method", "seed"])
+    assert seeds.loc[("cat", 3), "KP"] > 0 and np.isnan(seeds.loc[("cat", 3), "IS"]), "seeds 2-3 have class samples only"
+    assert s.loc["cat", "IS_mean"] == pytest.approx(seeds.loc[[("cat", 0), ("cat", 1)], "IS"].mean())
+    with pytest.raises(ValueError, match="trigger_seeds must be a positive count"):
+        run_eval(tmp_path / "bad", {"cat": adapters["cat"]}, trigger_seeds=0)
 
 
 def test_evaluate_reports_paired_preservation_colour_distance_and_valid_rate(tmp_path, adapters):

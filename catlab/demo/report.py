@@ -199,6 +199,14 @@ def _html_scores(table: pd.DataFrame) -> str:
     return cells.to_html(index=False, classes="scores", border=0, escape=False)
 
 
+def describe_eval_seeds(recipe) -> str:
+    """How many sampling seeds each prompt was evaluated on."""
+    trigger_seeds = getattr(recipe, "eval_trigger_seeds", recipe.eval_seeds)
+    if trigger_seeds == recipe.eval_seeds:
+        return f"{recipe.eval_seeds} sampling seeds per prompt"
+    return f"{recipe.eval_seeds} sampling seeds for the class prompt and {trigger_seeds} for the trigger prompt"
+
+
 def describe_cat_term(recipe) -> str:
     """CAT's term in words, as the recipe sets it: its weight, what it holds and on which images."""
     guidance = getattr(recipe, "cat_guidance", 0.0)
@@ -206,7 +214,13 @@ def describe_cat_term(recipe) -> str:
     held = f"the guided class prediction (scale {guidance:g})" if guidance else "the trigger-free prediction"
     if null_share:
         held += f" (the caption empty on {null_share:.0%} of the rows)"
-    images = "the base model's class images" if getattr(recipe, "cat_anchor", "concept") == "class" else "the concept's images"
+    anchored = getattr(recipe, "cat_anchor", "concept") == "class"
+    images = "the base model's class images" if anchored else "the concept's images"
+    share = getattr(recipe, "cat_share", 1.0)
+    if share < 1:
+        rows = max(1, round(recipe.batch_size * share))
+        images = (f"{rows} of {images} per step (beside {recipe.batch_size} concept images)" if anchored
+                  else f"{rows} of each step's {recipe.batch_size} concept images")
     return f"CAT's term: λ {recipe.cat_lambda:g} on {held}, at {images}"
 
 
@@ -226,7 +240,7 @@ def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs:
     cost_txt = costs.to_string(index=False, float_format=lambda v: f"{v:.2f}")
     intro = (f"Toy concept `{concept.name}`: trigger `{concept.trigger}`, class `{concept.class_word}`. Each method trained with the same "
              f"data, {recipe.steps} steps, lr {recipe.learning_rate} ({getattr(recipe, 'lr_scheduler', 'constant')}), rank {recipe.rank}, batch {recipe.batch_size}, over {n_seeds} training "
-             f"seed(s); {describe_cat_term(recipe)}; evaluated on {recipe.eval_seeds} sampling seeds per prompt"
+             f"seed(s); {describe_cat_term(recipe)}; evaluated on {describe_eval_seeds(recipe)}"
              + (", guidance's unconditional branch from the base model" if getattr(recipe, "unconditional", "adapted") == "base" else "")
              + f". Scores: mean ± std over training seeds. "
              f"IS, KP, KPS, PRES in [0, 1] (CLIP (cos+1)/2); colour entropy normalised to [0, 1]; collapse rate = share of class-prompt "

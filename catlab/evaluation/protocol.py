@@ -149,21 +149,27 @@ def _generate_missing(paths: Mapping[tuple[str, int], Path], get_pipe: Callable,
     missing = [k for k, p in paths.items() if not p.is_file()]
     if not missing:
         return
-    prompts, seeds = list(dict.fromkeys(p for p, _ in missing)), list(dict.fromkeys(s for _, s in missing))
+    # prompts that miss the same seeds are drawn in one call (trigger prompts may have fewer seeds than class prompts)
+    seeds_of: dict[str, list[int]] = {}
+    for p, s in missing:
+        seeds_of.setdefault(p, []).append(s)
+    calls: dict[tuple[int, ...], list[str]] = {}
+    for p, ss in seeds_of.items():
+        calls.setdefault(tuple(ss), []).append(p)
     pipe = get_pipe()
     activate(pipe)
-    images = generate_fn(pipe, prompts, seeds, **gen_kwargs)  # images[prompt][seed]
-    if len(images) != len(prompts) or any(len(row) != len(seeds) for row in images):
-        raise ValueError(f"generate_fn returned {len(images)} rows of {[len(r) for r in images][:5]} images; "
-                         f"expected images[prompt][seed] for {len(prompts)} prompts x {len(seeds)} seeds")
-    for i, p in enumerate(prompts):
-        for j, s in enumerate(seeds):
-            if (p, s) in paths and not paths[(p, s)].is_file():
+    for seeds, prompts in calls.items():
+        images = generate_fn(pipe, prompts, list(seeds), **gen_kwargs)  # images[prompt][seed]
+        if len(images) != len(prompts) or any(len(row) != len(seeds) for row in images):
+            raise ValueError(f"generate_fn returned {len(images)} rows of {[len(r) for r in images][:5]} images; "
+                             f"expected images[prompt][seed] for {len(prompts)} prompts x {len(seeds)} seeds")
+        for i, p in enumerate(prompts):
+            for j, s in enumerate(seeds):
                 _save_png(images[i][j], paths[(p, s)])
 
 
 def _image_paths(out: Path, base_id: str, method: str, adapter: Path | None, prompts, seeds, num_inference_steps, guidance_scale,
-                 unconditional: str) -> tuple[Path, dict, dict[tuple[str, int], Path]]:
+                 unconditional: str, trigger_seeds=None) -> tuple[Path, dict, dict[tuple[str, int], Path]]:
     """Where evaluate caches one model's images: its folder, the settings that key it, and a path per (prompt, seed)."""
     settings = {"base": base_id, "adapter": None if adapter is None else _path_id(adapter),
                 "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
@@ -172,21 +178,32 @@ def _image_paths(out: Path, base_id: str, method: str, adapter: Path | None, pro
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     # the base model's images are shared by every method that is the base model
     folder = out / "images" / (f"{BASE}_{key}" if adapter is None else f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', method)}_{key}")
-    paths = {(p, s): folder / f"{_slug(p)}_s{s}.png" for _, tp, cp in prompts for p in (tp, cp) for s in seeds}
+    trigger_seeds = seeds if trigger_seeds is None else trigger_seeds
+    paths = {(p, s): folder / f"{_slug(p)}_s{s}.png" for _, tp, cp in prompts for p, ss in ((tp, trigger_seeds), (cp, seeds)) for s in ss}
     return folder, settings, paths
+
+
+def seed_list(seeds: int | Sequence[int], what: str = "seeds") -> list[int]:
+    """A count n -> [0, ..., n-1]; a list of distinct integers as given."""
+    out = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"evaluate: {what} must be a positive count or distinct integers, got {seeds}")
+    return out
 
 
 def sample_for_evaluation(base: str, method: str, adapter: str | Path | None, *, trigger: str, class_word: str,
                           templates: Sequence[str] = DEFAULT_TEMPLATES, seeds: int | Sequence[int] = 8, out_dir: str | Path = "runs/eval",
                           num_inference_steps: int | None = None, guidance_scale: float | None = None, batch_size: int = 32,
-                          unconditional: str = "adapted") -> None:
+                          unconditional: str = "adapted", trigger_seeds: int | Sequence[int] | None = None) -> None:
     """Draw one model's evaluation images into evaluate's cache, so that a later `evaluate` with the same arguments only
     scores them. For pipelines: the demo samples each adapter in the worker that has just trained it. The pipeline
     (`base`, a name or folder) is loaded once per process."""
     prompts = expand_templates(templates, trigger, class_word)
-    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    seeds = seed_list(seeds)
+    trigger_seeds = seeds if trigger_seeds is None else seed_list(trigger_seeds, "trigger_seeds")
     adapter = None if adapter is None else Path(adapter).expanduser()
-    _, _, paths = _image_paths(Path(out_dir), _base_id(base), method, adapter, prompts, seeds, num_inference_steps, guidance_scale, unconditional)
+    _, _, paths = _image_paths(Path(out_dir), _base_id(base), method, adapter, prompts, seeds, num_inference_steps, guidance_scale,
+                               unconditional, trigger_seeds)
     gen_kwargs = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "batch_size": batch_size, "progress": False}
     if unconditional != "adapted":
         gen_kwargs["unconditional"] = unconditional
@@ -260,7 +277,7 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
              num_inference_steps: int | None = None, guidance_scale: float | None = None, batch_size: int = 32,
              device: str | None = None, progress: bool = True, generate_fn: Callable | None = None,
              activate_fn: Callable | None = None, dino: Any = None, clip: Any = None, unconditional: str = "adapted",
-             workers: int = 1) -> EvalResult:
+             workers: int = 1, trigger_seeds: int | Sequence[int] | None = None) -> EvalResult:
     """Generate with the base model and each adapter on the same prompts x seeds, embed, score and summarise.
 
     base: a pipeline or 'toyworld' / folder / hub id. adapters: method name -> adapter path, or None for the base
@@ -278,6 +295,10 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
     unconditional="base" samples every adapter with classifier-free guidance's unconditional branch from the base
     model (catlab.sampling.guidance; generate_fn must then accept `unconditional`).
 
+    trigger_seeds (default: `seeds`) draws the trigger prompts on their own seeds, e.g. fewer: identity is a rate
+    over trigger samples, while the class's diversity and preservation need many class samples. KPS, the harmonic
+    mean of one seed's IS and KP, then covers the seeds that have both.
+
     workers > 1 generates the methods' images side by side in that many processes of one thread each (CPU only,
     base given by name or folder, default generate/activate functions): a tiny UNet keeps one thread busy, so two
     processes on two cores draw nearly twice as fast as one process on both.
@@ -289,9 +310,8 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
     check_unconditional(unconditional)
     c = load_concept(concept, trigger, class_word)
     prompts = expand_templates(templates, c.trigger, c.class_word)
-    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"evaluate: seeds must be a positive count or distinct integers, got {seeds}")
+    seeds = seed_list(seeds)
+    trigger_seeds = seeds if trigger_seeds is None else seed_list(trigger_seeds, "trigger_seeds")
     methods, out = _methods(adapters), Path(out_dir)
     # loaded before generating, so a wrong folder fails in seconds, not after the images
     embedder = load_embedder(embedder, device=device)
@@ -325,13 +345,14 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
 
     base_id, rows, to_generate = _base_id(base), [], []
     for method, adapter in methods.items():
-        folder, settings, paths = _image_paths(out, base_id, method, adapter, prompts, seeds, num_inference_steps, guidance_scale, unconditional)
+        folder, settings, paths = _image_paths(out, base_id, method, adapter, prompts, seeds, num_inference_steps, guidance_scale,
+                                               unconditional, trigger_seeds)
         to_generate.append((method, adapter, paths))
         write_json_atomic(folder / "settings.json", settings)
         for template, tp, cp in prompts:
-            for kind, p in (("trigger", tp), ("class", cp)):
+            for kind, p, ss in (("trigger", tp, trigger_seeds), ("class", cp, seeds)):
                 rows += [{"method": method, "kind": kind, "template": template, "prompt": p, "seed": s,
-                          "image": paths[(p, s)].relative_to(out).as_posix()} for s in seeds]
+                          "image": paths[(p, s)].relative_to(out).as_posix()} for s in ss]
     pending = [(m, a, p) for m, a, p in to_generate if any(not f.is_file() for f in p.values())]
     if in_workers and len(pending) > 1:
         _generate_in_workers(str(base), pending, gen_kwargs, workers)
