@@ -43,7 +43,7 @@ class DemoRecipe:
     # the concept; with the cosine decay, 4 costs no identity and holds huge_circle's class a little closer than 3
     # (paired 0.76 -> 0.80), and 3 had missed the colour-distance bar on seeds 6-8 (docs/results.md)
     cat_lambda: float = 4.0
-    # 2 class images per step carry the term beside the 4 concept images, not 4: a CAT step then costs 1.7x a plain
+    # 2 class images per step carry the term beside the 4 concept images, not 4: a CAT step then costs 2.1x a plain
     # LoRA step instead of 2.8x (the demo's cost table), which keeps the demo well inside its 10 minutes; tried on
     # huge_circle, training seeds 0-2, it held the class about as well as 4 (paired 0.76 vs 0.80, colour distance 0.111 vs
     # 0.125, identity 0.86 vs 0.90; docs/results.md)
