@@ -272,7 +272,7 @@ def _evaluate(args) -> int:
     real = {"dino": getattr(args, "dino", None), "clip": getattr(args, "clip", None)}  # --dino PATH, --clip [PATH]
     try:
         res = evaluate(args.base, adapters, args.concept, trigger=args.trigger, class_word=args.class_word, seeds=args.seeds,
-                       trigger_seeds=args.trigger_seeds, embedder=args.embedder, oracle=oracle, out_dir=args.out, unconditional=args.unconditional,
+                       trigger_seeds=getattr(args, "trigger_seeds", None), embedder=args.embedder, oracle=oracle, out_dir=args.out, unconditional=args.unconditional,
                        **{k: v for k, v in real.items() if v is not None})
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"catlab: error: {e}") from e

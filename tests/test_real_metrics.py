@@ -297,6 +297,8 @@ def test_eval_cli_passes_dino_and_clip_through(tmp_path, monkeypatch, capsys):
     assert "dino" not in seen[-1] and "clip" not in seen[-1] and seen[-1]["unconditional"] == "adapted"
     assert cli._evaluate(argparse.Namespace(**{**common, "unconditional": "base"})) == 0
     assert seen[-1]["unconditional"] == "base"
+    assert cli._evaluate(argparse.Namespace(**common, trigger_seeds=3)) == 0
+    assert seen[-1]["trigger_seeds"] == 3 and seen[-1]["seeds"] == 1
     assert cli._evaluate(argparse.Namespace(**common, dino="facebook/dino-vits16", clip=True)) == 0
     assert seen[-1]["dino"] == "facebook/dino-vits16" and seen[-1]["clip"] is True
     assert "backbones: IS: (cos + 1) / 2 of CLIP ViT-B/32 (openai/clip-vit-base-patch32)" in capsys.readouterr().out
