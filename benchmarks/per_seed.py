@@ -1,11 +1,13 @@
 """Per training seed, what a demo folder's means hide: each adapter's scores, and where its class samples' colours went.
 
-    python benchmarks/per_seed.py runs/headline7/huge_circle runs/heldout7/huge_circle [--method cat]
+    python benchmarks/per_seed.py runs/headline8/huge_circle runs/heldout8/huge_circle [--method cat] [--trigger-seeds 24]
 
 For each demo folder (from `catlab demo` or benchmarks/headline.py) it prints, per adapter, the oracle's identity /
 collapse / paired preservation / colour distance (from eval/summary.csv), then, over all the folders' adapters of
 `--method`, the commonest colour changes of class samples against the base model's sample from the same seed
 (from eval/per_image.csv): a drift with a direction (e.g. towards the opposite hue) shows as a few large counts.
+`--trigger-seeds N` also scores each method's identity on the trigger samples of the first N sampling seeds only,
+beside all of them: what a smaller trigger set would have measured on the same images.
 """
 
 from __future__ import annotations
@@ -32,11 +34,19 @@ def colour_changes(per_image, method: str) -> Counter:
     return changes
 
 
+def identity_on_first_seeds(per_image, method: str, n: int) -> tuple[float, float]:
+    """Oracle identity of the `method` adapters (mean over adapters) on all trigger samples, and on the first n seeds'."""
+    trig = per_image[(per_image.kind == "trigger") & per_image.method.str.startswith(f"{method}_s")]
+    first = trig[trig.seed.isin(sorted(trig.seed.unique())[:n])]
+    return float(trig.groupby("method").identity_ok.mean().mean()), float(first.groupby("method").identity_ok.mean().mean())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("demos", nargs="+", type=Path, help="demo folders, each with eval/summary.csv and eval/per_image.csv")
     ap.add_argument("--method", default="cat", choices=METHODS, help="whose colour changes to count")
     ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--trigger-seeds", type=int, default=None, metavar="N", help="also score identity on the first N trigger seeds")
     args = ap.parse_args()
     import pandas as pd
 
@@ -50,7 +60,12 @@ def main() -> int:
         for method in METHODS:
             rows = [m for m in s.index if m.startswith(f"{method}_s")]
             print(f"  {method:<12}" + ", ".join(f"{m.rsplit('_s', 1)[1]}: " + " / ".join(f"{s.loc[m, c]:.3f}" for c in SCORES) for m in rows))
-        total += colour_changes(pd.read_csv(per_image), args.method)
+        images = pd.read_csv(per_image)
+        if args.trigger_seeds:
+            print(f"  identity on all trigger samples -> on the first {args.trigger_seeds} seeds: " + ", ".join(
+                f"{method} {all_:.2f} -> {first:.2f}" for method in METHODS
+                for all_, first in [identity_on_first_seeds(images, method, args.trigger_seeds)]))
+        total += colour_changes(images, args.method)
     print(f"\n{args.method}: commonest class-sample colour changes against the base model on the same seed, over all folders:")
     for change, n in total.most_common(args.top):
         print(f"  {change:<22} {n}")

@@ -157,6 +157,11 @@ class TrainConfig:
             raise ValueError(f"invalid training config: {e}") from e
 
 
+def cat_row_count(batch_size: int, cat_share: float) -> int:
+    """Rows of a batch that carry the CAT term (at least one): with cat_anchor "class", the class images per step."""
+    return max(1, round(batch_size * cat_share))
+
+
 def _type_problems(cfg) -> list[str]:
     """Fields whose value has the wrong type ('steps: ten', '--set rank=true'), from the annotations."""
     problems = []

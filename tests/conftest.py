@@ -35,3 +35,19 @@ def concept_dir(tmp_path_factory):
     from catlab.toyworld.world import export_concept
 
     return export_concept("two_tone_circle", tmp_path_factory.mktemp("concept") / "two_tone_circle")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_root(tmp_path_factory):
+    """An untrained toy CLIP saved exactly as the pretraining recipe saves it (seconds, not the minute of `tiny_assets`)."""
+    import torch
+
+    from catlab.toyworld import build
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("toy_assets")
+    tok = build.build_tokenizer()
+    build.build_clip(tok).save_pretrained(root / "clip")
+    tok.save_pretrained(root / "clip")
+    build.build_clip_image_processor().save_pretrained(root / "clip")
+    return root

@@ -58,8 +58,9 @@ def test_per_seed_counts_class_colour_changes_against_the_base(tmp_path):
     eval_dir = tmp_path / "demo" / "eval"
     eval_dir.mkdir(parents=True)
     rows = [("base", 0, "red"), ("base", 1, "red"), ("cat_s0", 0, "red"), ("cat_s0", 1, "green"), ("cat_s1", 0, "red"), ("cat_s1", 1, "green")]
-    pd.DataFrame([{"method": m, "kind": "class", "seed": s, "oracle_colour": c} for m, s, c in rows]
-                 + [{"method": "cat_s0", "kind": "trigger", "seed": 0, "oracle_colour": "blue"}]).to_csv(eval_dir / "per_image.csv", index=False)
+    trigger = [{"method": m, "kind": "trigger", "seed": s, "oracle_colour": "blue", "identity_ok": ok}
+               for m, s, ok in [("cat_s0", 0, 1.0), ("cat_s0", 1, 0.0), ("cat_s1", 0, 1.0), ("cat_s1", 1, 1.0)]]
+    pd.DataFrame([{"method": m, "kind": "class", "seed": s, "oracle_colour": c} for m, s, c in rows] + trigger).to_csv(eval_dir / "per_image.csv", index=False)
     pd.DataFrame([{"method": m, "identity_acc_mean": 1.0, "collapse_rate_mean": 0.0, "paired_preservation_mean": 0.5,
                    "colour_distance_mean": 0.5} for m in ("cat_s0", "cat_s1")]).to_csv(eval_dir / "summary.csv", index=False)
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "per_seed.py"), str(tmp_path / "demo")],
@@ -68,3 +69,7 @@ def test_per_seed_counts_class_colour_changes_against_the_base(tmp_path):
     assert re.search(r"red -> green\s+2\b", res.stdout), res.stdout
     assert "red -> red" not in res.stdout and "blue" not in res.stdout
     assert "0: 1.000 / 0.000 / 0.500 / 0.500" in res.stdout
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "per_seed.py"), str(tmp_path / "demo"), "--trigger-seeds", "1"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "cat 0.75 -> 1.00" in res.stdout, res.stdout  # seeds 0-1: (0.5 + 1) / 2; seed 0 only: 1

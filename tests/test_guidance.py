@@ -70,7 +70,7 @@ def test_sampling_with_the_base_unconditional_branch(toyworld_env):
 
 @pytest.mark.filterwarnings("ignore:prompt similarity")  # the stand-in embedder has no text tower
 def test_evaluate_keeps_apart_the_images_of_each_unconditional_source(tmp_path):
-    from test_metrics import FakePipe, fake_activate, fake_generate, solid
+    from eval_fakes import FakePipe, fake_activate, fake_generate, solid
 
     import catlab.evaluation.protocol as E
     from catlab.evaluation.embedders import CallableEmbedder

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from catlab.config import cat_row_count
 from catlab.files import save_image_atomic, write_text_atomic
 from catlab.sampling.grids import image_grid
 
@@ -218,7 +219,7 @@ def describe_cat_term(recipe) -> str:
     images = "the base model's class images" if anchored else "the concept's images"
     share = getattr(recipe, "cat_share", 1.0)
     if share < 1:
-        rows = max(1, round(recipe.batch_size * share))
+        rows = cat_row_count(recipe.batch_size, share)
         images = (f"{rows} of {images} per step (beside {recipe.batch_size} concept images)" if anchored
                   else f"{rows} of each step's {recipe.batch_size} concept images")
     return f"CAT's term: λ {recipe.cat_lambda:g} on {held}, at {images}"

@@ -169,7 +169,7 @@ def _generate_missing(paths: Mapping[tuple[str, int], Path], get_pipe: Callable,
 
 
 def _image_paths(out: Path, base_id: str, method: str, adapter: Path | None, prompts, seeds, num_inference_steps, guidance_scale,
-                 unconditional: str, trigger_seeds=None) -> tuple[Path, dict, dict[tuple[str, int], Path]]:
+                 unconditional: str, trigger_seeds: list[int]) -> tuple[Path, dict, dict[tuple[str, int], Path]]:
     """Where evaluate caches one model's images: its folder, the settings that key it, and a path per (prompt, seed)."""
     settings = {"base": base_id, "adapter": None if adapter is None else _path_id(adapter),
                 "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
@@ -178,17 +178,20 @@ def _image_paths(out: Path, base_id: str, method: str, adapter: Path | None, pro
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     # the base model's images are shared by every method that is the base model
     folder = out / "images" / (f"{BASE}_{key}" if adapter is None else f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', method)}_{key}")
-    trigger_seeds = seeds if trigger_seeds is None else trigger_seeds
     paths = {(p, s): folder / f"{_slug(p)}_s{s}.png" for _, tp, cp in prompts for p, ss in ((tp, trigger_seeds), (cp, seeds)) for s in ss}
     return folder, settings, paths
 
 
-def seed_list(seeds: int | Sequence[int], what: str = "seeds") -> list[int]:
-    """A count n -> [0, ..., n-1]; a list of distinct integers as given."""
-    out = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not out or len(set(out)) != len(out):
-        raise ValueError(f"evaluate: {what} must be a positive count or distinct integers, got {seeds}")
-    return out
+def _seed_lists(seeds: int | Sequence[int], trigger_seeds: int | Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """(class-prompt seeds, trigger-prompt seeds): a count n -> [0, ..., n-1], a list of distinct integers as given;
+    trigger_seeds None -> the same as seeds."""
+    out = []
+    for what, value in (("seeds", seeds), ("trigger_seeds", seeds if trigger_seeds is None else trigger_seeds)):
+        listed = list(range(value)) if isinstance(value, int) else [int(s) for s in value]
+        if not listed or len(set(listed)) != len(listed):
+            raise ValueError(f"evaluate: {what} must be a positive count or distinct integers, got {value}")
+        out.append(listed)
+    return out[0], out[1]
 
 
 def sample_for_evaluation(base: str, method: str, adapter: str | Path | None, *, trigger: str, class_word: str,
@@ -199,8 +202,7 @@ def sample_for_evaluation(base: str, method: str, adapter: str | Path | None, *,
     scores them. For pipelines: the demo samples each adapter in the worker that has just trained it. The pipeline
     (`base`, a name or folder) is loaded once per process."""
     prompts = expand_templates(templates, trigger, class_word)
-    seeds = seed_list(seeds)
-    trigger_seeds = seeds if trigger_seeds is None else seed_list(trigger_seeds, "trigger_seeds")
+    seeds, trigger_seeds = _seed_lists(seeds, trigger_seeds)
     adapter = None if adapter is None else Path(adapter).expanduser()
     _, _, paths = _image_paths(Path(out_dir), _base_id(base), method, adapter, prompts, seeds, num_inference_steps, guidance_scale,
                                unconditional, trigger_seeds)
@@ -310,8 +312,7 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
     check_unconditional(unconditional)
     c = load_concept(concept, trigger, class_word)
     prompts = expand_templates(templates, c.trigger, c.class_word)
-    seeds = seed_list(seeds)
-    trigger_seeds = seeds if trigger_seeds is None else seed_list(trigger_seeds, "trigger_seeds")
+    seeds, trigger_seeds = _seed_lists(seeds, trigger_seeds)
     methods, out = _methods(adapters), Path(out_dir)
     # loaded before generating, so a wrong folder fails in seconds, not after the images
     embedder = load_embedder(embedder, device=device)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from catlab.config import TrainConfig, save_config
+from catlab.config import TrainConfig, cat_row_count, save_config
 from catlab.models import add_lora, configured_resolution, load_base, lora_parameters, native_resolution, save_lora
 from catlab.training.callbacks import TrainCallback, TrainResult
 from catlab.training.checkpoints import latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
@@ -97,7 +97,7 @@ def compute_losses(run: TrainingRun, i: int) -> LossTerms:
     captions = [it["caption"] for it in items]
     trigger_free = [it["trigger_free_caption"] for it in items]
     n_concept = len(items)
-    n_cat = max(1, round(cfg.batch_size * cfg.cat_share))  # rows that carry the CAT term (cat_share < 1: cheaper steps)
+    n_cat = cat_row_count(cfg.batch_size, cfg.cat_share)  # rows that carry the CAT term (cat_share < 1: cheaper steps)
     if run.anchored:  # the CAT rows look at the base model's own class images, captioned with their class prompt
         ai = rng.integers(len(run.class_images), size=n_cat)
         pixels = torch.cat([pixels, run.class_images[ai]])  # (B + n_cat, 3, R, R): concept images, then anchors
