@@ -5,7 +5,7 @@
 
 UNet steps: each round runs every variant once, in turn, so machine noise hits all of them alike; the script
 prints median step times and their ratio to plain LoRA, for each batch size. Forward + backward + AdamW step of
-the LoRA parameters; everything else (VAE, text encoder) is excluded because all regimes share it. Then whole
+the LoRA parameters (fused on a CPU, as in training; one row measures torch's default one-tensor-at-a-time AdamW); everything else (VAE, text encoder) is excluded because all regimes share it. Then whole
 steps of `catlab.training.loop` (data, VAE, text, UNet, optimizer), the regimes alternated, and the cost of switching the
 adapters off and on for CAT's base pass.
 """
@@ -40,7 +40,9 @@ def make_unet(args):
 
 def measure_unet_steps(unet, params, b: int, seq: int, dim: int, args) -> tuple[dict[str, float], dict[str, float]]:
     """Median seconds per UNet step for each regime at batch b (and CUDA peak GiB); variants interleaved."""
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    fused = True if unet.device.type == "cpu" else None  # as catlab.training.loop
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=fused)
+    one_at_a_time = torch.optim.AdamW(params, lr=1e-4, foreach=False)  # torch's default on a CPU
     device, dtype = unet.device, unet.dtype
     c, s = unet.config.in_channels, unet.config.sample_size
     z = torch.randn(b, c, s, s, device=device, dtype=dtype)
@@ -49,14 +51,16 @@ def measure_unet_steps(unet, params, b: int, seq: int, dim: int, args) -> tuple[
     cond_free = torch.randn(b, seq, dim, device=device, dtype=dtype)
     target = torch.randn_like(z)
     z2, t2, cond2, target2 = torch.cat([z, z]), torch.cat([t, t]), torch.cat([cond, cond_free]), torch.cat([target, target])
+    h = max(1, b // 2)  # DreamBooth with prior_share 0.5: B instance rows + B/2 class rows
+    z3, t3, cond3, target3 = z2[: b + h], t2[: b + h], cond2[: b + h], target2[: b + h]
 
-    def step(fn):
+    def step(fn, optimizer=opt):
         def run():
             with torch.autocast(device.type, dtype=torch.float16, enabled=args.sd15_gpu):
                 terms = fn()
             terms.loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         return run
 
     variants = {
@@ -66,7 +70,12 @@ def measure_unet_steps(unet, params, b: int, seq: int, dim: int, args) -> tuple[
         "CAT on half the batch": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0, cat_share=0.5)),
         "DreamBooth prior preservation (B instance + B class)": step(
             lambda: prior_preservation_loss(unet(z2, t2, encoder_hidden_states=cond2).sample, target2, b)),
+        f"DreamBooth, prior_share 0.5 (B instance + {h} class)": step(
+            lambda: prior_preservation_loss(unet(z3, t3, encoder_hidden_states=cond3).sample, target3, b)),
     }
+    if fused:
+        variants["plain LoRA, AdamW one tensor at a time (torch's CPU default)"] = step(
+            lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=0.0), one_at_a_time)
     times: dict[str, list[float]] = {k: [] for k in variants}
     peak: dict[str, float] = {}
     for rnd in range(args.repeats + 2):
@@ -160,11 +169,12 @@ def measure_training_loop(args) -> None:
     tmp = Path(tempfile.mkdtemp())
     export_concept("two_tone_circle", tmp / "concept")
     regimes = {"plain LoRA": dict(regime="lora"), "CAT": dict(regime="cat"), f"CAT every {args.amortise_every}": dict(regime="cat", cat_every=args.amortise_every),
-               "DreamBooth-LoRA": dict(regime="dreambooth", num_class_images=8, class_images_dir=str(tmp / "class"))}
+               "DreamBooth-LoRA": dict(regime="dreambooth", num_class_images=8, class_images_dir=str(tmp / "class")),
+               "DreamBooth-LoRA, prior_share 0.5": dict(regime="dreambooth", num_class_images=8, class_images_dir=str(tmp / "class"), prior_share=0.5)}
     step_s: dict[str, list[float]] = {k: [] for k in regimes}
     for rnd in range(4):  # round 0 warms up (oneDNN kernels, text cache) and is not counted
-        for name, kw in regimes.items():
-            cfg = TrainConfig(concepts=[ConceptConfig(str(tmp / "concept"), "sks", "circle")], output_dir=str(tmp / f"{rnd}_{len(step_s[name])}_{kw['regime']}{kw.get('cat_every', '')}"),
+        for k, (name, kw) in enumerate(regimes.items()):
+            cfg = TrainConfig(concepts=[ConceptConfig(str(tmp / "concept"), "sks", "circle")], output_dir=str(tmp / f"round{rnd}_regime{k}"),
                               steps=args.loop_steps, batch_size=args.batch, checkpoint_every=0, validate_every=0, base_model=args.base, **kw)
             with contextlib.redirect_stderr(io.StringIO()):  # sixteen progress bars would bury the table
                 times = [h["step_s"] for h in train(cfg).history[2:]]

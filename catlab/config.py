@@ -58,6 +58,9 @@ class TrainConfig:
     # 0: the paper's term on eps(c_free) alone. Instead of cat_null_share, not with it
     cat_guidance: float = 0.0
     prior_loss_weight: float = 1.0  # DreamBooth's default
+    # DreamBooth's class images per step, as a share of batch_size: 1 = one per concept image (DreamBooth); 0.5 gives
+    # it as many of the base model's class images per step as CAT's anchors at cat_share 0.5 (docs/training.md)
+    prior_share: float = 1.0
     num_class_images: int = 50  # prior images generated once by the base model and cached
     class_prompt: str | None = None  # default "a {class_word}"
     class_images_dir: str | None = None  # default <output_dir>/class_images
@@ -115,6 +118,9 @@ class TrainConfig:
                             f"(it is {self.cat_null_share}): the guided term holds the empty caption itself")
         if not 0.0 < self.cat_share <= 1.0:
             problems.append(f"cat_share={self.cat_share}: must be above 0 and at most 1 (a share of the batch; 1 = every row)")
+        if not 0.0 < self.prior_share <= 1.0:
+            problems.append(f"prior_share={self.prior_share}: must be above 0 and at most 1 (class images per step as a share of "
+                            "batch_size; 1 = one per concept image)")
         if not 0.0 <= self.cat_null_share <= 1.0:
             problems.append(f"cat_null_share={self.cat_null_share}: must be between 0 and 1 (a share of the batch)")
         for name in ("cat_lambda", "prior_loss_weight", "learning_rate", "lora_dropout"):
@@ -157,9 +163,10 @@ class TrainConfig:
             raise ValueError(f"invalid training config: {e}") from e
 
 
-def cat_row_count(batch_size: int, cat_share: float) -> int:
-    """Rows of a batch that carry the CAT term (at least one): with cat_anchor "class", the class images per step."""
-    return max(1, round(batch_size * cat_share))
+def share_row_count(batch_size: int, share: float) -> int:
+    """Rows a share of the batch size stands for (at least one): the rows that carry CAT's term (`cat_share`; with
+    cat_anchor "class", the class images per step) or DreamBooth's class images per step (`prior_share`)."""
+    return max(1, round(batch_size * share))
 
 
 def _type_problems(cfg) -> list[str]:

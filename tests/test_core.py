@@ -218,6 +218,32 @@ def test_cat_share_puts_the_cat_term_on_fewer_rows(toyworld_env, concept_dir, tm
         TrainConfig(cat_share=0)
 
 
+def test_prior_share_draws_fewer_class_images_per_dreambooth_step(toyworld_env, concept_dir, tmp_path, monkeypatch):
+    import catlab.training.loop as train_module
+
+    seen = []
+
+    def spy(pred, target, n_instance, *a, **kw):
+        seen.append((pred.shape[0], n_instance))
+        return prior_preservation_loss(pred, target, n_instance, *a, **kw)
+
+    monkeypatch.setattr(train_module, "prior_preservation_loss", spy)
+    common = dict(regime="dreambooth", steps=1, batch_size=4, num_class_images=3, class_images_dir=str(tmp_path / "class"))
+    train(_cfg(concept_dir, tmp_path / "full", **common))
+    train(_cfg(concept_dir, tmp_path / "half", prior_share=0.5, **common))
+    assert seen == [(8, 4), (6, 4)], "4 concept rows, then 4 class rows (DreamBooth) or 2 (prior_share 0.5)"
+    with pytest.raises(ValueError, match="prior_share=1.5"):
+        TrainConfig(prior_share=1.5)
+
+
+def test_adamw_is_fused_on_a_cpu(toyworld_env, concept_dir, tmp_path):
+    """torch's default AdamW loops over the LoRA tensors in Python on a CPU; training asks for the fused kernel."""
+    from catlab.training.loop import start_run
+
+    run, _ = start_run(_cfg(concept_dir, tmp_path / "fused", steps=1))
+    assert run.optimizer.optimizer.defaults["fused"] is True
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="regime='bogus'"):
         TrainConfig(regime="bogus")

@@ -108,6 +108,15 @@ def test_the_report_names_cat_terms_settings():
         "λ 1 on the trigger-free prediction (the caption empty on 50% of the rows), at the base model's class images")
 
 
+def test_the_report_names_dreambooths_prior():
+    from catlab.demo.experiment import DemoRecipe
+    from catlab.demo.report import describe_prior
+
+    assert describe_prior(DemoRecipe(prior_share=1.0, batch_size=4, prior_loss_weight=1.0)) == (
+        "DreamBooth's prior: 4 of the base model's class images per step (beside 4 concept images), weight 1")
+    assert describe_prior(DemoRecipe(prior_share=0.5, batch_size=4, prior_loss_weight=1.0)).startswith("DreamBooth's prior: 2 of")
+
+
 def test_the_report_says_how_many_seeds_each_prompt_had():
     from catlab.demo.experiment import DemoRecipe
     from catlab.demo.report import describe_eval_seeds

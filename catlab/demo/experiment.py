@@ -26,7 +26,9 @@ from catlab.notices import quiet_libraries
 class DemoRecipe:
     """A typical small-LoRA setting for the toy world, under which plain LoRA shows the collapse."""
 
-    steps: int = 600  # an attention-only LoRA needs ~600 steps at lr 5e-3 to draw a toy concept (docs/results.md)
+    # with the cosine decay, 450 steps at lr 5e-3 draw both demo concepts (600 before: docs/results.md, "Demo time");
+    # at a constant lr an attention-only LoRA had needed ~600, and 300 drew nothing
+    steps: int = 450
     learning_rate: float = 5e-3  # toy-world scale (SD 1.5 LoRAs use ~1e-4 at 512 px); 1.5e-2 learnt nothing, 8e-3 x 300 steps too little
     # cosine decay to 0 (Loshchilov & Hutter 2017, arXiv 1608.03983): on training seeds 0-2 CAT learnt both concepts
     # more reliably than at a constant lr (identity 0.73 +- 0.23 -> 0.86 +- 0.03 on huge_circle, 0.90 -> 1.00 on
@@ -52,6 +54,10 @@ class DemoRecipe:
     cat_anchor: str = "class"
     cat_guidance: float = 3.0
     prior_loss_weight: float = 1.0  # DreamBooth's default
+    # DreamBooth's class images per step, as a share of the batch: 2 beside the 4 concept images, as many of the base
+    # model's class images as CAT's term sees (cat_share), so both preservation methods get the same prior per step
+    # and a DreamBooth step costs less (docs/results.md, "Demo time")
+    prior_share: float = 0.5
     num_class_images: int = 40  # DreamBooth's prior images; CAT's class anchors reuse them
     # where sampling takes classifier-free guidance's unconditional branch for every adapter: "adapted" (what every
     # pipeline does) or "base" (the adapters off for that branch; catlab.sampling.guidance)
@@ -79,7 +85,7 @@ def _train_config(regime: str, seed: int, recipe: DemoRecipe, concept, out: Path
         regime=regime, seed=seed, steps=recipe.steps, learning_rate=recipe.learning_rate, lr_scheduler=recipe.lr_scheduler, rank=recipe.rank, batch_size=recipe.batch_size,
         target_modules=list(recipe.target_modules),
         cat_lambda=recipe.cat_lambda, cat_share=recipe.cat_share, cat_null_share=recipe.cat_null_share, cat_anchor=recipe.cat_anchor, cat_guidance=recipe.cat_guidance,
-        prior_loss_weight=recipe.prior_loss_weight, num_class_images=recipe.num_class_images,
+        prior_loss_weight=recipe.prior_loss_weight, prior_share=recipe.prior_share, num_class_images=recipe.num_class_images,
         class_images_dir=str(out / "class_images"), random_flip=False,  # the two-tone concepts are not mirror-symmetric
         checkpoint_every=0, validate_every=0, log_every=10,
     )

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from catlab.config import cat_row_count
+from catlab.config import share_row_count
 from catlab.files import save_image_atomic, write_text_atomic
 from catlab.sampling.grids import image_grid
 
@@ -219,10 +219,17 @@ def describe_cat_term(recipe) -> str:
     images = "the base model's class images" if anchored else "the concept's images"
     share = getattr(recipe, "cat_share", 1.0)
     if share < 1:
-        rows = cat_row_count(recipe.batch_size, share)
+        rows = share_row_count(recipe.batch_size, share)
         images = (f"{rows} of {images} per step (beside {recipe.batch_size} concept images)" if anchored
                   else f"{rows} of each step's {recipe.batch_size} concept images")
     return f"CAT's term: λ {recipe.cat_lambda:g} on {held}, at {images}"
+
+
+def describe_prior(recipe) -> str:
+    """DreamBooth's prior in words: how many of the base model's class images each step adds, at what weight."""
+    rows = share_row_count(recipe.batch_size, getattr(recipe, "prior_share", 1.0))
+    return (f"DreamBooth's prior: {rows} of the base model's class images per step (beside {recipe.batch_size} concept images), "
+            f"weight {recipe.prior_loss_weight:g}")
 
 
 def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs: pd.DataFrame, runs: list[DemoRun], concept,
@@ -241,7 +248,7 @@ def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs:
     cost_txt = costs.to_string(index=False, float_format=lambda v: f"{v:.2f}")
     intro = (f"Toy concept `{concept.name}`: trigger `{concept.trigger}`, class `{concept.class_word}`. Each method trained with the same "
              f"data, {recipe.steps} steps, lr {recipe.learning_rate} ({getattr(recipe, 'lr_scheduler', 'constant')}), rank {recipe.rank}, batch {recipe.batch_size}, over {n_seeds} training "
-             f"seed(s); {describe_cat_term(recipe)}; evaluated on {describe_eval_seeds(recipe)}"
+             f"seed(s); {describe_cat_term(recipe)}; {describe_prior(recipe)}; evaluated on {describe_eval_seeds(recipe)}"
              + (", guidance's unconditional branch from the base model" if getattr(recipe, "unconditional", "adapted") == "base" else "")
              + f". Scores: mean ± std over training seeds. "
              f"IS, KP, KPS, PRES in [0, 1] (CLIP (cos+1)/2); colour entropy normalised to [0, 1]; collapse rate = share of class-prompt "

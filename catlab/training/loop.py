@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from catlab.config import TrainConfig, cat_row_count, save_config
+from catlab.config import TrainConfig, save_config, share_row_count
 from catlab.models import add_lora, configured_resolution, load_base, lora_parameters, native_resolution, save_lora
 from catlab.training.callbacks import TrainCallback, TrainResult
 from catlab.training.checkpoints import latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
@@ -97,7 +97,7 @@ def compute_losses(run: TrainingRun, i: int) -> LossTerms:
     captions = [it["caption"] for it in items]
     trigger_free = [it["trigger_free_caption"] for it in items]
     n_concept = len(items)
-    n_cat = cat_row_count(cfg.batch_size, cfg.cat_share)  # rows that carry the CAT term (cat_share < 1: cheaper steps)
+    n_cat = share_row_count(cfg.batch_size, cfg.cat_share)  # rows that carry the CAT term (cat_share < 1: cheaper steps)
     if run.anchored:  # the CAT rows look at the base model's own class images, captioned with their class prompt
         ai = rng.integers(len(run.class_images), size=n_cat)
         pixels = torch.cat([pixels, run.class_images[ai]])  # (B + n_cat, 3, R, R): concept images, then anchors
@@ -110,8 +110,8 @@ def compute_losses(run: TrainingRun, i: int) -> LossTerms:
         n_null = round(len(trigger_free) * cfg.cat_null_share)
         trigger_free = [""] * n_null + trigger_free[n_null:]
     if run.class_images is not None and not run.anchored:  # DreamBooth: instance then class images, one forward
-        ci = rng.integers(len(run.class_images), size=cfg.batch_size)
-        pixels = torch.cat([pixels, run.class_images[ci]])  # (2B, 3, R, R)
+        ci = rng.integers(len(run.class_images), size=share_row_count(cfg.batch_size, cfg.prior_share))
+        pixels = torch.cat([pixels, run.class_images[ci]])  # (B + n_prior, 3, R, R)
         captions = captions + [run.class_prompts[k] for k in ci]
     g = torch.Generator().manual_seed(_step_seed(cfg.seed, i, 2 + acc.process_index))
     with torch.no_grad():
@@ -192,7 +192,10 @@ def start_run(cfg: TrainConfig, resume: bool = False) -> tuple[TrainingRun, int]
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     params = lora_parameters(unet) + (lora_parameters(te) if cfg.train_text_encoder else [])
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
+    # on a CPU torch's default AdamW updates the LoRA tensors one at a time in Python (its multi-tensor path is for
+    # accelerators); the fused kernel does them in one call, a few % of a toy-world step (benchmarks/step_cost.py)
+    fused = True if acc.device.type == "cpu" else None
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay, fused=fused)
     lr_sched = get_scheduler(cfg.lr_scheduler, optimizer=opt, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps)
     unet, opt, lr_sched = acc.prepare(unet, opt, lr_sched)
 

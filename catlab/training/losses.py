@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from catlab.config import cat_row_count
+from catlab.config import share_row_count
 from catlab.models import adapters_disabled
 
 
@@ -82,7 +82,7 @@ def cat_loss(unet, noisy: torch.Tensor, timesteps: torch.Tensor, cond_trigger: t
         ldm = mse(pred, target, weights)
         return LossTerms(loss=ldm, ldm=ldm)
     b = noisy.shape[0]
-    k = cat_row_count(b, cat_share)  # samples that also get the CAT term
+    k = share_row_count(b, cat_share)  # samples that also get the CAT term
     z_free, t_free = (noisy[:k], timesteps[:k]) if anchors is None else (anchors[0][:k], anchors[1][:k])
     cond_free = cond_trigger_free[:k]
     if guidance:
