@@ -5,8 +5,9 @@
 
 UNet steps: each round runs every variant once, in turn, so machine noise hits all of them alike; the script
 prints median step times and their ratio to plain LoRA, for each batch size. Forward + backward + AdamW step of
-the LoRA parameters (fused on a CPU, as in training; one row measures torch's default one-tensor-at-a-time AdamW); everything else (VAE, text encoder) is excluded because all regimes share it. Then whole
-steps of `catlab.training.loop` (data, VAE, text, UNet, optimizer), the regimes alternated, and the cost of switching the
+the LoRA parameters (fused on a CPU, as in training; one row measures torch's default one-tensor-at-a-time
+AdamW); everything else (VAE, text encoder) is excluded because all regimes share it. Then whole steps of
+`catlab.training.loop` (data, VAE, text, UNet, optimizer), the regimes alternated, and the cost of switching the
 adapters off and on for CAT's base pass.
 """
 

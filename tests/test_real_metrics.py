@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from eval_fakes import FakePipe, fake_activate
 from PIL import Image
 
 from catlab.evaluation import metrics as M
@@ -176,15 +177,6 @@ def test_clear_errors_for_folders_without_a_usable_model(tmp_path, vit_folder, c
 
 
 # ----------------------------------------------------------------------------- evaluate
-
-
-class FakePipe:
-    def __init__(self):
-        self.active = None
-
-
-def fake_activate(pipe, method, adapter):
-    pipe.active = None if adapter is None else adapter.name
 
 
 def fake_generate(pipe, prompts, seeds, **kwargs):

@@ -56,7 +56,7 @@ class DemoRecipe:
     prior_loss_weight: float = 1.0  # DreamBooth's default
     # DreamBooth's class images per step, as a share of the batch: 2 beside the 4 concept images, as many of the base
     # model's class images as CAT's term sees (cat_share), so both preservation methods get the same prior per step
-    # and a DreamBooth step costs less (docs/results.md, "Demo time")
+    # and a DreamBooth step costs less (docs/results.md, the headline)
     prior_share: float = 0.5
     num_class_images: int = 40  # DreamBooth's prior images; CAT's class anchors reuse them
     # where sampling takes classifier-free guidance's unconditional branch for every adapter: "adapted" (what every
@@ -64,7 +64,7 @@ class DemoRecipe:
     unconditional: str = "adapted"
     eval_seeds: int = 48  # >= 48 class samples per adapter: fewer measure even the base model's class as narrow
     # trigger-prompt samples per adapter: identity is a rate, and 3 training seeds x 24 samples measure it to about
-    # +-0.05; drawing 24 instead of 48 saves a quarter of the sampling (docs/results.md, "Demo time")
+    # +-0.05; drawing 24 instead of 48 saves a quarter of the sampling (docs/results.md, the headline)
     eval_trigger_seeds: int = 24
     eval_templates: tuple[str, ...] = ("a {trigger} {class}",)
     grid_seeds: int = 8
