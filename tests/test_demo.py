@@ -106,6 +106,8 @@ def test_the_report_names_cat_terms_settings():
     assert describe_cat_term(half) == "CAT's term: λ 1 on the trigger-free prediction, at 2 of each step's 4 concept images"
     assert describe_cat_term(DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_null_share=0.5, cat_share=1.0)).endswith(
         "λ 1 on the trigger-free prediction (the caption empty on 50% of the rows), at the base model's class images")
+    assert describe_cat_term(DemoRecipe(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=1.0, cat_every=2)).endswith(
+        "at the base model's class images, on one step in 2 (weighted by 2)")
 
 
 def test_the_report_names_dreambooths_prior():

@@ -222,7 +222,9 @@ def describe_cat_term(recipe) -> str:
         rows = share_row_count(recipe.batch_size, share)
         images = (f"{rows} of {images} per step (beside {recipe.batch_size} concept images)" if anchored
                   else f"{rows} of each step's {recipe.batch_size} concept images")
-    return f"CAT's term: λ {recipe.cat_lambda:g} on {held}, at {images}"
+    every = getattr(recipe, "cat_every", 1)
+    when = f", on one step in {every} (weighted by {every})" if every > 1 else ""
+    return f"CAT's term: λ {recipe.cat_lambda:g} on {held}, at {images}{when}"
 
 
 def describe_prior(recipe) -> str:
