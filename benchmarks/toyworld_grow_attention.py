@@ -47,8 +47,8 @@ def grow(unet):
     return grown
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_finetune_args(ap: argparse.ArgumentParser) -> None:
+    """The fine-tuning options this script shares with benchmarks/toyworld_rehead.py."""
     ap.add_argument("--out", required=True, help="new asset folder (must not exist)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (cosine to 0.1x after 100 warm-up steps)")
@@ -56,8 +56,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--flip", type=float, default=0.5,
                     help="share of training images mirrored left-right (pretraining used 0.5; 0 keeps left/right information)")
-    args = ap.parse_args()
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+
+def finetune(unet, args, log_name: str) -> None:
+    """Fine-tune `unet` with the pretraining loss (v-prediction, min-SNR 5, EMA 0.998; text encoder frozen) on the
+    pretraining data, and write the shipped asset folder with the EMA UNet to args.out (progress in out/log_name)."""
+    from diffusers import AutoencoderKL
+    from tqdm.auto import tqdm
     from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
     from catlab.tensors import encode_prompts
@@ -66,23 +71,7 @@ def main() -> None:
     from catlab.toyworld.pretrain import draw_batch, encode_latents, v_prediction_loss
     from catlab.toyworld.world import make_world_dataset
 
-    out = Path(args.out)
-    if out.exists():
-        raise SystemExit(f"{out} exists; choose a new --out")
-    src = toyworld_path("pipeline")
-    torch.manual_seed(args.seed)
-    shipped = UNet2DConditionModel.from_pretrained(src / "unet")
-    if "CrossAttnDownBlock2D" in shipped.config.down_block_types[:-1]:
-        raise SystemExit(f"{src / 'unet'} already has cross-attention at 8x8 (toy world v2). To grow v1 again, point "
-                         "CATLAB_TOYWORLD_DIR at the v1 assets, e.g. `git worktree add /tmp/v1 01b78ab` and "
-                         "CATLAB_TOYWORLD_DIR=/tmp/v1/catlab/assets/toyworld")
-    unet = grow(shipped)
-    z, t, c = torch.randn(4, 4, 16, 16), torch.randint(0, 1000, (4,)), torch.randn(4, 12, shipped.config.cross_attention_dim)
-    with torch.no_grad():
-        gap = (unet(z, t, encoder_hidden_states=c).sample - shipped(z, t, encoder_hidden_states=c).sample).abs().max().item()
-    n_new = sum(p.numel() for p in unet.parameters()) - sum(p.numel() for p in shipped.parameters())
-    print(f"grown UNet: +{n_new:,} parameters; max |grown - shipped| before fine-tuning = {gap}")
-    del shipped
+    src, out = toyworld_path("pipeline"), Path(args.out)
     te = CLIPTextModel.from_pretrained(src / "text_encoder").requires_grad_(False).eval()
     tok = PreTrainedTokenizerFast.from_pretrained(src / "tokenizer")
     images, specs = make_world_dataset(50_000, seed=args.seed)  # the pretraining data (PretrainConfig.n_images)
@@ -96,12 +85,12 @@ def main() -> None:
                                                  0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, args.steps - warm)))))
     rng = np.random.default_rng(args.seed + 123)
     shutil.copytree(src.parent, out, ignore=shutil.ignore_patterns("unet"))
-    log = (out / "grow_log.jsonl").open("w")
+    log = (out / log_name).open("w")
     t0 = time.time()
-    for step in range(args.steps):
+    for step in tqdm(range(args.steps), desc="fine-tuning the UNet", unit="step"):
         z0, caps = draw_batch(latents, spec_dicts, rng, args.batch, args.flip)  # (B, 4, 16, 16)
         with torch.no_grad():
-            cond = encode_prompts(tok, te, caps)  # (B, L, D): the text encoder stays frozen while the UNet grows
+            cond = encode_prompts(tok, te, caps)  # (B, L, D): the text encoder stays frozen
         loss = v_prediction_loss(unet, z0, cond, sched, min_snr_gamma=5.0)  # as in pretraining
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -116,6 +105,33 @@ def main() -> None:
             log.flush()
     ema.save_pretrained(out / "pipeline" / "unet")
     print(f"{args.steps} steps in {time.time() - t0:.0f} s; asset folder: {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_finetune_args(ap)
+    args = ap.parse_args()
+    from diffusers import UNet2DConditionModel
+
+    from catlab.toyworld.assets import toyworld_path
+
+    if Path(args.out).exists():
+        raise SystemExit(f"{args.out} exists; choose a new --out")
+    src = toyworld_path("pipeline")
+    torch.manual_seed(args.seed)
+    shipped = UNet2DConditionModel.from_pretrained(src / "unet")
+    if "CrossAttnDownBlock2D" in shipped.config.down_block_types[:-1]:
+        raise SystemExit(f"{src / 'unet'} already has cross-attention at 8x8 (toy world v2). To grow v1 again, point "
+                         "CATLAB_TOYWORLD_DIR at the v1 assets, e.g. `git worktree add /tmp/v1 01b78ab` and "
+                         "CATLAB_TOYWORLD_DIR=/tmp/v1/catlab/assets/toyworld")
+    unet = grow(shipped)
+    z, t, c = torch.randn(4, 4, 16, 16), torch.randint(0, 1000, (4,)), torch.randn(4, 12, shipped.config.cross_attention_dim)
+    with torch.no_grad():
+        gap = (unet(z, t, encoder_hidden_states=c).sample - shipped(z, t, encoder_hidden_states=c).sample).abs().max().item()
+    n_new = sum(p.numel() for p in unet.parameters()) - sum(p.numel() for p in shipped.parameters())
+    print(f"grown UNet: +{n_new:,} parameters; max |grown - shipped| before fine-tuning = {gap}")
+    del shipped
+    finetune(unet, args, "grow_log.jsonl")
 
 
 if __name__ == "__main__":
