@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import asdict, replace
 
@@ -131,6 +132,10 @@ def test_shipped_weights_fit_the_v2_layout_exactly_and_are_small():
     unet.load_state_dict(load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors"), strict=True)
     cross = [name for name, m in unet.named_modules() if name.endswith("attn2")]
     assert {n.split(".")[0] + "." + n.split(".")[1] for n in cross} == {"down_blocks.1", "down_blocks.2", "mid_block.attentions", "up_blocks.0", "up_blocks.1"}  # 8x8 and 4x4
+    # the weights' shapes do not depend on the heads, so compare them: 32 channels per head, as the builder makes
+    shipped_heads = json.loads((pipeline / "unet" / "config.json").read_text())["attention_head_dim"]
+    assert list(shipped_heads) == list(unet.config.attention_head_dim) == [1, 2, 4]
+    assert {m.heads for name, m in unet.named_modules() if name.endswith(("attn1", "attn2"))} == {2, 4}  # 64 and 128 channels
     build.build_vae().load_state_dict(load_file(pipeline / "vae" / "diffusion_pytorch_model.safetensors"), strict=True)
     Oracle().load_state_dict(load_file(toyworld_path("oracle", root=ASSET_DIR)), strict=True)
 

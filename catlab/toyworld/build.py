@@ -87,7 +87,10 @@ def build_unet():
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=(32, 64, 128), layers_per_block=1, norm_num_groups=16,  # 4.15M params, ~0.8 s/step at batch 48 on 2 cores
-        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=32,
+        # diffusers reads `attention_head_dim` as the number of heads per block (a naming slip kept for SD 1.x
+        # configs): (1, 2, 4) gives 32 channels per head. v2.1 said 32 and got 32 heads of 2-4 channels, which made
+        # attention a quarter of a CPU training step; v2.2 re-headed it (docs/toyworld.md)
+        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=(1, 2, 4),
         addition_embed_type="text", addition_embed_type_num_heads=4,
     )
 
