@@ -107,27 +107,37 @@ def finetune(unet, args, log_name: str) -> None:
     print(f"{args.steps} steps in {time.time() - t0:.0f} s; asset folder: {out}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_finetune_args(ap)
-    args = ap.parse_args()
+def start(description: str):
+    """Parse the fine-tuning options and load the shipped UNet: (args, the shipped UNet)."""
     from diffusers import UNet2DConditionModel
 
     from catlab.toyworld.assets import toyworld_path
 
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_finetune_args(ap)
+    args = ap.parse_args()
     if Path(args.out).exists():
         raise SystemExit(f"{args.out} exists; choose a new --out")
-    src = toyworld_path("pipeline")
     torch.manual_seed(args.seed)
-    shipped = UNet2DConditionModel.from_pretrained(src / "unet")
+    return args, UNet2DConditionModel.from_pretrained(toyworld_path("pipeline") / "unet")
+
+
+def max_output_gap(unet, shipped) -> tuple[float, float]:
+    """Largest |unet - shipped| on one random batch, and the shipped output's largest magnitude."""
+    z, t, c = torch.randn(4, 4, 16, 16), torch.randint(0, 1000, (4,)), torch.randn(4, 12, shipped.config.cross_attention_dim)
+    with torch.no_grad():
+        ref = shipped(z, t, encoder_hidden_states=c).sample
+        return (unet(z, t, encoder_hidden_states=c).sample - ref).abs().max().item(), ref.abs().max().item()
+
+
+def main() -> None:
+    args, shipped = start(__doc__)
     if "CrossAttnDownBlock2D" in shipped.config.down_block_types[:-1]:
-        raise SystemExit(f"{src / 'unet'} already has cross-attention at 8x8 (toy world v2). To grow v1 again, point "
+        raise SystemExit("the toy UNet already has cross-attention at 8x8 (toy world v2). To grow v1 again, point "
                          "CATLAB_TOYWORLD_DIR at the v1 assets, e.g. `git worktree add /tmp/v1 01b78ab` and "
                          "CATLAB_TOYWORLD_DIR=/tmp/v1/catlab/assets/toyworld")
     unet = grow(shipped)
-    z, t, c = torch.randn(4, 4, 16, 16), torch.randint(0, 1000, (4,)), torch.randn(4, 12, shipped.config.cross_attention_dim)
-    with torch.no_grad():
-        gap = (unet(z, t, encoder_hidden_states=c).sample - shipped(z, t, encoder_hidden_states=c).sample).abs().max().item()
+    gap, _ = max_output_gap(unet, shipped)
     n_new = sum(p.numel() for p in unet.parameters()) - sum(p.numel() for p in shipped.parameters())
     print(f"grown UNet: +{n_new:,} parameters; max |grown - shipped| before fine-tuning = {gap}")
     del shipped

@@ -16,13 +16,11 @@ training step and a sampling forward of both UNets, side by side on one thread.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from toyworld_grow_attention import add_finetune_args, finetune
+from toyworld_grow_attention import finetune, max_output_gap, start
 
 CHANNELS_PER_HEAD = 32  # what `attention_head_dim=32` was meant to say
 
@@ -65,25 +63,11 @@ def time_side_by_side(unets: dict, rounds: int = 5) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_finetune_args(ap)
-    args = ap.parse_args()
-    from diffusers import UNet2DConditionModel
-
-    from catlab.toyworld.assets import toyworld_path
-
-    if Path(args.out).exists():
-        raise SystemExit(f"{args.out} exists; choose a new --out")
-    torch.manual_seed(args.seed)
-    shipped = UNet2DConditionModel.from_pretrained(toyworld_path("pipeline") / "unet")
+    args, shipped = start(__doc__)
     unet = reheaded(shipped)
-    heads = unet.config.attention_head_dim
-    z, t, c = torch.randn(4, 4, 16, 16), torch.randint(0, 1000, (4,)), torch.randn(4, 12, shipped.config.cross_attention_dim)
-    with torch.no_grad():
-        ref = shipped(z, t, encoder_hidden_states=c).sample
-        gap = (unet(z, t, encoder_hidden_states=c).sample - ref).abs().max().item()
-    print(f"heads per block {shipped.config.attention_head_dim} -> {heads}; max |reheaded - shipped| before fine-tuning = {gap:.3f} "
-          f"(output scale {ref.abs().max().item():.3f})")
+    gap, scale = max_output_gap(unet, shipped)
+    print(f"heads per block {shipped.config.attention_head_dim} -> {unet.config.attention_head_dim}; "
+          f"max |reheaded - shipped| before fine-tuning = {gap:.3f} (output scale {scale:.3f})")
     print("one thread, median of 5 interleaved rounds:")
     time_side_by_side({f"shipped ({shipped.config.attention_head_dim} heads)": shipped, f"reheaded ({CHANNELS_PER_HEAD} channels/head)": unet})
     del shipped
