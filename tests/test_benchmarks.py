@@ -73,3 +73,29 @@ def test_per_seed_counts_class_colour_changes_against_the_base(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "cat 0.75 -> 1.00" in res.stdout, res.stdout  # seeds 0-1: (0.5 + 1) / 2; seed 0 only: 1
+
+
+def test_reheading_carries_every_weight_and_changes_only_the_heads():
+    """benchmarks/toyworld_rehead.py: v2.1's layout (attention_head_dim=32, read by diffusers as 32 heads) becomes
+    32 channels per head with the same tensors, and a different function until it is fine-tuned."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from catlab.toyworld.build import build_unet
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from toyworld_grow_attention import max_output_gap
+        from toyworld_rehead import reheaded
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    torch.manual_seed(0)
+    narrow = UNet2DConditionModel.from_config({**build_unet().config, "attention_head_dim": 32})
+    wide = reheaded(narrow)
+    assert list(wide.config.attention_head_dim) == [1, 2, 4]
+    assert {m.heads for name, m in narrow.named_modules() if name.endswith("attn1")} == {32}
+    assert {m.heads for name, m in wide.named_modules() if name.endswith("attn1")} == {2, 4}
+    a, b = narrow.state_dict(), wide.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert max_output_gap(narrow, narrow)[0] == 0.0
+    assert max_output_gap(wide, narrow)[0] > 1e-4  # the heads change what the same weights compute
