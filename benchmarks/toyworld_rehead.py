@@ -6,8 +6,8 @@
 
 diffusers' UNet2DConditionModel reads `attention_head_dim` as the number of heads (a naming slip it keeps for SD
 1.x configs), so the toy UNet's `attention_head_dim=32` gave every attention layer 32 heads: 2 channels per head
-at 8x8 (64 channels) and 4 at 4x4 (128). SDPA's CPU kernels pay per head, and such heads make attention about a
-quarter of a training step (benchmarks/step_cost.py). This script builds the same UNet with 32 channels per head
+at 8x8 (64 channels) and 4 at 4x4 (128). SDPA's CPU kernels pay per head, so such heads make
+every step dearer (this script prints by how much). This script builds the same UNet with 32 channels per head
 (1, 2 and 4 heads per block: `attention_head_dim=(1, 2, 4)`), loads every shipped weight into it (the shapes do not
 depend on the heads, but the function does), fine-tunes it with the pretraining loss as
 benchmarks/toyworld_grow_attention.py does, and writes a complete asset folder. Before fine-tuning it times a
