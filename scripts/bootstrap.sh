@@ -2,7 +2,15 @@
 # Create or reuse a local virtual environment (.venv) and install catlab with its dev tools.
 # torch is pinned to a CPU-friendly release and is installed only when the interpreter has none,
 # so Colab (or any machine with a CUDA torch already) keeps its own.
+# --tests: also get what the test suite needs beyond Python packages (a Chromium for the browser tests).
 set -euo pipefail
+WITH_TESTS=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) WITH_TESTS=1 ;;
+    *) echo "bootstrap.sh: unknown option $arg (known: --tests)" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 TORCH_PIN="${CATLAB_TORCH:-torch==2.13.0}"
 if [ -n "${COLAB_RELEASE_TAG:-}" ] || [ "${CATLAB_NO_VENV:-0}" = "1" ]; then
@@ -24,4 +32,7 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || ! "$PY" -c "import ca
   echo "catlab: installing catlab[dev]"
   "$PY" -m pip install -q -e ".[dev]"
   mkdir -p "$(dirname "$STAMP")" && touch "$STAMP"
+fi
+if [ "$WITH_TESTS" = 1 ]; then
+  bash scripts/install_browser.sh "$PY"
 fi

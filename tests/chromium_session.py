@@ -27,11 +27,13 @@ def chromium_browser() -> Iterator[Any]:
     except ImportError as e:
         pytest.fail(f"the browser tests need Playwright for Python ({e}); install the dev extras: "
                     "`.venv/bin/python -m pip install -e '.[dev]'` (scripts/bootstrap.sh does)", pytrace=False)
-    exe = find_chromium()
-    if exe is None:
-        pytest.fail("the browser tests need Chromium and found none at $CATLAB_CHROMIUM, /usr/bin/chromium or on PATH; "
-                    "install Debian's package: `apt-get install -y chromium` (.ci/run does when it is missing)", pytrace=False)
     pw = sync_playwright().start()
+    exe = find_chromium() or _playwrights_own(pw)
+    if exe is None:
+        pw.stop()
+        pytest.fail("the browser tests need Chromium and found none at $CATLAB_CHROMIUM, /usr/bin/chromium, on PATH or in "
+                    "Playwright's cache; `bash scripts/bootstrap.sh --tests` installs one (or run `apt-get install -y chromium`, "
+                    "or `.venv/bin/python -m playwright install chromium`)", pytrace=False)
     try:
         chromium, error = pw.chromium.launch(executable_path=exe, headless=True, args=["--disable-gpu", "--disable-dev-shm-usage"]), None
     except PlaywrightError as e:
@@ -47,6 +49,14 @@ def chromium_browser() -> Iterator[Any]:
     finally:
         chromium.close()
         pw.stop()
+
+
+def _playwrights_own(pw) -> str | None:
+    """The Chromium that `playwright install chromium` downloaded, when there is one."""
+    import os
+
+    path = pw.chromium.executable_path
+    return path if path and os.access(path, os.X_OK) else None
 
 
 def fail_with_screenshot(error: AssertionError, page, path: Path, full_page: bool = False) -> None:

@@ -28,6 +28,8 @@ import pytest
 from chromium_session import chromium_browser, fail_with_screenshot, log
 from jupyterlab_browser import JupyterLabServer, NotebookPage, copy_notebooks
 
+pytestmark = [pytest.mark.browser, pytest.mark.notebooks]
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 RUN_TIMEOUT = float(os.environ.get("CATLAB_BROWSER_TIMEOUT", "480"))  # seconds for Run All Cells of one notebook

@@ -12,6 +12,8 @@ import pytest
 from chromium_session import chromium_browser, fail_with_screenshot, log
 from jupyterlab_browser import small_png
 
+pytestmark = [pytest.mark.browser]
+
 ROOT = Path(__file__).resolve().parent.parent
 VIEWPORT = {"width": 1280, "height": 900}
 

@@ -314,6 +314,7 @@ class _SeesValidation(TrainCallback):
         self.grids.append((step, images))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_training_validates_and_its_adapter_samples(toyworld_env, concept_dir, tmp_path, precision):
     """Mixed precision once crashed at the first validation (VAE decode got fp32 latents from the wrapped UNet)."""
@@ -333,6 +334,7 @@ def test_half_precision_training_validates_and_its_adapter_samples(toyworld_env,
     assert len(images[0]) == 2 and all(im.getextrema() != ((0, 0), (0, 0), (0, 0)) for im in images[0])
 
 
+@pytest.mark.slow
 def test_train_cli_in_bf16_with_validation(toyworld_env, concept_dir, tmp_path):
     import yaml
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from catlab.cli import main
 from catlab.demo.experiment import COLUMNS
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
     out = tmp_path / "demo"
@@ -38,6 +40,7 @@ def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch,
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["cat_seed0", "dreambooth_seed0", "lora_seed0"]
 
 
+@pytest.mark.slow
 def test_demo_trains_the_seeds_it_is_asked_for(tiny_assets, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
     out = tmp_path / "demo"
@@ -51,6 +54,7 @@ def test_demo_trains_the_seeds_it_is_asked_for(tiny_assets, tmp_path, monkeypatc
     assert not (tmp_path / "neg").exists(), "a rejected demo must not leave a folder behind"
 
 
+@pytest.mark.slow
 def test_demo_runs_side_by_side_train_the_same_adapters_as_one_at_a_time(tiny_assets, tmp_path, monkeypatch):
     """The demo's training runs and each model's sampling are independent: two worker processes give the runs (order,
     names, losses) and the evaluation images that one process gives, up to the float noise of another thread count."""

@@ -30,6 +30,7 @@ def test_environment_yml_lists_the_same_packages_as_pyproject():
     assert _names(pip_section) == wanted
 
 
+@pytest.mark.slow
 def test_a_hub_model_fails_offline_with_advice_instead_of_downloading(tmp_path):
     """Nothing is downloaded here or in CI: with the hub offline and an empty cache, asking for a hub model ends in a
     clear error at once (no retries, no partial download) that says what to do."""
@@ -89,6 +90,7 @@ def test_toyworld_concepts_and_export(tmp_path, capsys):
         main(["toyworld", "export-concept", "nope", "--out", str(tmp_path / "d")])
 
 
+@pytest.mark.slow
 def test_toyworld_pretrain_quick_keeps_work_files_out_of_the_asset_folder(tmp_path):
     assert main(["toyworld", "pretrain", "--quick", "--out", str(tmp_path / "assets")]) == 0
     assert (tmp_path / "assets" / "pipeline" / "model_index.json").is_file()

@@ -29,6 +29,7 @@ def _header(path) -> dict[str, str]:
 # --- adapters in the webuis' (kohya) format
 
 
+@pytest.mark.slow
 def test_webui_file_has_kohya_keys_real_alpha_and_samples_like_catlab(toyworld_env, tmp_path):
     pipe = load_base("toyworld")
     targets = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]  # attention and ResNet convolutions (the demo's)
@@ -134,6 +135,7 @@ def test_checkpoints_total_limit_keeps_the_newest(toyworld_env, concept_dir, tmp
     assert [p.name for p in sorted((res.output_dir / "checkpoints").iterdir())] == ["step-000002", "step-000004"]
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_no_pickle_and_resumes_from_latest_or_a_named_one(toyworld_env, concept_dir, tmp_path):
     full = train(_cfg(concept_dir, tmp_path / "full", steps=6, checkpoint_every=2, lora_dropout=0.1))
     ckpt = full.output_dir / "checkpoints" / "step-000004"
