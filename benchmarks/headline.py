@@ -46,17 +46,16 @@ def main() -> int:
     ap.add_argument("--first-seed", type=int, default=0, help="first training seed: 3 checks a recipe on seeds it was not chosen on")
     ap.add_argument("--concepts", default="bronze_star,huge_circle,circle_on_navy",
                     help="comma-separated toy concepts (default: a new colour, a new size and a new setting)")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a numeric DemoRecipe field, e.g. cat_null_share=0")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a TrainConfig field of the demo recipe for every method, e.g. cat_null_share=0")
     args = ap.parse_args()
+    from catlab.cli import _parse_overrides
     from catlab.demo.experiment import DemoRecipe, run_demo
 
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in DemoRecipe.__dataclass_fields__ or not value:
-            ap.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(DemoRecipe.__dataclass_fields__)}")
-        overrides[key] = type(getattr(DemoRecipe(), key))(value)
-    recipe = DemoRecipe(**overrides)
+    try:
+        recipe = DemoRecipe().with_train(**_parse_overrides(args.set))
+    except (ValueError, SystemExit) as e:
+        ap.error(str(e))
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)  # this script's own output folder

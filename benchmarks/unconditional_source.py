@@ -41,23 +41,40 @@ def parse_variant(spec: str) -> dict:
     return {"name": "v_" + "_".join(f"{k.removeprefix('cat_')}{v}" for k, v in fields.items()).replace(".", "p"), "fields": fields}
 
 
+def _recipe_train(recipe: dict) -> dict:
+    """The TrainConfig overrides a demo's recipe.json records (catlab 0.3: under "train"; before: at the top level)."""
+    from catlab.config import TrainConfig
+
+    flat = recipe.get("train", recipe)
+    return {k: v for k, v in flat.items() if k in TrainConfig.__dataclass_fields__}
+
+
+def _recipe_seeds(recipe: dict) -> tuple[int, int]:
+    """(class-prompt seeds, trigger-prompt seeds) a demo's recipe.json records (either layout)."""
+    if "sampling" in recipe:
+        return recipe["sampling"]["seeds"], recipe["sampling"]["trigger_seeds"] or recipe["sampling"]["seeds"]
+    return recipe["eval_seeds"], recipe.get("eval_trigger_seeds", recipe["eval_seeds"])  # older folders: one count for both
+
+
 def train_variant(job: tuple) -> str:
     """One CAT run with the demo's recipe and the variant's fields (one thread: two of these share the 2 cores)."""
     import torch
 
     torch.set_num_threads(1)
     from catlab import train
-    from catlab.demo.experiment import DemoRecipe, _train_config
+    from catlab.config import ConceptConfig, TrainConfig
+    from catlab.demo.recipe import DemoRecipe
     from catlab.notices import quiet_libraries
     from catlab.toyworld.world import CONCEPTS
 
     demo, concept, seed, name, fields, recipe = job
-    ran = {"cat_guidance": 0.0, "lr_scheduler": "constant", "cat_share": 1.0,  # what a recipe.json written before these fields existed ran with
-           **{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in DemoRecipe.__dataclass_fields__}}
-    in_recipe = {k: v for k, v in fields.items() if k in DemoRecipe.__dataclass_fields__}  # applied together, checked once
-    cfg = _train_config("cat", seed, DemoRecipe(**{**ran, **in_recipe}), CONCEPTS[concept], Path(demo))
-    cfg = dataclasses.replace(cfg, output_dir=str(Path(demo) / "runs" / f"{name}_seed{seed}"),
-                              **{k: v for k, v in fields.items() if k not in in_recipe})
+    # what a recipe.json written before these fields existed ran with
+    ran = {"cat_guidance": 0.0, "lr_scheduler": "constant", "cat_share": 1.0, **_recipe_train(recipe)}
+    in_config = {k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__}  # applied together, checked once
+    c = CONCEPTS[concept]
+    cfg = DemoRecipe(train={**ran, **in_config}).train_config("cat", seed, ConceptConfig(str(Path(demo) / "concept"), c.trigger,
+                                                                                          c.class_word), Path(demo))
+    cfg = dataclasses.replace(cfg, output_dir=str(Path(demo) / "runs" / f"{name}_seed{seed}"))
     with quiet_libraries():
         train(cfg, progress=False)
     return f"{name} seed {seed}"
@@ -84,7 +101,7 @@ def main() -> int:
         from catlab.models import load_base, native_resolution
         from catlab.training.class_images import generate_class_images
 
-        most = max([recipe["num_class_images"], *(v["fields"].get("num_class_images", 0) for v in variants)])  # drawn once, before runs share them
+        most = max([_recipe_train(recipe)["num_class_images"], *(v["fields"].get("num_class_images", 0) for v in variants)])  # drawn once, before runs share them
         pipe = load_base("toyworld")
         generate_class_images(pipe, f"a {CONCEPTS[concept].class_word}", most, demo / "class_images", native_resolution(pipe))
         with multiprocessing.get_context("spawn").Pool(2) as pool:
@@ -94,11 +111,14 @@ def main() -> int:
     import pandas as pd
     import torch
 
-    from catlab.evaluation.protocol import evaluate
+    from catlab.evaluation.images import EvalSampling
+    from catlab.evaluation.protocol import evaluate, load_concept
+    from catlab.evaluation.scoring import Scorers
     from catlab.toyworld.assets import load_oracle
 
     torch.set_num_threads(2)
     c, oracle = CONCEPTS[concept], load_oracle()
+    seeds_n, trigger_seeds = _recipe_seeds(recipe)
     # the demo's methods and the variants asked for, named as the demo names its methods (lora_s0, ...), so the
     # demo's cached samples are found
     settings = ["lora", "dreambooth", "cat", *(v["name"] for v in variants)]
@@ -109,15 +129,14 @@ def main() -> int:
         if source == "adapted" and not (out / "images").exists() and (demo / "eval" / "images").exists():
             shutil.copytree(demo / "eval" / "images", out / "images")  # the demo's own samples: same keys, no new sampling
         # by name and two one-thread workers, as the demo samples (same image cache keys)
-        res = evaluate("toyworld", adapters, concept=demo / "concept", trigger=c.trigger, class_word=c.class_word,
-                       templates=("a {trigger} {class}",), seeds=recipe["eval_seeds"],
-                       trigger_seeds=recipe.get("eval_trigger_seeds"), oracle=oracle, out_dir=out,
-                       unconditional=source, progress=False, workers=2)
+        sampling = EvalSampling(templates=("a {trigger} {class}",), seeds=seeds_n, trigger_seeds=trigger_seeds, unconditional=source,
+                                workers=2)
+        res = evaluate("toyworld", adapters, load_concept(demo / "concept", c.trigger, c.class_word), sampling=sampling,
+                       scorers=Scorers(oracle=oracle), out_dir=out, progress=False)
         s = res.summary.set_index("method")[list(COLUMNS)].rename(columns=COLUMNS)
         s["setting"] = [m.rsplit("_s", 1)[0] for m in s.index]
         tables[source] = s
-    trigger_seeds = recipe.get("eval_trigger_seeds", recipe["eval_seeds"])  # older demo folders drew both prompts on eval_seeds
-    print(f"\n{concept}: {len(seeds)} training seeds, {recipe['eval_seeds']} class-prompt and {trigger_seeds} trigger-prompt sampling seeds; "
+    print(f"\n{concept}: {len(seeds)} training seeds, {seeds_n} class-prompt and {trigger_seeds} trigger-prompt sampling seeds; "
           "mean ± std over training seeds")
     for source, s in tables.items():
         g = s.groupby("setting", sort=False)

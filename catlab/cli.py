@@ -15,9 +15,21 @@ from pathlib import Path
 # what catlab raises for bad input: ValueError (configs, data: ConceptDataError, AdapterMismatchError), OSError
 # (FileNotFoundError, FileExistsError, a base model that cannot be loaded), FloatingPointError (a diverged run)
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
+REAL_EMBEDDER = "openai/clip-vit-base-patch32"  # the CAT authors' CLIP: `catlab eval`'s embedder for a real base model
 
 DESCRIPTION = """catlab: knowledge-preserving adapter training (Contrastive Adapter Training, arXiv 2404.07554)
 for diffusion models. Runs offline on a CPU with the shipped toy world, or on Stable Diffusion 1.5 with a GPU."""
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; pass e.g. 4") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be a whole number >= 1")
+    return value
 
 
 def _add_demo(sub) -> None:
@@ -52,7 +64,15 @@ def _add_eval(sub) -> None:
     p.add_argument("--concept", required=True, help="folder of the concept's reference images")
     p.add_argument("--trigger", required=True, help="trigger token, e.g. sks")
     p.add_argument("--class-word", required=True, help="class word, e.g. circle")
-    p.add_argument("--embedder", default="toyworld", help="'toyworld', a CLIP folder or hub id (default: toyworld)")
+    p.add_argument("--embedder", default=None,
+                   help=f"'toyworld', a CLIP folder or hub id (default: toyworld for the toy world, {REAL_EMBEDDER} otherwise)")
+    p.add_argument("--templates", nargs="+", default=None, metavar="TEMPLATE",
+                   help="prompt templates with {trigger} and {class}, each also drawn trigger-free (default: prompts the toy "
+                        "world can draw); 'dreambench' = DreamBooth's photo prompts, for a real base model")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the base model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the base model's)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out of memory)")
     p.add_argument("--seeds", type=int, default=8, help="seeds per prompt (default: 8)")
     p.add_argument("--trigger-seeds", type=int, default=None, metavar="N",
                    help="seeds for the trigger prompts, if not --seeds (e.g. fewer: identity is a rate, the class needs many samples)")
@@ -76,6 +96,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--seeds", type=int, default=8, help="number of seeds (default: 8)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out of memory)")
     p.add_argument("--unconditional", choices=("adapted", "base"), default="adapted",
                    help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
                         "(default), or from the base model: a diagnostic of where an adapter put its concept (docs/results.md)")
@@ -111,13 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _parse_overrides(pairs: list[str]) -> dict:
     import yaml
 
+    from catlab.config import load_yaml
+
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
         k, v = pair.split("=", 1)
         try:
-            out[k.strip()] = yaml.safe_load(v)
+            out[k.strip()] = load_yaml(v)  # as in a config file: 1e-4 is a number
         except yaml.YAMLError as e:
             raise ValueError(f"--set {pair!r}: the value is not valid YAML ({' '.join(str(e).split())})") from e
     return out
@@ -226,34 +250,65 @@ def _run(args) -> int:
 
 def _sample(args) -> int:
     """`catlab sample`: one row per prompt, one column per seed."""
-    import torch
-
     from catlab.files import save_image_atomic
-    from catlab.models import load_base, load_lora
+    from catlab.models import load_for_sampling, load_lora
     from catlab.sampling.grids import image_grid
     from catlab.sampling.sampler import generate
 
     out = Path(args.out)
     if out.exists():
         raise SystemExit(f"catlab: error: {out} exists; choose another --out (nothing is overwritten)")
-    pipe = load_base(args.base, device="cuda" if torch.cuda.is_available() else None)
+    pipe = load_for_sampling(args.base)  # on the GPU if there is one, in half precision there
     if args.adapter:
         load_lora(pipe, args.adapter, "adapter", scale=args.scale)
     seeds = list(range(args.seeds))
     images = generate(pipe, args.prompts, seeds, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      unconditional=args.unconditional)
+                      batch_size=args.batch_size, unconditional=args.unconditional)
     grid = image_grid(images, row_labels=args.prompts, col_labels=[f"seed {s}" for s in seeds])
     save_image_atomic(grid, out)
     print(f"wrote {out}")
     return 0
 
 
+def _eval_sampling(args):
+    """`catlab eval`'s sampling flags as an EvalSampling; a flag left out keeps evaluate's default."""
+    from catlab.evaluation.images import EvalSampling
+
+    given = {"seeds": args.seeds, "trigger_seeds": getattr(args, "trigger_seeds", None), "unconditional": args.unconditional,
+             "templates": _eval_templates(getattr(args, "templates", None)), "num_inference_steps": getattr(args, "steps", None),
+             "guidance_scale": getattr(args, "guidance", None), "batch_size": getattr(args, "batch_size", None)}
+    return EvalSampling(**{k: v for k, v in given.items() if v is not None})
+
+
+def _eval_templates(given: list[str] | None) -> tuple[str, ...] | None:
+    """--templates as given, 'dreambench' as DreamBooth's photo prompts; None keeps evaluate's default."""
+    if given == ["dreambench"]:
+        from catlab.sampling.prompts import REAL_WORLD_TEMPLATES
+
+        return REAL_WORLD_TEMPLATES
+    return None if given is None else tuple(given)
+
+
+def _eval_embedder(embedder: str | None, base: str) -> str:
+    """--embedder, or the default for the base: the toy CLIP only for the toy world, whose 32 px drawings it knows;
+    photos scored by it would give numbers that mean nothing, so a real base gets a real CLIP."""
+    if embedder is not None:
+        if embedder == "toyworld" and base != "toyworld":
+            print(f"note: --embedder toyworld scores {base}'s images with the toy world's 32 px CLIP; "
+                  f"for photos use a real CLIP, e.g. --embedder {REAL_EMBEDDER}")
+        return embedder
+    if base == "toyworld":
+        return "toyworld"
+    print(f"note: scoring with {REAL_EMBEDDER} (the CAT authors' CLIP, downloaded once); --embedder picks another")
+    return REAL_EMBEDDER
+
+
 def _evaluate(args) -> int:
     """`catlab eval`: score adapters against the base model; prints the summary and writes the CSVs."""
     import pandas as pd
 
-    from catlab.evaluation.protocol import evaluate
-    from catlab.evaluation.scoring import backbone_note, style_summary
+    from catlab.evaluation.protocol import evaluate, load_concept
+    from catlab.evaluation.scoring import Scorers, backbone_note, style_summary
 
     adapters = {}
     for pair in args.adapter:
@@ -269,11 +324,10 @@ def _evaluate(args) -> int:
             oracle = toyworld_path("oracle")
         except ToyWorldAssetError as e:
             print(f"note: oracle scores skipped ({e})")
-    real = {"dino": getattr(args, "dino", None), "clip": getattr(args, "clip", None)}  # --dino PATH, --clip [PATH]
+    scorers = Scorers(_eval_embedder(args.embedder, args.base), oracle, dino=getattr(args, "dino", None), clip=getattr(args, "clip", None))  # --dino, --clip
     try:
-        res = evaluate(args.base, adapters, args.concept, trigger=args.trigger, class_word=args.class_word, seeds=args.seeds,
-                       trigger_seeds=getattr(args, "trigger_seeds", None), embedder=args.embedder, oracle=oracle, out_dir=args.out, unconditional=args.unconditional,
-                       **{k: v for k, v in real.items() if v is not None})
+        concept = load_concept(args.concept, args.trigger, args.class_word)
+        res = evaluate(args.base, adapters, concept, sampling=_eval_sampling(args), scorers=scorers, out_dir=args.out)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"catlab: error: {e}") from e
     with pd.option_context("display.width", 200, "display.max_columns", 50):

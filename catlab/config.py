@@ -6,8 +6,10 @@ Defaults are the toy world's CPU preset; `TrainConfig.sd15()` gives the authors'
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,13 @@ class ConceptConfig:
 class TrainConfig:
     # --- what to train on
     base_model: str = "toyworld"  # "toyworld", a local diffusers folder, or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5
+    # or one .safetensors checkpoint as civitai and the webuis share them (never a pickled .ckpt / .pt / .bin)
+    variant: str | None = None  # "fp16": the hub's half-precision weight files, half the download; None = the full ones
+    revision: str | None = None  # a hub branch, tag or commit of base_model: the exact weights, recorded in the adapter
+    vae: str | None = None  # replaces the base model's VAE: a diffusers VAE folder or hub id, e.g. stabilityai/sd-vae-ft-mse
+    # for a single-file base_model (or vae): the diffusers folder or hub id whose configs describe it; None = diffusers
+    # infers the model and reads its configs from the hub once (offline: pass a local folder)
+    single_file_config: str | None = None
     concepts: list[ConceptConfig] = field(default_factory=list)
     output_dir: str = "runs/train"  # never overwritten silently: resume it or pick another
     resolution: int | None = None  # None = the base model's native size (32 px toy world, 512 px SD 1.5)
@@ -71,8 +80,9 @@ class TrainConfig:
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # all attention, as the authors
     train_text_encoder: bool = False  # CAT's target assumes the text encoder is the base model's
     # --- optimisation
-    steps: int = 300
-    batch_size: int = 4
+    steps: int = 300  # optimiser updates (not micro-batches); every interval below counts them too
+    batch_size: int = 4  # rows per micro-batch per process
+    # micro-batches per update: one update averages batch_size x gradient_accumulation x processes rows
     gradient_accumulation: int = 1
     learning_rate: float = 2e-3  # toy world; SD 1.5 LoRA usually 1e-4
     lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name; the authors used constant
@@ -80,8 +90,11 @@ class TrainConfig:
     adam_weight_decay: float = 1e-2
     max_grad_norm: float = 1.0  # clips the trainable parameters (the authors' code clipped frozen ones by mistake)
     snr_gamma: float | None = None  # Min-SNR weighting (Hang et al. 2023); None = plain MSE, as the authors
+    caption_dropout: float = 0.0  # share of concept rows trained on the empty caption, so guidance keeps a prior
+    noise_offset: float = 0.0  # offset noise (Guttenberg 2023): + offset * randn(B, C, 1, 1); learns mean brightness
     mixed_precision: str = "no"  # "fp16" / "bf16" on a GPU
     gradient_checkpointing: bool = False
+    compile_unet: bool = False  # torch.compile the UNet: faster GPU steps after a minutes-long first compile
     seed: int = 0
     # --- bookkeeping
     checkpoint_every: int = 100  # 0 = only at the end
@@ -90,6 +103,13 @@ class TrainConfig:
     report_to: str = "none"  # experiment tracker through accelerate: "none", "tensorboard" or "wandb" (install it)
     validate_every: int = 100  # 0 = never
     validation_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    # drawn for every concept, {trigger} and {class} filled in (expand_validation_prompts); the default shows the
+    # concept and whether its class still looks like the base model's
+    validation_prompts: list[str] = field(default_factory=lambda: ["a {trigger} {class}", "a {class}"])
+    validation_negative_prompt: str | None = None  # e.g. "blurry, lowres"; None = none, as the pipelines' default
+    validation_steps: int | None = None  # None = the base model's sampling steps (catlab_sampling.json, else 50)
+    validation_guidance: float | None = None  # None = the base model's guidance scale (3 in the toy world, 7.5 SD 1.5)
+    validation_base_row: bool = False  # also draw each prompt with the adapter off: the grid shows what training changed
     log_every: int = 10
 
     def __post_init__(self):
@@ -123,15 +143,18 @@ class TrainConfig:
                             "batch_size; 1 = one per concept image)")
         if not 0.0 <= self.cat_null_share <= 1.0:
             problems.append(f"cat_null_share={self.cat_null_share}: must be between 0 and 1 (a share of the batch)")
-        for name in ("cat_lambda", "prior_loss_weight", "learning_rate", "lora_dropout"):
+        for name in ("cat_lambda", "prior_loss_weight", "learning_rate", "lora_dropout", "noise_offset"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 0")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            problems.append(f"caption_dropout={self.caption_dropout}: must be at least 0 and below 1 (a share of the rows)")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             problems.append(f"mixed_precision={self.mixed_precision!r}: choose 'no', 'fp16' or 'bf16'")
         if self.report_to not in TRACKERS:
             problems.append(f"report_to={self.report_to!r}: choose one of {TRACKERS}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             problems.append(f"checkpoints_total_limit={self.checkpoints_total_limit}: must be >= 1, or null to keep every checkpoint")
+        problems += _validation_problems(self)
         if problems:
             raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
 
@@ -142,8 +165,27 @@ class TrainConfig:
                     steps=900, checkpoint_every=150, validate_every=150, resolution=512, mixed_precision="fp16")
         return cls(**{**base, **overrides})
 
+    @classmethod
+    def from_recipe(cls, name: str, **overrides) -> TrainConfig:
+        """A config from a named recipe (`RECIPES`), with `overrides` on top."""
+        return cls(**{**recipe_overrides(name), **overrides})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def needs_class_images(self) -> bool:
+        """DreamBooth trains on the base model's class images; CAT with `cat_anchor: class` puts its term on them."""
+        return self.regime == "dreambooth" or (self.regime == "cat" and self.cat_anchor == "class")
+
+    def class_prompts(self) -> list[str]:
+        """What the class images are drawn for: `class_prompt`, or "a {class_word}" for each concept (sorted, once each)."""
+        return sorted({self.class_prompt or f"a {c.class_word}" for c in self.concepts})
+
+    def loading_options(self) -> dict[str, str]:
+        """The fields that say how to load base_model, as `catlab.models.load_base` takes them (only those set)."""
+        given = {"variant": self.variant, "revision": self.revision, "vae": self.vae, "config": self.single_file_config}
+        return {k: v for k, v in given.items() if v is not None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -161,6 +203,71 @@ class TrainConfig:
             return cls(**d)
         except TypeError as e:  # a concept without folder / trigger / class_word
             raise ValueError(f"invalid training config: {e}") from e
+
+
+def fill_prompt(template: str, trigger: str, class_word: str) -> str:
+    """'a {trigger} {class} on a beach' -> 'a sks teapot on a beach'; ValueError for any other {placeholder}."""
+    try:
+        return template.format(trigger=trigger, **{"class": class_word})
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"prompt template {template!r}: only {{trigger}} and {{class}} may stand in braces ({e!r}); "
+                         "write literal braces as {{ }}") from e
+
+
+def expand_validation_prompts(templates: list[str], concepts: list[ConceptConfig]) -> list[str]:
+    """Every template filled in for every concept, in order, each prompt once: what `validate` draws per seed."""
+    prompts = [fill_prompt(t, c.trigger, c.class_word) for c in concepts for t in templates]
+    return list(dict.fromkeys(prompts))
+
+
+def _validation_problems(cfg: TrainConfig) -> list[str]:
+    """What is wrong with the validation settings: templates that cannot be filled in, steps or guidance out of range."""
+    problems = []
+    if not cfg.validation_prompts:
+        problems.append("validation_prompts=[]: give at least one, e.g. ['a {trigger} {class}', 'a {class}']")
+    for t in cfg.validation_prompts:
+        try:
+            fill_prompt(t, "sks", "thing")
+        except ValueError as e:
+            problems.append(f"validation_prompts: {e}")
+    if cfg.validation_steps is not None and cfg.validation_steps < 1:
+        problems.append(f"validation_steps={cfg.validation_steps}: must be >= 1, or null for the base model's own")
+    if cfg.validation_guidance is not None and cfg.validation_guidance < 1:
+        problems.append(f"validation_guidance={cfg.validation_guidance}: must be >= 1 (1 = no classifier-free guidance), "
+                        "or null for the base model's own")
+    return problems
+
+
+# Named sets of TrainConfig overrides, the same for every regime: `TrainConfig.from_recipe("demo", ...)`, and
+# `recipe="demo"` in the notebooks. Each value's why is in a line; the runs that chose it are in docs/results.md
+# ("The demo recipe").
+RECIPES: dict[str, dict[str, Any]] = {
+    "demo": dict(
+        steps=600,  # about what an attention-only LoRA needs to draw a toy concept at this rate
+        learning_rate=5e-3,  # toy-world scale; SD 1.5 LoRAs use about 1e-4 at 512 px
+        lr_scheduler="cosine",  # cosine decay (Loshchilov & Hutter 2017): CAT learnt both demo concepts more reliably
+        rank=4,
+        batch_size=4,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"],  # every attention projection, as the CAT authors
+        cat_lambda=4.0,  # the weakest λ that held the class on every seed set tried
+        cat_anchor="class",  # the term on the base model's own class images: where class prompts go at sampling time
+        cat_guidance=3.0,  # hold the guided class prediction, at the toy world's sampling guidance
+        cat_null_share=0.0,  # the guided term holds the empty caption itself
+        cat_share=0.5,  # 2 class images per step carry the term: held the class about as well as 4, for less
+        cat_every=1,
+        prior_loss_weight=1.0,  # DreamBooth's default
+        prior_share=0.5,  # DreamBooth sees as many class images per step as CAT's term does
+        num_class_images=40,  # drawn once by the base model; DreamBooth's prior and CAT's anchors share them
+        random_flip=False,  # the two-tone concepts are not mirror-symmetric
+    ),
+}
+
+
+def recipe_overrides(name: str) -> dict[str, Any]:
+    """A copy of the named recipe's TrainConfig overrides."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    return {k: list(v) if isinstance(v, list) else v for k, v in RECIPES[name].items()}
 
 
 def share_row_count(batch_size: int, share: float) -> int:
@@ -194,7 +301,7 @@ def load_config(path: str | Path) -> TrainConfig:
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"{p} is not valid YAML: {' '.join(str(e).split())}") from e
     if not isinstance(data, dict):
@@ -203,6 +310,26 @@ def load_config(path: str | Path) -> TrainConfig:
         return TrainConfig.from_dict(data)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{p}: {e}") from e
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as PyYAML's safe loader reads it, except that `1e-4` is the number it looks like (YAML 1.2), not the
+    string YAML 1.1 makes of it: learning rates are written that way."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml12_floats_loader())
+
+
+@functools.cache
+def _yaml12_floats_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader plus YAML 1.2's exponent floats without a dot (1e-4, 5E3); 1.1 needs 1.0e-4."""
+
+    exponent_float = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent_float, list("-+0123456789"))
+    return Loader
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

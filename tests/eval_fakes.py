@@ -57,3 +57,34 @@ def fake_generate(pipe, prompts, seeds, **kwargs):
 
 
 fake_generate.calls = 0
+
+
+def fake_sampler(generate=None, activate=None):
+    """evaluate()'s sampler for tests: `generate` and `activate` as given; the pipeline's own where None."""
+    from catlab.evaluation.images import Sampler
+
+    class Fake(Sampler):
+        def activate(self, pipe, method, adapter):
+            (activate or super().activate)(pipe, method, adapter)
+
+        def generate(self, pipe, prompts, seeds, **settings):
+            return (generate or super().generate)(pipe, prompts, seeds, **settings)
+
+    return Fake()
+
+
+SAMPLING_FIELDS = ("templates", "seeds", "trigger_seeds", "num_inference_steps", "guidance_scale", "batch_size", "unconditional", "workers")
+SCORER_FIELDS = ("embedder", "oracle", "dino", "clip")
+
+
+def evaluate_with(pipe, adapters, refs, *, trigger="sks", class_word="circle", generate_fn=None, activate_fn=None, **kw):
+    """evaluate() on reference images, with the sampling and scorer settings given as flat keywords (tests read better)."""
+    from catlab.evaluation import protocol as E
+    from catlab.evaluation.images import EvalSampling
+    from catlab.evaluation.scoring import Scorers
+
+    sampling = EvalSampling(**{k: kw.pop(k) for k in SAMPLING_FIELDS if k in kw})
+    scorers = Scorers(**{k: kw.pop(k) for k in SCORER_FIELDS if k in kw})
+    sampler = fake_sampler(generate_fn, activate_fn) if generate_fn or activate_fn else None
+    concept = E.load_concept(refs, trigger, class_word)
+    return E.evaluate(pipe, adapters, concept, sampling=sampling, scorers=scorers, sampler=sampler, **kw)

@@ -79,53 +79,61 @@ def test_demo_runs_side_by_side_train_the_same_adapters_as_one_at_a_time(tiny_as
         assert np.abs(pa - pb).mean() < 1.0, f"{fa}: sampled in a worker, the image differs from the one sampled in-process"
 
 
-def test_every_recipe_field_the_trainer_knows_reaches_its_config(tmp_path):
-    """A DemoRecipe field with a TrainConfig namesake (lr_scheduler, cat_lambda, ...) must be what the demo trains with."""
-    from catlab.config import TrainConfig
-    from catlab.demo.experiment import DemoRecipe, _train_config
-    from catlab.toyworld.world import CONCEPTS
+def test_the_demo_trains_with_the_named_recipe_and_nothing_else(tmp_path):
+    """The demo's TrainConfig is RECIPES["demo"] plus where the demo keeps things: no field copied by hand."""
+    from catlab.config import RECIPES, ConceptConfig, TrainConfig
+    from catlab.demo.recipe import DemoRecipe
 
-    shared = set(DemoRecipe.__dataclass_fields__) & set(TrainConfig.__dataclass_fields__)
-    assert "lr_scheduler" in shared and "cat_lambda" in shared
-    recipe = DemoRecipe(lr_scheduler="linear", cat_lambda=2.0, rank=2)  # not the defaults, so a dropped field shows
-    cfg = _train_config("cat", 0, recipe, CONCEPTS["circle_on_navy"], tmp_path)
-    for name in sorted(shared):
-        got, want = getattr(cfg, name), getattr(recipe, name)
-        assert (list(got) if isinstance(got, (list, tuple)) else got) == (list(want) if isinstance(want, (list, tuple)) else want), name
+    concept = ConceptConfig(str(tmp_path / "concept"), "pxl", "circle")
+    cfg = DemoRecipe().train_config("cat", 3, concept, tmp_path)
+    assert cfg == TrainConfig.from_recipe("demo", concepts=[concept], regime="cat", seed=3, output_dir=str(tmp_path / "runs" / "cat_seed3"),
+                                          class_images_dir=str(tmp_path / "class_images"), checkpoint_every=0, validate_every=0)
+    assert all(getattr(cfg, k) == v for k, v in RECIPES["demo"].items())
+    changed = DemoRecipe().with_train(lr_scheduler="linear", cat_lambda=2.0).train_config("cat", 0, concept, tmp_path)
+    assert (changed.lr_scheduler, changed.cat_lambda) == ("linear", 2.0)
+    with pytest.raises(ValueError, match="not TrainConfig fields: \\['lamda'\\]"):
+        DemoRecipe().with_train(lamda=2.0)
+    with pytest.raises(ValueError, match="unknown recipe 'paper'; choose one of \\['demo'\\]"):
+        TrainConfig.from_recipe("paper")
+
+
+def _cfg(**fields):
+    from catlab.config import TrainConfig
+
+    return TrainConfig(**fields)
 
 
 def test_the_report_names_cat_terms_settings():
     """The report says what CAT's term held, so a reader need not open recipe.json to tell the paper's from the demo's."""
-    from catlab.demo.experiment import DemoRecipe
     from catlab.demo.report import describe_cat_term
 
-    guided = DemoRecipe(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=1.0)  # spelt out so a new default does not break this
+    guided = _cfg(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=1.0)
     assert describe_cat_term(guided) == "CAT's term: λ 4 on the guided class prediction (scale 3), at the base model's class images"
-    fewer = DemoRecipe(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=0.5, batch_size=4)
+    fewer = _cfg(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=0.5, batch_size=4)
     assert describe_cat_term(fewer) == ("CAT's term: λ 4 on the guided class prediction (scale 3), at 2 of the base model's class images "
                                         "per step (beside 4 concept images)")
-    paper = DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_anchor="concept", cat_share=1.0)
+    paper = _cfg(cat_lambda=1.0, cat_guidance=0.0, cat_anchor="concept", cat_share=1.0)
     assert describe_cat_term(paper) == "CAT's term: λ 1 on the trigger-free prediction, at the concept's images"
-    half = DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_anchor="concept", cat_share=0.5, batch_size=4)
+    half = _cfg(cat_lambda=1.0, cat_guidance=0.0, cat_anchor="concept", cat_share=0.5, batch_size=4)
     assert describe_cat_term(half) == "CAT's term: λ 1 on the trigger-free prediction, at 2 of each step's 4 concept images"
-    assert describe_cat_term(DemoRecipe(cat_lambda=1.0, cat_guidance=0.0, cat_null_share=0.5, cat_share=1.0)).endswith(
+    assert describe_cat_term(_cfg(cat_lambda=1.0, cat_guidance=0.0, cat_null_share=0.5, cat_share=1.0, cat_anchor="class")).endswith(
         "λ 1 on the trigger-free prediction (the caption empty on 50% of the rows), at the base model's class images")
-    assert describe_cat_term(DemoRecipe(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=1.0, cat_every=2)).endswith(
+    assert describe_cat_term(_cfg(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=1.0, cat_every=2)).endswith(
         "at the base model's class images, on one step in 2 (weighted by 2)")
 
 
 def test_the_report_names_dreambooths_prior():
-    from catlab.demo.experiment import DemoRecipe
     from catlab.demo.report import describe_prior
 
-    assert describe_prior(DemoRecipe(prior_share=1.0, batch_size=4, prior_loss_weight=1.0)) == (
+    assert describe_prior(_cfg(prior_share=1.0, batch_size=4, prior_loss_weight=1.0)) == (
         "DreamBooth's prior: 4 of the base model's class images per step (beside 4 concept images), weight 1")
-    assert describe_prior(DemoRecipe(prior_share=0.5, batch_size=4, prior_loss_weight=1.0)).startswith("DreamBooth's prior: 2 of")
+    assert describe_prior(_cfg(prior_share=0.5, batch_size=4, prior_loss_weight=1.0)).startswith("DreamBooth's prior: 2 of")
 
 
 def test_the_report_says_how_many_seeds_each_prompt_had():
-    from catlab.demo.experiment import DemoRecipe
     from catlab.demo.report import describe_eval_seeds
+    from catlab.evaluation.images import EvalSampling
 
-    assert describe_eval_seeds(DemoRecipe(eval_seeds=48, eval_trigger_seeds=48)) == "48 sampling seeds per prompt"
-    assert describe_eval_seeds(DemoRecipe(eval_seeds=48, eval_trigger_seeds=24)) == "48 sampling seeds for the class prompt and 24 for the trigger prompt"
+    assert describe_eval_seeds(EvalSampling(seeds=48, trigger_seeds=48)) == "48 sampling seeds per prompt"
+    assert describe_eval_seeds(EvalSampling(seeds=48, trigger_seeds=24)) == "48 sampling seeds for the class prompt and 24 for the trigger prompt"
+    assert describe_eval_seeds(EvalSampling(seeds=(5, 9), trigger_seeds=None)) == "2 sampling seeds per prompt"

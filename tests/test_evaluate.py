@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from eval_fakes import FakePipe, fake_activate, fake_generate, mean_colour, solid, text_colour
+from eval_fakes import FakePipe, evaluate_with, fake_activate, fake_generate, mean_colour, solid, text_colour
 
 from catlab.evaluation import metrics as M
+from catlab.evaluation import images
 from catlab.evaluation import protocol as E
 from catlab.evaluation import scoring as S
 from catlab.evaluation.embedders import CallableEmbedder
@@ -29,7 +30,7 @@ def run_eval(out_dir, adapters, embedder=None, **kw):
     kw = {"templates": ["a {trigger} {class}", "a red {trigger} {class}", "a {trigger} {class} on a dark background"],
           "seeds": 4, "generate_fn": fake_generate, "activate_fn": fake_activate, "progress": False, **kw}
     embedder = embedder or CallableEmbedder(mean_colour, text_fn=text_colour)
-    return E.evaluate(FakePipe(), adapters, refs, trigger="sks", class_word="circle", embedder=embedder, out_dir=out_dir, **kw)
+    return evaluate_with(FakePipe(), adapters, refs, embedder=embedder, out_dir=out_dir, **kw)
 
 
 def test_evaluate_scores_tables_and_files(tmp_path, adapters):
@@ -108,12 +109,12 @@ def test_evaluate_clear_errors(tmp_path, adapters):
         run_eval(tmp_path, {"lost": tmp_path / "nope"})
     with pytest.raises(ValueError, match="unpaired generations"):
         df = pd.DataFrame({"method": ["cat"], "kind": ["class"], "template": ["a {trigger} {class}"], "prompt": ["a circle"], "seed": [0]})
-        S.score_images(df, [solid((1, 2, 3))], S.Concept("sks", "circle", [solid((4, 5, 6))]), CallableEmbedder(mean_colour))
+        S.score_images(df, [solid((1, 2, 3))], S.Concept("sks", "circle", [solid((4, 5, 6))]), S.Scorers(CallableEmbedder(mean_colour)))
 
 
 def test_templates_and_concepts():
-    assert E.trigger_free_template("a {trigger} {class} on a dark background") == "a {class} on a dark background"
-    assert E.expand_templates(["a red {trigger} {class}"], "sks", "circle") == [("a red {trigger} {class}", "a red sks circle", "a red circle")]
+    assert images.trigger_free_template("a {trigger} {class} on a dark background") == "a {class} on a dark background"
+    assert images.expand_templates(["a red {trigger} {class}"], "sks", "circle") == [("a red {trigger} {class}", "a red sks circle", "a red circle")]
     c = E.load_concept("two_tone_circle")
     assert (c.trigger, c.class_word, c.name, len(c.references)) == ("sks", "circle", "two_tone_circle", 5)
     with pytest.raises(ValueError, match="a trigger and a class word are needed"):
@@ -171,7 +172,7 @@ def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_r
         calls.append(1)
         return generate(*args, **kwargs)
 
-    df, again = E.evaluate(pipe, {"lora": tmp_path / "lora", "same": None}, concept, seeds=1, embedder=clip, out_dir=out, generate_fn=counted)
+    df, again = evaluate_with(pipe, {"lora": tmp_path / "lora", "same": None}, concept, seeds=1, embedder=clip, out_dir=out, generate_fn=counted)
     assert calls == [] and again.set_index("method").loc["same", "KP_mean"] == pytest.approx(1.0)
     pd.testing.assert_frame_equal(again.iloc[:2], cli_summary, check_dtype=False)
 

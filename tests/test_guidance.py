@@ -70,7 +70,7 @@ def test_sampling_with_the_base_unconditional_branch(toyworld_env):
 
 @pytest.mark.filterwarnings("ignore:prompt similarity")  # the stand-in embedder has no text tower
 def test_evaluate_keeps_apart_the_images_of_each_unconditional_source(tmp_path):
-    from eval_fakes import FakePipe, fake_activate, fake_generate, solid
+    from eval_fakes import FakePipe, evaluate_with, fake_activate, fake_generate, solid
 
     import catlab.evaluation.protocol as E
     from catlab.evaluation.embedders import CallableEmbedder
@@ -86,11 +86,11 @@ def test_evaluate_keeps_apart_the_images_of_each_unconditional_source(tmp_path):
     emb = CallableEmbedder(lambda ims: np.stack([np.asarray(i, dtype=float).mean((0, 1)) for i in ims]))
     kw = dict(trigger="sks", class_word="circle", templates=["a {trigger} {class}"], seeds=2, embedder=emb,
               out_dir=tmp_path / "eval", generate_fn=recording_generate, activate_fn=fake_activate, progress=False)
-    E.evaluate(FakePipe(), {"cat": tmp_path / "cat"}, [solid((245, 120, 190))], **kw)
-    E.evaluate(FakePipe(), {"cat": tmp_path / "cat"}, [solid((245, 120, 190))], unconditional="base", **kw)
+    evaluate_with(FakePipe(), {"cat": tmp_path / "cat"}, [solid((245, 120, 190))], **kw)
+    evaluate_with(FakePipe(), {"cat": tmp_path / "cat"}, [solid((245, 120, 190))], unconditional="base", **kw)
     assert seen == [(None, "adapted"), ("cat", "adapted"), ("cat", "base")], "the base model's images are shared, the adapter's are not"
     with pytest.raises(ValueError, match="choose 'adapted'"):
-        E.evaluate(FakePipe(), {"cat": tmp_path / "cat"}, [solid((245, 120, 190))], unconditional="both", **kw)
+        evaluate_with(FakePipe(), {"cat": tmp_path / "cat"}, [solid((245, 120, 190))], unconditional="both", **kw)
 
 
 def test_guided_cat_term_holds_the_guided_class_prediction(toyworld_env):

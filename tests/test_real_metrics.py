@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from eval_fakes import FakePipe, fake_activate
+from eval_fakes import FakePipe, evaluate_with, fake_activate
 from PIL import Image
 
 from catlab.evaluation import metrics as M
@@ -196,7 +196,7 @@ def run_eval(out_dir, tmp_path, **kw):
     (tmp_path / "cat" / "pytorch_lora_weights.safetensors").write_bytes(b"cat")
     kw = {"templates": ["a {trigger} {class}", "a {trigger} {class} on a dark background"], "seeds": 2,
           "generate_fn": fake_generate, "activate_fn": fake_activate, "progress": False, "device": "cpu", **kw}
-    return E.evaluate(FakePipe(), {"cat": tmp_path / "cat"}, REFS, trigger="sks", class_word="circle", out_dir=out_dir, **kw)
+    return evaluate_with(FakePipe(), {"cat": tmp_path / "cat"}, REFS, out_dir=out_dir, **kw)
 
 
 def test_evaluate_adds_dino_clip_i_clip_t_named_with_backbone_and_scaling(tmp_path, vit_folder, clip_folder):
@@ -278,21 +278,23 @@ def test_eval_cli_passes_dino_and_clip_through(tmp_path, monkeypatch, capsys):
     summary = pd.DataFrame({"method": ["base"], "n_seeds": [1], "n_prompts": [1], "IS_mean": [0.9], "IS_ci95": [np.nan]})
     summary.attrs["backbones"] = {"IS": "(cos + 1) / 2 of CLIP ViT-B/32 (openai/clip-vit-base-patch32)"}
 
-    def fake_evaluate(*args, **kwargs):
+    def fake_evaluate(base, adapters, concept, **kwargs):
         seen.append(kwargs)
         return E.EvalResult(pd.DataFrame(), summary)
 
     monkeypatch.setattr(E, "evaluate", fake_evaluate)
+    monkeypatch.setattr(E, "load_concept", lambda *a: a)
     common = {"adapter": [], "base": "runs/sd15", "concept": str(tmp_path), "trigger": "sks", "class_word": "dog", "seeds": 1,
               "embedder": "openai/clip-vit-base-patch32", "out": str(tmp_path / "eval"), "unconditional": "adapted"}
     assert cli._evaluate(argparse.Namespace(**common)) == 0
-    assert "dino" not in seen[-1] and "clip" not in seen[-1] and seen[-1]["unconditional"] == "adapted"
+    scorers, sampling = seen[-1]["scorers"], seen[-1]["sampling"]
+    assert scorers.dino is None and scorers.clip is None and sampling.unconditional == "adapted"
     assert cli._evaluate(argparse.Namespace(**{**common, "unconditional": "base"})) == 0
-    assert seen[-1]["unconditional"] == "base"
+    assert seen[-1]["sampling"].unconditional == "base"
     assert cli._evaluate(argparse.Namespace(**common, trigger_seeds=3)) == 0
-    assert seen[-1]["trigger_seeds"] == 3 and seen[-1]["seeds"] == 1
+    assert seen[-1]["sampling"].trigger_seeds == 3 and seen[-1]["sampling"].seeds == 1
     assert cli._evaluate(argparse.Namespace(**common, dino="facebook/dino-vits16", clip=True)) == 0
-    assert seen[-1]["dino"] == "facebook/dino-vits16" and seen[-1]["clip"] is True
+    assert seen[-1]["scorers"].dino == "facebook/dino-vits16" and seen[-1]["scorers"].clip is True
     assert "backbones: IS: (cos + 1) / 2 of CLIP ViT-B/32 (openai/clip-vit-base-patch32)" in capsys.readouterr().out
 
 

@@ -28,6 +28,8 @@ from sd15_layout import TOKENS, TRANSFORMER_BLOCKS, save_sd15_pipeline
 
 from catlab.models import LORA_WEIGHT_NAME, WEBUI_WEIGHT_NAME
 
+pytestmark = [pytest.mark.sd15]
+
 RESOLUTION = 64
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # catlab's default: every attention projection
 
@@ -63,7 +65,8 @@ def test_sd15_layout_cat_train_sample_eval_by_path(sd15_dir, tmp_path, monkeypat
     from PIL import Image
 
     from catlab.cli import main
-    from catlab.evaluation.protocol import evaluate
+    from catlab.evaluation.images import EvalSampling
+    from catlab.evaluation.protocol import evaluate, load_concept
     from catlab.models import adapters_disabled, load_base, load_lora, native_resolution, sampling_defaults
     from catlab.sampling.sampler import generate
     from catlab.toyworld.world import export_concept
@@ -104,8 +107,9 @@ def test_sd15_layout_cat_train_sample_eval_by_path(sd15_dir, tmp_path, monkeypat
     # (40 images) take a minute here: evaluate(), which it calls, with one template and 2 steps
     with _timed("evaluate (base + CAT, 1 template x 2 prompts x 2 seeds, 2 steps)"):
         out = tmp_path / "eval"
-        res = evaluate(str(sd15_dir), {"cat": adapter}, str(concept), trigger="sks", class_word="circle",
-                       templates=["a {trigger} {class}"], seeds=2, num_inference_steps=2, out_dir=out, progress=False)
+        sampling = EvalSampling(templates=("a {trigger} {class}",), seeds=2, num_inference_steps=2)
+        res = evaluate(str(sd15_dir), {"cat": adapter}, load_concept(concept, "sks", "circle"), sampling=sampling, out_dir=out,
+                       progress=False)
         gc.collect()
     per_image = pd.read_csv(out / "per_image.csv")
     assert len(per_image) == 2 * 2 * 2 and set(per_image["method"]) == {"base", "cat"}

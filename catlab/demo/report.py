@@ -7,43 +7,17 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from catlab.config import share_row_count
+from catlab.config import TrainConfig, share_row_count
+from catlab.demo.recipe import COLUMNS, METHODS, DemoResults, DemoRun
+from catlab.evaluation.images import EvalSampling
 from catlab.files import save_image_atomic, write_text_atomic
 from catlab.sampling.grids import image_grid
-
-METHODS = {"lora": "LoRA", "dreambooth": "DreamBooth-LoRA", "cat": "CAT"}  # regime -> method: its name in tables and figures
-
-COLUMNS = ["IS", "PS", "KP", "KPS", "DIV", "Vendi", "PRES", "colour_entropy", "collapse_rate", "identity_acc",
-           "paired_preservation", "colour_distance", "valid_rate"]
-
-
-@dataclass
-class DemoRun:
-    """One adapter the demo trained: its regime and training seed, where it is saved, and what it cost."""
-
-    regime: str  # a key of METHODS
-    seed: int
-    adapter: Path
-    train_s: float  # training wall time, without the class images
-    class_images_s: float  # time to draw the class images (DreamBooth's up-front cost; CAT's anchors reuse them)
-    history: list[dict]  # the trainer's per-step logs
-
-    @property
-    def method(self) -> str:
-        return METHODS[self.regime]
-
-    @property
-    def name(self) -> str:
-        """The adapter's name in the evaluation tables: regime and seed."""
-        return f"{self.regime}_s{self.seed}"
-
 
 def format_table(table: pd.DataFrame, as_frame: bool = False) -> str | pd.DataFrame:
     """mean ± std per score, as text for the terminal (or as a DataFrame of strings for an HTML table)."""
@@ -60,7 +34,7 @@ def _open(out: Path, rel: str) -> Image.Image:
     return Image.open(out / "eval" / rel).convert("RGB")
 
 
-def method_grid(out: Path, per_image: pd.DataFrame, runs: list[DemoRun], prompt_kind: str, template: str, n_cols: int, title: str) -> Image.Image:
+def demo_method_grid(out: Path, per_image: pd.DataFrame, runs: list[DemoRun], prompt_kind: str, template: str, n_cols: int, title: str) -> Image.Image:
     """Rows: base model and each method (training seed 0); columns: the same sampling seeds."""
     from catlab.evaluation.scoring import BASE
 
@@ -78,8 +52,8 @@ def headline_grid(out: Path, per_image: pd.DataFrame, runs: list[DemoRun], conce
     template = per_image["template"].iloc[0]
     trig_prompt = per_image[(per_image.template == template) & (per_image.kind == "trigger")]["prompt"].iloc[0]
     cls_prompt = per_image[(per_image.template == template) & (per_image.kind == "class")]["prompt"].iloc[0]
-    left = method_grid(out, per_image, runs, "trigger", template, n_cols, f'"{trig_prompt}" (should draw the concept)')
-    right = method_grid(out, per_image, runs, "class", template, n_cols, f'"{cls_prompt}" (should stay any {concept.class_word})')
+    left = demo_method_grid(out, per_image, runs, "trigger", template, n_cols, f'"{trig_prompt}" (should draw the concept)')
+    right = demo_method_grid(out, per_image, runs, "class", template, n_cols, f'"{cls_prompt}" (should stay any {concept.class_word})')
     refs = [Image.open(p).convert("RGB") for p in sorted((out / "concept").glob("*.png"))]
     ref = image_grid([refs], ["training images"], None, cell=64)
     w = left.width + right.width + 16
@@ -97,7 +71,7 @@ def paired_grid(out: Path, per_image: pd.DataFrame, runs: list[DemoRun], n_cols:
 
     template = per_image["template"].iloc[0]
     if "preserved" not in per_image:  # no oracle: the plain grid
-        return method_grid(out, per_image, runs, "class", template, n_cols, "class samples, same seeds")
+        return demo_method_grid(out, per_image, runs, "class", template, n_cols, "class samples, same seeds")
     from catlab.evaluation.scoring import BASE
 
     first = {r.regime: r.name for r in sorted(runs, key=lambda r: -r.seed)}
@@ -115,17 +89,15 @@ def paired_grid(out: Path, per_image: pd.DataFrame, runs: list[DemoRun], n_cols:
 
 def colour_figure(per_image: pd.DataFrame, runs: list[DemoRun], concept):
     """Oracle colour histogram of class-prompt generations (prompts that name no colour), per method."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from catlab.evaluation.scoring import BASE
     from catlab.toyworld.world import COLOURS
 
     groups = [("base model", [BASE])] + [(name, [r.name for r in runs if r.regime == g]) for g, name in METHODS.items()]
     cls = per_image[(per_image.kind == "class") & per_image["colour_entropy"].notna()]
-    fig, ax = plt.subplots(figsize=(9, 3.4))
+    fig = Figure(figsize=(9, 3.4))  # not pyplot: no global figure state, no backend to choose
+    ax = fig.subplots()
     names = list(COLOURS) + ["= concept"]
     width = 0.8 / len(groups)
     for k, (label, members) in enumerate(groups):
@@ -144,11 +116,12 @@ def colour_figure(per_image: pd.DataFrame, runs: list[DemoRun], concept):
     return fig
 
 
-def loss_figure(runs: list[DemoRun]):
-    import matplotlib.pyplot as plt
+def demo_loss_figure(runs: list[DemoRun]):
+    """Smoothed denoising loss and regulariser terms of each method's first run."""
+    from matplotlib.figure import Figure
 
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    fig = Figure(figsize=(9, 3))
+    axes = fig.subplots(1, 2)
     for regime, name in METHODS.items():
         hist = next((r.history for r in runs if r.regime == regime), None)
         if not hist:
@@ -169,11 +142,8 @@ def loss_figure(runs: list[DemoRun]):
 
 
 def _save_fig(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     return save_image_atomic(Image.open(io.BytesIO(buf.getvalue())), path)
 
 
@@ -200,64 +170,65 @@ def _html_scores(table: pd.DataFrame) -> str:
     return cells.to_html(index=False, classes="scores", border=0, escape=False)
 
 
-def describe_eval_seeds(recipe) -> str:
+def describe_eval_seeds(sampling: EvalSampling) -> str:
     """How many sampling seeds each prompt was evaluated on."""
-    trigger_seeds = getattr(recipe, "eval_trigger_seeds", recipe.eval_seeds)
-    if trigger_seeds == recipe.eval_seeds:
-        return f"{recipe.eval_seeds} sampling seeds per prompt"
-    return f"{recipe.eval_seeds} sampling seeds for the class prompt and {trigger_seeds} for the trigger prompt"
+    seeds, trigger_seeds = (len(ss) for ss in sampling.seed_lists())
+    if trigger_seeds == seeds:
+        return f"{seeds} sampling seeds per prompt"
+    return f"{seeds} sampling seeds for the class prompt and {trigger_seeds} for the trigger prompt"
 
 
-def describe_cat_term(recipe) -> str:
-    """CAT's term in words, as the recipe sets it: its weight, what it holds and on which images."""
-    guidance = getattr(recipe, "cat_guidance", 0.0)
-    null_share = getattr(recipe, "cat_null_share", 0.0)
-    held = f"the guided class prediction (scale {guidance:g})" if guidance else "the trigger-free prediction"
-    if null_share:
-        held += f" (the caption empty on {null_share:.0%} of the rows)"
-    anchored = getattr(recipe, "cat_anchor", "concept") == "class"
+def describe_cat_term(cfg: TrainConfig) -> str:
+    """CAT's term in words, as the config sets it: its weight, what it holds and on which images."""
+    held = f"the guided class prediction (scale {cfg.cat_guidance:g})" if cfg.cat_guidance else "the trigger-free prediction"
+    if cfg.cat_null_share:
+        held += f" (the caption empty on {cfg.cat_null_share:.0%} of the rows)"
+    anchored = cfg.cat_anchor == "class"
     images = "the base model's class images" if anchored else "the concept's images"
-    share = getattr(recipe, "cat_share", 1.0)
-    if share < 1:
-        rows = share_row_count(recipe.batch_size, share)
-        images = (f"{rows} of {images} per step (beside {recipe.batch_size} concept images)" if anchored
-                  else f"{rows} of each step's {recipe.batch_size} concept images")
-    every = getattr(recipe, "cat_every", 1)
-    when = f", on one step in {every} (weighted by {every})" if every > 1 else ""
-    return f"CAT's term: λ {recipe.cat_lambda:g} on {held}, at {images}{when}"
+    if cfg.cat_share < 1:
+        rows = share_row_count(cfg.batch_size, cfg.cat_share)
+        images = (f"{rows} of {images} per step (beside {cfg.batch_size} concept images)" if anchored
+                  else f"{rows} of each step's {cfg.batch_size} concept images")
+    when = f", on one step in {cfg.cat_every} (weighted by {cfg.cat_every})" if cfg.cat_every > 1 else ""
+    return f"CAT's term: λ {cfg.cat_lambda:g} on {held}, at {images}{when}"
 
 
-def describe_prior(recipe) -> str:
+def describe_prior(cfg: TrainConfig) -> str:
     """DreamBooth's prior in words: how many of the base model's class images each step adds, at what weight."""
-    rows = share_row_count(recipe.batch_size, getattr(recipe, "prior_share", 1.0))
-    return (f"DreamBooth's prior: {rows} of the base model's class images per step (beside {recipe.batch_size} concept images), "
-            f"weight {recipe.prior_loss_weight:g}")
+    rows = share_row_count(cfg.batch_size, cfg.prior_share)
+    return (f"DreamBooth's prior: {rows} of the base model's class images per step (beside {cfg.batch_size} concept images), "
+            f"weight {cfg.prior_loss_weight:g}")
 
 
-def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs: pd.DataFrame, runs: list[DemoRun], concept,
-                 recipe, n_seeds: int, total_s: float, rerun: str | None = None) -> Path:
-    """report.md + PNGs + a self-contained report.html in `out`; returns the HTML path. `rerun`: the command that
-    reproduces the run (default: `catlab demo --out OUT`)."""
+def describe_setting(results: DemoResults) -> str:
+    """The report's opening paragraph: the concept, the shared recipe, and what each score means."""
+    c, recipe = results.concept, results.recipe
+    cfg = TrainConfig(**{**recipe.train, "regime": "cat"})  # the recipe as a config: every field resolved
+    return (f"Toy concept `{c.name}`: trigger `{c.trigger}`, class `{c.class_word}`. Each method trained with the same data, "
+            f"{cfg.steps} steps, lr {cfg.learning_rate} ({cfg.lr_scheduler}), rank {cfg.rank}, batch {cfg.batch_size}, over "
+            f"{results.n_seeds} training seed(s); {describe_cat_term(cfg)}; {describe_prior(cfg)}; evaluated on "
+            f"{describe_eval_seeds(recipe.sampling)}"
+            + (", guidance's unconditional branch from the base model" if recipe.sampling.unconditional == "base" else "")
+            + ". Scores: mean ± std over training seeds. "
+            "IS, KP, KPS, PRES in [0, 1] (CLIP (cos+1)/2); colour entropy normalised to [0, 1]; collapse rate = share of "
+            "class-prompt images the oracle reads as the concept; identity_acc = share of trigger-prompt images it reads as the "
+            "concept; paired_preservation = share of class-prompt seeds whose image has the oracle colour and shape of the base "
+            "model's image from the same seed; colour_distance = total-variation distance of the class colours to the base "
+            f"model's; valid_rate = share of class-prompt images the oracle confidently reads as a {c.class_word}.")
 
+
+def write_report(results: DemoResults) -> Path:
+    """report.md + PNGs + a self-contained report.html in `results.out`; returns the HTML path."""
+    out, per_image, runs, concept, n_cols = results.out, results.per_image, results.runs, results.concept, results.recipe.grid_seeds
     figs = {
-        "grid.png": save_image_atomic(headline_grid(out, per_image, runs, concept, recipe.grid_seeds), out / "grid.png"),
-        "paired.png": save_image_atomic(paired_grid(out, per_image, runs, recipe.grid_seeds), out / "paired.png"),
+        "grid.png": save_image_atomic(headline_grid(out, per_image, runs, concept, n_cols), out / "grid.png"),
+        "paired.png": save_image_atomic(paired_grid(out, per_image, runs, n_cols), out / "paired.png"),
         "colours.png": _save_fig(colour_figure(per_image, runs, concept), out / "colours.png"),
-        "losses.png": _save_fig(loss_figure(runs), out / "losses.png"),
+        "losses.png": _save_fig(demo_loss_figure(runs), out / "losses.png"),
     }
-    text_table = format_table(table)
-    rerun = rerun or f"catlab demo --out {out} --overwrite"
-    cost_txt = costs.to_string(index=False, float_format=lambda v: f"{v:.2f}")
-    intro = (f"Toy concept `{concept.name}`: trigger `{concept.trigger}`, class `{concept.class_word}`. Each method trained with the same "
-             f"data, {recipe.steps} steps, lr {recipe.learning_rate} ({getattr(recipe, 'lr_scheduler', 'constant')}), rank {recipe.rank}, batch {recipe.batch_size}, over {n_seeds} training "
-             f"seed(s); {describe_cat_term(recipe)}; {describe_prior(recipe)}; evaluated on {describe_eval_seeds(recipe)}"
-             + (", guidance's unconditional branch from the base model" if getattr(recipe, "unconditional", "adapted") == "base" else "")
-             + f". Scores: mean ± std over training seeds. "
-             f"IS, KP, KPS, PRES in [0, 1] (CLIP (cos+1)/2); colour entropy normalised to [0, 1]; collapse rate = share of class-prompt "
-             f"images the oracle reads as the concept; identity_acc = share of trigger-prompt images it reads as the concept; "
-             f"paired_preservation = share of class-prompt seeds whose image has the oracle colour and shape of the base model's image "
-             f"from the same seed; colour_distance = total-variation distance of the class colours to the base model's; "
-             f"valid_rate = share of class-prompt images the oracle confidently reads as a {concept.class_word}.")
+    text_table, rerun, total_s = format_table(results.table), results.rerun, results.total_s
+    cost_txt = results.costs.to_string(index=False, float_format=lambda v: f"{v:.2f}")
+    intro = describe_setting(results)
     md = "\n".join([
         "# catlab demo: LoRA vs DreamBooth-LoRA vs CAT on the toy world", "", intro, "",
         "![grid](grid.png)", "", "## Scores", "", "```", text_table, "```", "",
@@ -266,7 +237,7 @@ def write_report(out: Path, per_image: pd.DataFrame, table: pd.DataFrame, costs:
         f"Total wall time: {total_s:.0f} s. Rerun: `{rerun}`.", "",
     ])
     write_text_atomic(out / "report.md", md)
-    html_table = _html_scores(table)
+    html_table = _html_scores(results.table)
     html = f"""<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>catlab demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}} .wrap{{overflow-x:auto}}
 table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}}

@@ -4,7 +4,7 @@
 toy world's shape/colour/concept readings) row by row; `per_seed_scores` and `summarise` reduce the table to
 mean and 95% CI per method, and `style_summary` shows that in a notebook. `catlab.evaluation.protocol` generates the images.
 
-Optionally (`dino=`, `clip=`) the tables gain the metrics real-world papers report, as raw cosines named so the
+Optionally (`Scorers.dino`, `Scorers.clip`) the tables gain the metrics real-world papers report, as raw cosines named so the
 scaling is visible: DINO_cos and CLIP-I_cos (DreamBooth's DINO and CLIP-I), CLIP-T_cos, and DINO-PRES_cos
 (DreamBooth's PRES). IS, PS, KP, KPS and PRES keep CAT's conventions ((cos + 1) / 2, PS raw). Which model
 produced each column is kept in `df.attrs["backbones"]` (and, with the real-world metrics on, in the summary's
@@ -97,23 +97,60 @@ def backbone_note(backbones: Mapping[str, str]) -> str:
     return "; ".join(f"{', '.join(scores)}: {source}" for source, scores in groups.items())
 
 
-def score_images(df: pd.DataFrame, images: list[Image.Image], concept: Concept, embedder: Any = "toyworld", oracle: Any = None, *,
-                 dino: Any = None, clip: Any = None) -> pd.DataFrame:
+@dataclass
+class Scorers:
+    """What reads the generated images (docs/metrics.md): the evaluation embedder, the toy world's oracle, and the
+    backbones real-world papers report, as raw cosines."""
+
+    embedder: Any = "toyworld"  # IS, PS, KP, PRES, DIV, Vendi: 'toyworld', a CLIP folder / hub id, or an Embedder
+    oracle: Any = None  # the toy world's ground truth (catlab.toyworld.assets.load_oracle()) for toy concepts
+    dino: Any = None  # DreamBooth's DINO and DINO-PRES: a ViT / DINOv2 folder or hub id (facebook/dino-vits16)
+    clip: Any = None  # CLIP-I and CLIP-T: True = the embedder itself (a CLIP), or a CLIP folder / hub id / Embedder
+
+    def loaded(self, device: str | None = None) -> Scorers:
+        """The same scorers with every model loaded (once per process): a wrong folder fails before any sampling."""
+        embedder = load_embedder(self.embedder, device=device)
+        dino = None if self.dino is None else load_embedder(self.dino, device=device, kind="dino")
+        clip = None if self.clip is None or self.clip is False else embedder if self.clip is True else \
+            load_embedder(self.clip, device=device, kind="clip")
+        if clip is not None and not clip.has_text:
+            raise ValueError(f"CLIP-T needs a CLIP with a text tower; {clip.backbone} embeds images only. Pass clip= a CLIP "
+                             "folder or hub id (openai/clip-vit-base-patch32), or clip=True with a CLIP as the evaluation embedder")
+        return Scorers(embedder, self.oracle, dino, clip)
+
+
+def score_images(df: pd.DataFrame, images: list[Image.Image], concept: Concept, scorers: Scorers | None = None) -> pd.DataFrame:
     """Per-image scores for rows (method, kind, prompt, seed) with `images` aligned to the rows.
 
     Trigger rows get IS, class rows get KP (against the base row of the same prompt and seed) and PRES, all rows PS.
     Set scores (DIV, Vendi, colour entropy) belong to a (method, class prompt) group and are repeated on its rows.
-
-    dino: a ViT / DINOv2 folder or hub id (facebook/dino-vits16) or an Embedder: adds DINO_cos (trigger rows) and
-    DINO-PRES_cos (class rows), the raw mean cosine to the references. clip: True (the evaluation embedder, which
-    must be a CLIP) or a CLIP folder / hub id / Embedder: adds CLIP-I_cos (trigger rows: raw mean cosine to the
-    references) and CLIP-T_cos (all rows: raw cosine between the prompt as written and the image).
-    `df.attrs["backbones"]` names the model and the scaling behind each score column.
+    With `scorers.dino`: DINO_cos (trigger rows) and DINO-PRES_cos (class rows), the raw mean cosine to the
+    references; with `scorers.clip`: CLIP-I_cos (trigger rows) and CLIP-T_cos (all rows: the prompt as written
+    against the image). `df.attrs["backbones"]` names the model and the scaling behind each score column.
     """
     df = df.reset_index(drop=True).copy()
     if len(images) != len(df):
         raise ValueError(f"score_images: {len(images)} images for {len(df)} rows; pass one image per row")
-    embedder = load_embedder(embedder)
+    scorers = (scorers or Scorers()).loaded()
+    emb, backbones = _embedding_scores(df, images, concept, scorers.embedder)
+    groups = df.iloc[np.flatnonzero(df["kind"] != "trigger")].groupby(["method", "prompt"], sort=False).groups
+    df["DIV"], df["Vendi"] = np.nan, np.nan
+    for idx in groups.values():
+        df.loc[idx, "DIV"], df.loc[idx, "Vendi"] = pairwise_diversity(emb[idx]), vendi_score(emb[idx])
+    backbones |= {score: f"{SCALING[score]} of {scorers.embedder.backbone}" for score in ("DIV", "Vendi")}
+    if scorers.dino is not None:
+        backbones |= _dino_scores(df, images, concept, scorers.dino)
+    if scorers.clip is not None:
+        backbones |= _clip_scores(df, images, concept, scorers.clip, emb if scorers.clip is scorers.embedder else None)
+    if scorers.oracle is not None:
+        df = _score_oracle(df, _read_oracle(scorers.oracle, images), concept, groups)
+        backbones |= {score: "toy-world oracle readings" for score in ORACLE_SCORES}
+    df.attrs["backbones"] = backbones
+    return df
+
+
+def _embedding_scores(df: pd.DataFrame, images: list[Image.Image], concept: Concept, embedder) -> tuple[np.ndarray, dict]:
+    """IS, PRES, KP and PS in place; returns the image embeddings (N, D) and the backbone of each score."""
     backbones = {score: f"{SCALING[score]} of {embedder.backbone}" for score in ("IS", "PRES", "KP", "KPS")}
     emb = embedder.embed_images(images)  # (N, D)
     ref = embedder.embed_images(concept.references)  # (R, D)
@@ -121,7 +158,6 @@ def score_images(df: pd.DataFrame, images: list[Image.Image], concept: Concept, 
     cls = np.flatnonzero(~trig)
     sim = identity_similarity(emb, ref, per_image=True)  # (N,)
     df["IS"], df["PRES"] = np.where(trig, sim, np.nan), np.where(~trig, sim, np.nan)
-
     base_rows = {(p, s): i for i, (m, k, p, s) in enumerate(zip(df.method, df.kind, df.prompt, df.seed)) if m == BASE and k == "class"}
     pairs = [base_rows.get((df.prompt[i], df.seed[i])) for i in cls]
     if any(j is None for j in pairs):
@@ -130,42 +166,34 @@ def score_images(df: pd.DataFrame, images: list[Image.Image], concept: Concept, 
     df["KP"] = np.nan
     if len(cls):
         df.loc[cls, "KP"] = knowledge_preservation(emb[cls], emb[pairs], per_image=True)
-
     prompts = list(dict.fromkeys(df["prompt"]))
     try:
         text = dict(zip(prompts, embedder.embed_texts(prompts)))
         df["PS"] = prompt_similarity(np.stack([text[p] for p in df["prompt"]]), emb, per_image=True)
         backbones["PS"] = f"{SCALING['PS']} of {embedder.backbone}"
     except NotImplementedError as e:
-        warnings.warn(f"prompt similarity (PS) left empty: {e}", stacklevel=2)
+        warnings.warn(f"prompt similarity (PS) left empty: {e}", stacklevel=3)
         df["PS"] = np.nan
+    return emb, backbones
 
-    groups = df.iloc[cls].groupby(["method", "prompt"], sort=False).groups
-    df["DIV"], df["Vendi"] = np.nan, np.nan
-    for idx in groups.values():
-        df.loc[idx, "DIV"], df.loc[idx, "Vendi"] = pairwise_diversity(emb[idx]), vendi_score(emb[idx])
-    backbones |= {score: f"{SCALING[score]} of {embedder.backbone}" for score in ("DIV", "Vendi")}
 
-    if dino is not None:  # DreamBooth's DINO (and its PRES): raw cosines of a self-supervised ViT's CLS embeddings
-        dino = load_embedder(dino, kind="dino")
-        sim = image_similarity(dino.embed_images(images), dino.embed_images(concept.references), per_image=True)  # (N,)
-        df["DINO_cos"], df["DINO-PRES_cos"] = np.where(trig, sim, np.nan), np.where(~trig, sim, np.nan)
-        backbones |= {score: f"{SCALING[score]} of {dino.backbone}" for score in ("DINO_cos", "DINO-PRES_cos")}
-    if clip is not None and clip is not False:  # DreamBooth's CLIP-I and CLIP-T: raw cosines
-        clip = embedder if clip is True else load_embedder(clip, kind="clip")
-        if not clip.has_text:
-            raise ValueError(f"CLIP-T needs a CLIP with a text tower; {clip.backbone} embeds images only. Pass clip= a CLIP folder "
-                             "or hub id (openai/clip-vit-base-patch32), or clip=True with a CLIP as the evaluation embedder")
-        img = emb if clip is embedder else clip.embed_images(images)  # (N, D)
-        df["CLIP-I_cos"] = np.where(trig, image_similarity(img, clip.embed_images(concept.references), per_image=True), np.nan)
-        text = dict(zip(prompts, clip.embed_texts(prompts)))  # the prompt as written, trigger included
-        df["CLIP-T_cos"] = prompt_similarity(np.stack([text[p] for p in df["prompt"]]), img, per_image=True)
-        backbones |= {score: f"{SCALING[score]} of {clip.backbone}" for score in ("CLIP-I_cos", "CLIP-T_cos")}
-    if oracle is not None:
-        df = _score_oracle(df, _read_oracle(oracle, images), concept, groups)
-        backbones |= {score: "toy-world oracle readings" for score in ORACLE_SCORES}
-    df.attrs["backbones"] = backbones
-    return df
+def _dino_scores(df: pd.DataFrame, images: list[Image.Image], concept: Concept, dino) -> dict:
+    """DreamBooth's DINO (trigger rows) and its PRES (class rows): raw cosines of a self-supervised ViT's CLS embeddings."""
+    trig = (df["kind"] == "trigger").to_numpy()
+    sim = image_similarity(dino.embed_images(images), dino.embed_images(concept.references), per_image=True)  # (N,)
+    df["DINO_cos"], df["DINO-PRES_cos"] = np.where(trig, sim, np.nan), np.where(~trig, sim, np.nan)
+    return {score: f"{SCALING[score]} of {dino.backbone}" for score in ("DINO_cos", "DINO-PRES_cos")}
+
+
+def _clip_scores(df: pd.DataFrame, images: list[Image.Image], concept: Concept, clip, embedded: np.ndarray | None) -> dict:
+    """DreamBooth's CLIP-I (trigger rows) and CLIP-T (all rows), raw cosines; `embedded` reuses the images' embeddings."""
+    trig = (df["kind"] == "trigger").to_numpy()
+    img = embedded if embedded is not None else clip.embed_images(images)  # (N, D)
+    df["CLIP-I_cos"] = np.where(trig, image_similarity(img, clip.embed_images(concept.references), per_image=True), np.nan)
+    prompts = list(dict.fromkeys(df["prompt"]))
+    text = dict(zip(prompts, clip.embed_texts(prompts)))  # the prompt as written, trigger included
+    df["CLIP-T_cos"] = prompt_similarity(np.stack([text[p] for p in df["prompt"]]), img, per_image=True)
+    return {score: f"{SCALING[score]} of {clip.backbone}" for score in ("CLIP-I_cos", "CLIP-T_cos")}
 
 
 def _score_oracle(df: pd.DataFrame, reading, concept: Concept, groups: Mapping) -> pd.DataFrame:

@@ -1,0 +1,98 @@
+"""What the demo runs (`DemoRecipe`), what each run left behind (`DemoRun`) and what the report is made of
+(`DemoResults`): the vocabulary that `experiment` writes and `report` reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from catlab.config import ConceptConfig, TrainConfig, recipe_overrides
+from catlab.evaluation.images import EvalSampling
+
+METHODS = {"lora": "LoRA", "dreambooth": "DreamBooth-LoRA", "cat": "CAT"}  # regime -> method: its name in tables and figures
+
+COLUMNS = ["IS", "PS", "KP", "KPS", "DIV", "Vendi", "PRES", "colour_entropy", "collapse_rate", "identity_acc",
+           "paired_preservation", "colour_distance", "valid_rate"]
+
+
+def _demo_sampling() -> EvalSampling:
+    # >= 48 class samples per adapter: fewer measure even the base model's class as narrow; identity is a rate, and
+    # 3 training seeds x 24 trigger samples measure it to about +-0.05 (docs/results.md, the headline)
+    return EvalSampling(templates=("a {trigger} {class}",), seeds=48, trigger_seeds=24)
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """The headline experiment: one set of TrainConfig overrides for every method (`catlab.config.RECIPES["demo"]`)
+    and how the adapters are sampled for scoring."""
+
+    train: dict[str, Any] = field(default_factory=lambda: recipe_overrides("demo"))
+    sampling: EvalSampling = field(default_factory=_demo_sampling)
+    grid_seeds: int = 8  # columns of the report's grids
+
+    @classmethod
+    def quick(cls) -> DemoRecipe:
+        """Checks the plumbing only: the numbers mean nothing."""
+        train = {**recipe_overrides("demo"), "steps": 4, "batch_size": 2, "num_class_images": 2}
+        return cls(train=train, sampling=replace(_demo_sampling(), seeds=2, trigger_seeds=2), grid_seeds=2)
+
+    def with_train(self, **overrides) -> DemoRecipe:
+        """The same recipe with some TrainConfig fields changed (every method alike)."""
+        unknown = sorted(set(overrides) - set(TrainConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"not TrainConfig fields: {unknown}")
+        return replace(self, train={**self.train, **overrides})
+
+    def train_config(self, regime: str, seed: int, concept: ConceptConfig, out: Path) -> TrainConfig:
+        """The config one demo run trains with: the recipe, the regime and seed, and where the demo keeps things."""
+        return TrainConfig(**{**self.train, "concepts": [concept], "regime": regime, "seed": seed,
+                              "output_dir": str(out / "runs" / f"{regime}_seed{seed}"),
+                              "class_images_dir": str(out / "class_images"),  # drawn once, shared by every run
+                              "checkpoint_every": 0, "validate_every": 0, "log_every": 10})
+
+    def to_json(self) -> dict:
+        """What recipe.json records: the overrides and the sampling settings."""
+        from dataclasses import asdict
+
+        return {"train": self.train, "sampling": asdict(self.sampling), "grid_seeds": self.grid_seeds}
+
+
+@dataclass
+class DemoRun:
+    """One adapter the demo trained: its regime and training seed, where it is saved, and what it cost."""
+
+    regime: str  # a key of METHODS
+    seed: int
+    adapter: Path
+    train_s: float  # training wall time, without the class images
+    class_images_s: float  # time to draw the class images (DreamBooth's up-front cost; CAT's anchors reuse them)
+    history: list[dict]  # the trainer's per-step logs
+    config: TrainConfig | None = None  # what it trained with
+
+    @property
+    def method(self) -> str:
+        return METHODS[self.regime]
+
+    @property
+    def name(self) -> str:
+        """The adapter's name in the evaluation tables: regime and seed."""
+        return f"{self.regime}_s{self.seed}"
+
+
+@dataclass
+class DemoResults:
+    """Everything the report shows."""
+
+    out: Path
+    concept: Any  # the toy concept (name, trigger, class_word)
+    recipe: DemoRecipe
+    runs: list[DemoRun]
+    per_image: pd.DataFrame  # evaluate's table: one row per method x prompt x seed
+    table: pd.DataFrame  # one row per method, mean and std over training seeds
+    costs: pd.DataFrame
+    n_seeds: int
+    total_s: float
+    rerun: str  # the command that reproduces the run
