@@ -64,15 +64,17 @@ def _add_eval(sub) -> None:
     p.add_argument("--concept", required=True, help="folder of the concept's reference images")
     p.add_argument("--trigger", required=True, help="trigger token, e.g. sks")
     p.add_argument("--class-word", required=True, help="class word, e.g. circle")
-    p.add_argument("--embedder", default=None,
-                   help=f"'toyworld', a CLIP folder or hub id (default: toyworld for the toy world, {REAL_EMBEDDER} otherwise)")
+    p.add_argument("--embedder", default=None, help="'toyworld', a CLIP folder or hub id "
+                                                    f"(default: toyworld for the toy world, {REAL_EMBEDDER} otherwise)")
     p.add_argument("--templates", nargs="+", default=None, metavar="TEMPLATE",
-                   help="prompt templates with {trigger} and {class}, each also drawn trigger-free (default: prompts the toy "
-                        "world can draw); 'dreambench' = DreamBooth's photo prompts, for a real base model")
+                   help="prompt templates with {trigger} and {class}, each also drawn trigger-free (default: prompts "
+                        "the toy world can draw); 'dreambench' = DreamBooth's photo prompts, for a real base model")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the base model's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the base model's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the base model's)")
     p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                   help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out of memory)")
+                   help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out "
+                        "of memory)")
     p.add_argument("--seeds", type=int, default=8, help="seeds per prompt (default: 8)")
     p.add_argument("--trigger-seeds", type=int, default=None, metavar="N",
                    help="seeds for the trigger prompts, if not --seeds (e.g. fewer: identity is a rate, the class needs many samples)")
@@ -97,7 +99,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                   help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out of memory)")
+                   help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out "
+                        "of memory)")
     p.add_argument("--unconditional", choices=("adapted", "base"), default="adapted",
                    help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
                         "(default), or from the base model: a diagnostic of where an adapter put its concept (docs/results.md)")
@@ -274,8 +277,9 @@ def _eval_sampling(args):
     """`catlab eval`'s sampling flags as an EvalSampling; a flag left out keeps evaluate's default."""
     from catlab.evaluation.images import EvalSampling
 
-    given = {"seeds": args.seeds, "trigger_seeds": getattr(args, "trigger_seeds", None), "unconditional": args.unconditional,
-             "templates": _eval_templates(getattr(args, "templates", None)), "num_inference_steps": getattr(args, "steps", None),
+    given = {"seeds": args.seeds, "trigger_seeds": getattr(args, "trigger_seeds", None),
+             "unconditional": args.unconditional, "templates": _eval_templates(getattr(args, "templates", None)),
+             "num_inference_steps": getattr(args, "steps", None),
              "guidance_scale": getattr(args, "guidance", None), "batch_size": getattr(args, "batch_size", None)}
     return EvalSampling(**{k: v for k, v in given.items() if v is not None})
 
@@ -324,7 +328,9 @@ def _evaluate(args) -> int:
             oracle = toyworld_path("oracle")
         except ToyWorldAssetError as e:
             print(f"note: oracle scores skipped ({e})")
-    scorers = Scorers(_eval_embedder(args.embedder, args.base), oracle, dino=getattr(args, "dino", None), clip=getattr(args, "clip", None))  # --dino, --clip
+    embedder = _eval_embedder(args.embedder, args.base)
+    # --dino PATH and --clip [PATH] add DreamBooth's backbones
+    scorers = Scorers(embedder, oracle, dino=getattr(args, "dino", None), clip=getattr(args, "clip", None))
     try:
         concept = load_concept(args.concept, args.trigger, args.class_word)
         res = evaluate(args.base, adapters, concept, sampling=_eval_sampling(args), scorers=scorers, out_dir=args.out)

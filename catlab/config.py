@@ -38,7 +38,7 @@ class TrainConfig:
     # or one .safetensors checkpoint as civitai and the webuis share them (never a pickled .ckpt / .pt / .bin)
     variant: str | None = None  # "fp16": the hub's half-precision weight files, half the download; None = the full ones
     revision: str | None = None  # a hub branch, tag or commit of base_model: the exact weights, recorded in the adapter
-    vae: str | None = None  # replaces the base model's VAE: a diffusers VAE folder or hub id, e.g. stabilityai/sd-vae-ft-mse
+    vae: str | None = None  # replaces the base model's VAE: a VAE folder, hub id (stabilityai/sd-vae-ft-mse) or file
     # for a single-file base_model (or vae): the diffusers folder or hub id whose configs describe it; None = diffusers
     # infers the model and reads its configs from the hub once (offline: pass a local folder)
     single_file_config: str | None = None
@@ -109,7 +109,7 @@ class TrainConfig:
     validation_negative_prompt: str | None = None  # e.g. "blurry, lowres"; None = none, as the pipelines' default
     validation_steps: int | None = None  # None = the base model's sampling steps (catlab_sampling.json, else 50)
     validation_guidance: float | None = None  # None = the base model's guidance scale (3 in the toy world, 7.5 SD 1.5)
-    validation_base_row: bool = False  # also draw each prompt with the adapter off: the grid shows what training changed
+    validation_base_row: bool = False  # also draw each prompt with the adapter off: shows what training changed
     log_every: int = 10
 
     def __post_init__(self):
@@ -221,7 +221,8 @@ def expand_validation_prompts(templates: list[str], concepts: list[ConceptConfig
 
 
 def _validation_problems(cfg: TrainConfig) -> list[str]:
-    """What is wrong with the validation settings: templates that cannot be filled in, steps or guidance out of range."""
+    """What is wrong with the validation settings: templates that cannot be filled in, steps or guidance out of
+    range."""
     problems = []
     if not cfg.validation_prompts:
         problems.append("validation_prompts=[]: give at least one, e.g. ['a {trigger} {class}', 'a {class}']")
@@ -233,8 +234,8 @@ def _validation_problems(cfg: TrainConfig) -> list[str]:
     if cfg.validation_steps is not None and cfg.validation_steps < 1:
         problems.append(f"validation_steps={cfg.validation_steps}: must be >= 1, or null for the base model's own")
     if cfg.validation_guidance is not None and cfg.validation_guidance < 1:
-        problems.append(f"validation_guidance={cfg.validation_guidance}: must be >= 1 (1 = no classifier-free guidance), "
-                        "or null for the base model's own")
+        problems.append(f"validation_guidance={cfg.validation_guidance}: must be >= 1 (1 = no classifier-free "
+                        "guidance), or null for the base model's own")
     return problems
 
 

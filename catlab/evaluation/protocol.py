@@ -126,11 +126,10 @@ class _pipe_loader:
 
     def __call__(self):
         if self.loaded is None:
-            import torch
+            from catlab.models import load_for_sampling
 
-            from catlab.models import load_base
-
-            self.loaded = load_base(str(self.base), device=self.device or ("cuda" if torch.cuda.is_available() else None))
+            # the GPU when there is one, in half precision there with VAE slicing: SD 1.5 in fp32 ran out of memory
+            self.loaded = load_for_sampling(str(self.base), device=self.device)
         return self.loaded
 
 

@@ -6,11 +6,16 @@ from catlab.models.base import (
                                 SAMPLING_FILE,
                                 SD_DEFAULTS,
                                 configured_resolution,
+                                enable_vae_slicing,
                                 load_base,
+                                load_for_sampling,
+                                load_vae,
                                 native_resolution,
                                 resolve_base,
                                 sampling_defaults,
                                 sampling_defaults_for,
+                                sampling_device,
+                                sampling_dtype,
 )
 from catlab.models.lora import (
                                 DEFAULT_TARGETS,
@@ -27,7 +32,8 @@ from catlab.models.lora import (
                                 webui_state_dict,
 )
 
-__all__ = ["SAMPLING_FILE", "SD_DEFAULTS", "configured_resolution", "load_base", "native_resolution", "resolve_base",
-           "sampling_defaults", "sampling_defaults_for", "DEFAULT_TARGETS", "LORA_WEIGHT_NAME", "WEBUI_WEIGHT_NAME",
+__all__ = ["SAMPLING_FILE", "SD_DEFAULTS", "configured_resolution", "enable_vae_slicing", "load_base", "load_for_sampling",
+           "load_vae", "native_resolution", "resolve_base", "sampling_defaults", "sampling_defaults_for", "sampling_device",
+           "sampling_dtype", "DEFAULT_TARGETS", "LORA_WEIGHT_NAME", "WEBUI_WEIGHT_NAME",
            "AdapterMismatchError", "adapter_metadata", "adapters_disabled", "add_lora", "load_lora", "lora_parameters",
            "save_lora", "set_active_adapters", "webui_state_dict"]

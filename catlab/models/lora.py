@@ -62,9 +62,8 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
     """Run `model` as the exact base model inside the block (no second copy of the weights); restores the previous state."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    # peft's per-layer switch, on exactly the layers that are on now. CAT calls this every step: diffusers'
-    # model-level disable_adapters()/enable_adapters() re-check the peft version and walk the module tree twice
-    # each, about 1 ms of a ~25 ms toy step (benchmarks/step_cost.py)
+    # peft's per-layer switch, on exactly the layers that are on now. CAT calls this every step, and diffusers'
+    # model-level switch walks the module tree twice each time (its cost: docs/results.md, "Step cost")
     switched = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
     for layer in switched:
         layer.enable_adapters(False)

@@ -3,12 +3,10 @@
 Sampling with guidance s computes eps = eps(uncond) + s * (eps(prompt) - eps(uncond)) (Ho & Salimans 2022,
 arXiv 2207.12598). Every pipeline runs both branches through the same, adapted UNet. An adapter that changes its
 caption-blind layers (self-attention, convolutions) moves eps(uncond) too, and guidance then pushes *every* prompt,
-the class prompt included, away from wherever the unconditional branch went: a class drifts to the concept's
-opposite hues (docs/results.md). Taking the unconditional branch from the base model (the adapters switched off
-for that half of the batch) removes that path: what a prompt draws then differs from the base model's only by
-how the adapter changed eps(prompt). Measured on the toy world it is a diagnostic, not a cure: a concept held in
-caption-aware layers is drawn more often, one held in caption-blind layers vanishes, and adapters trained with
-their own unconditional branch drift more (docs/results.md, "where does a concept live?").
+the class prompt included, away from wherever the unconditional branch went. Taking the unconditional branch from
+the base model (the adapters switched off for that half of the batch) removes that path: what a prompt draws then
+differs from the base model's only by how the adapter changed eps(prompt). On the toy world it is a diagnostic,
+not a cure (docs/results.md, "where does a concept live?").
 """
 
 from __future__ import annotations
