@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 # notices that are expected in catlab's normal use and say nothing to a user
 EXPECTED = (
@@ -65,3 +65,11 @@ def quiet_libraries() -> Iterator[None]:
             dlog.enable_progress_bar()
         if bars[1]:
             tlog.enable_progress_bar()
+
+
+def quiet_until_restored() -> Callable[[], None]:
+    """`quiet_libraries()` for a notebook kernel: on from now until the returned function is called (it may be called
+    more than once). `setup_notebook` keeps it as `wb.restore_notices`."""
+    stack = ExitStack()
+    stack.enter_context(quiet_libraries())
+    return stack.close

@@ -135,11 +135,14 @@ def test_non_image_file_is_a_note_or_an_error(tmp_path):
     assert "no usable images" in str(err) and "notes.docx" in str(err)
 
 
-def test_image_smaller_than_resolution(tmp_path):
+def test_an_image_smaller_than_the_resolution_is_upscaled_with_a_note(tmp_path):
+    from catlab.data.dataset import ConceptDataset
+
     folder = make_folder(tmp_path / "c", n=1, size=(48, 24))
-    err = problems_of(folder, "sks", "circle", 32)
-    assert "img0.png: 48x24 px is smaller than the training resolution 32 px" in str(err)
-    assert "lower `resolution`" in str(err)
+    r = validate_quietly(folder, "sks", "circle", 32)
+    assert not r.errors and any("img0.png: 48x24 px is upscaled to the training resolution 32 px" in n for n in r.notes)
+    item = ConceptDataset([{"folder": str(folder), "trigger": "sks", "class_word": "circle"}], resolution=32)[0]
+    assert tuple(item["pixel_values"].shape) == (3, 32, 32)
 
 
 def test_caption_without_trigger(tmp_path):

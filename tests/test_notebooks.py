@@ -98,3 +98,29 @@ def test_set_up_by_the_package_helper(path: Path):
                                         "world's preset and lets the given fields win")
     overrides = [m.group(0).strip() for m in PRESET_OVERRIDE.finditer(code)]
     assert not overrides, f"{path.name}: {overrides} replace parameters by the preset; pass them to setup_notebook (None = the preset's)"
+
+
+def _repository() -> str:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_colab_install_follows_the_repository_in_pyproject(path: Path):
+    """Colab installs catlab from the repository pyproject.toml names, keeping Colab's own torch and ipywidgets, and
+    a failed install is one line saying what to set."""
+    params, install = (_source(c) for c in _code(path)[:2])
+    spec = re.search(r'^CATLAB_PIP_SPEC = "([^"]+)"', params, re.M)
+    assert spec and spec.group(1) == f"catlab @ git+{_repository()}", f"{path.name}: CATLAB_PIP_SPEC must install {_repository()}"
+    assert '("torch", "ipywidgets")' in install and '"-c"' in install, f"{path.name}: the install must pin Colab's torch and ipywidgets"
+    assert "raise SystemExit(" in install and "set CATLAB_PIP_SPEC" in install, f"{path.name}: a failed install must say what to set"
+
+
+def test_colab_badges_open_the_repository_in_pyproject():
+    repo = _repository().removeprefix("https://github.com/")
+    for doc in ("README.md", "docs/notebooks.md"):
+        badges = re.findall(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/main/notebooks/(\S+?\.ipynb)", (ROOT / doc).read_text())
+        assert all(r == repo for r, _ in badges), f"{doc}: a Colab badge opens another repository than {repo}"
+        if doc == "docs/notebooks.md":
+            assert sorted(n for _, n in badges) == [p.name for p in NOTEBOOKS], "every notebook has its badge"

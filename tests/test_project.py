@@ -138,3 +138,37 @@ def test_public_names_mean_one_thing_however_often_they_are_read():
         exec(f"from catlab import {name} as again", globals())
         assert globals()["again"] is obj
     assert callable(catlab.train) and catlab.train.__module__ == "catlab.training.loop"
+
+
+def _functions(root: Path):
+    import ast
+
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                params = [*a.posonlyargs, *a.args, *a.kwonlyargs] + [x for x in (a.vararg, a.kwarg) if x is not None]
+                n = len([p for p in params if p.arg not in ("self", "cls")])
+                yield f"{path.relative_to(root.parent)}:{node.lineno} {node.name}", n, node.end_lineno - node.lineno + 1
+
+
+def test_no_function_in_the_package_is_over_60_lines_or_10_parameters():
+    """Small functions, each one job: a longer one gets named steps, a wider one a settings value."""
+    big = [f"{where}: {lines} lines, {n} parameters" for where, n, lines in _functions(ROOT / "catlab") if lines > 60 or n > 10]
+    assert not big, "split these (named steps) or group their parameters (a dataclass):\n" + "\n".join(big)
+
+
+def test_the_size_check_catches_a_wide_function(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "m.py").write_text("def wide(a, b, c, d, e, f, g, h, i, j, k):\n    return a\n\nclass C:\n    def ok(self, x):\n        return x\n")
+    sizes = {where.split()[-1]: (n, lines) for where, n, lines in _functions(pkg)}
+    assert sizes == {"wide": (11, 2), "ok": (1, 2)}
+
+
+@pytest.mark.parametrize("check", [["check"], ["format", "--check"]], ids=["ruff-check", "ruff-format"])
+def test_ruff_passes(check):
+    """The linter is part of the test command; its settings are pyproject.toml's [tool.ruff]."""
+    ruff = Path(sys.executable).with_name("ruff")
+    res = subprocess.run([str(ruff) if ruff.exists() else "ruff", *check, "."], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, f"ruff {' '.join(check)} found problems (`ruff format .` and `ruff check --fix .` fix most):\n{res.stdout[-4000:]}"

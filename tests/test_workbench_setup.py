@@ -20,7 +20,10 @@ def _offline(monkeypatch):
 
 
 def _sd15(tmp_path, concept_dir, **sizes):
-    return setup_notebook("sd15", tmp_path, "nb", concept_folder=concept_dir, device="cuda", quiet_notices=False, **sizes)
+    wb = setup_notebook("sd15", tmp_path, "nb", concept_folder=concept_dir, **sizes)
+    wb.restore_notices()
+    wb.device = "cuda"  # as on a GPU machine: the preset's mixed precision applies
+    return wb
 
 
 def test_parameters_win_over_the_sd15_preset(tmp_path, concept_dir, capsys):
@@ -58,30 +61,68 @@ def test_a_bad_world_is_refused_clearly(tmp_path):
 
 def test_bad_names_are_refused(tmp_path):
     with pytest.raises(TypeError, match="unknown run size"):
-        setup_notebook("toy", tmp_path, "nb", stepz=10, quiet_notices=False)
+        setup_notebook("toy", tmp_path, "nb", stepz=10)
     with pytest.raises(ValueError, match="single folder name"):
-        setup_notebook("toy", tmp_path, "", quiet_notices=False)  # would clear out_root itself
+        setup_notebook("toy", tmp_path, "")  # would clear out_root itself
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(ValueError, match="single folder name"):
-        setup_notebook("toy", tmp_path / "sub", "..", quiet_notices=False)
+        setup_notebook("toy", tmp_path / "sub", "..")
     assert (tmp_path / "keep.txt").exists()
     inside = tmp_path / "nb" / "concept"
     inside.mkdir(parents=True)
-    with pytest.raises(ValueError, match="which this set-up clears"):
-        setup_notebook("toy", tmp_path, "nb", concept_folder=inside, quiet_notices=False)
+    with pytest.raises(ValueError, match="which fresh=True clears"):
+        setup_notebook("toy", tmp_path, "nb", concept_folder=inside, fresh=True)
     assert inside.is_dir()  # the concept folder was not removed
 
 
 def test_toy_train_config_equals_the_hand_built_one(tmp_path):
-    (tmp_path / "nb").mkdir()
-    (tmp_path / "nb" / "stale.txt").write_text("an earlier run")
-    wb = setup_notebook("toy", tmp_path, "nb", concept="bronze_star", device="cpu", quiet_notices=False)
-    assert not (tmp_path / "nb" / "stale.txt").exists()  # the notebook's own earlier outputs are cleared
+    wb = setup_notebook("toy", tmp_path, "nb", concept="bronze_star")
+    wb.restore_notices()
     concept = ConceptConfig(str(tmp_path / "nb" / "concept"), "vfy", "star")
     assert wb.concept == concept and (tmp_path / "nb" / "concept" / "concept.json").is_file()
     got = make_train_config(wb, "train/cat", regime="cat", cat_null_share=0.5, cat_anchor="class", random_flip=False, target_modules=None)
     by_hand = TrainConfig(base_model="toyworld", concepts=[concept], output_dir=str(tmp_path / "nb" / "train" / "cat"), regime="cat",
                           cat_null_share=0.5, cat_anchor="class", rank=4, steps=40, learning_rate=2e-3, batch_size=4, random_flip=False,
-                          validate_every=0, checkpoint_every=0, validation_seeds=[0, 1, 2, 3], resolution=32, mixed_precision="no")
+                          validate_every=0, checkpoint_every=0, checkpoints_total_limit=2, validation_seeds=[0, 1, 2, 3], resolution=32,
+                          mixed_precision="no")
     assert got == by_hand
     assert make_train_config(wb, "train/cat", regime="cat") != by_hand  # the explicit fields did matter
+
+
+def test_earlier_runs_are_kept_unless_fresh(tmp_path):
+    (tmp_path / "nb").mkdir()
+    (tmp_path / "nb" / "earlier.txt").write_text("an earlier run")
+    setup_notebook("toy", tmp_path, "nb").restore_notices()
+    assert (tmp_path / "nb" / "earlier.txt").read_text() == "an earlier run"
+    setup_notebook("toy", tmp_path, "nb", fresh=True).restore_notices()
+    assert not (tmp_path / "nb" / "earlier.txt").exists() and (tmp_path / "nb").is_dir()
+
+
+def test_the_sd15_preset_checkpoints_so_a_disconnect_loses_little(tmp_path, concept_dir):
+    cfg = make_train_config(_sd15(tmp_path, concept_dir), "run", regime="cat")
+    assert cfg.checkpoint_every == 150 and cfg.checkpoints_total_limit == 2
+
+
+def test_a_named_recipe_goes_between_the_preset_and_the_given_fields(tmp_path):
+    from catlab.config import RECIPES
+
+    wb = setup_notebook("toy", tmp_path, "nb", concept="circle_on_navy")
+    wb.restore_notices()
+    cfg = make_train_config(wb, "run", regime="cat", recipe="demo", cat_lambda=None, steps=12)
+    assert all(getattr(cfg, k) == v for k, v in RECIPES["demo"].items() if k != "steps")
+    assert cfg.steps == 12 and cfg.resolution == 32  # a given field wins; the world's own settings stay
+    with pytest.raises(ValueError, match="unknown recipe 'dmeo'"):
+        make_train_config(wb, "run", regime="cat", recipe="dmeo")
+
+
+def test_notices_are_quiet_until_the_notebook_restores_them(tmp_path):
+    import diffusers.utils.logging as dlog
+
+    dlog.set_verbosity_warning()
+    before = dlog.get_verbosity()
+    wb = setup_notebook("toy", tmp_path, "nb")
+    assert dlog.get_verbosity() == dlog.ERROR
+    wb.restore_notices()
+    assert dlog.get_verbosity() == before
+    wb.restore_notices()  # twice is harmless
+    assert dlog.get_verbosity() == before

@@ -153,7 +153,8 @@ def load_images(folder: str | Path) -> list[Image.Image]:
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_tokens(report: ConceptReport, tokenizer: Any) -> None:
+def check_tokens(report: ConceptReport, tokenizer: Any) -> None:
+    """Add warnings for a trigger or class word the tokenizer splits or does not know, and for captions it cuts."""
     unk = getattr(tokenizer, "unk_token_id", None)
     for role, word in (("trigger", report.trigger), ("class word", report.class_word)):
         ids = tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -181,9 +182,9 @@ def _inspect(report: ConceptReport, path: Path, caption: tuple[str, str] | None,
     except Exception as e:  # PIL raises many types for bad files
         report.errors.append(f"{path.name}: cannot be read as an image ({type(e).__name__}: {e}). Fix: re-save it as PNG or JPEG, or remove it")
         return
-    if min(img.size) < res:
-        report.errors.append(f"{path.name}: {img.width}x{img.height} px is smaller than the training resolution {res} px (the shorter "
-                             f"side must be >= {res}). Fix: use larger images or lower `resolution`")
+    if min(img.size) < res:  # upscaled, as diffusers' and kohya's trainers do; softer than a photo of the full size
+        report.notes.append(f"{path.name}: {img.width}x{img.height} px is upscaled to the training resolution {res} px (shorter side); "
+                            "larger images train sharper")
     if img.mode != "RGB":
         name = MODE_NAMES.get(img.mode, img.mode)
         report.notes.append(f"{path.name}: {name if name == img.mode else f'{name} ({img.mode})'} image is converted to RGB"
@@ -248,7 +249,7 @@ def validate_concept_folder(folder: str | Path, trigger: str, class_word: str, r
         elif ignored:
             report.notes.append(f"ignored (not images, captions or concept.json): {listing}")
     if tokenizer is not None and trigger.strip() and class_word.strip():
-        _check_tokens(report, tokenizer)
+        check_tokens(report, tokenizer)
     for w in report.warnings:
         warnings.warn(f"{folder}: {w}", ConceptDataWarning, stacklevel=2)
     if raise_errors:

@@ -59,11 +59,6 @@ def identity_similarity(generated: Any, references: Any, per_image: bool = False
     return s if per_image else float(s.mean())
 
 
-def prior_resemblance(class_generated: Any, references: Any, per_image: bool = False) -> float | np.ndarray:
-    """PRES: IS of trigger-free class-prompt generations; in [0, 1], higher = the class collapsed onto the concept."""
-    return identity_similarity(class_generated, references, per_image)
-
-
 def prompt_similarity(texts: Any, generated: Any, per_image: bool = False) -> float | np.ndarray:
     """PS: mean raw cosine between each prompt's text embedding (N, D) or one prompt (1, D) and its generation (N, D).
 
@@ -143,9 +138,19 @@ def colour_entropy(colours: Sequence[str], palette: Sequence[str]) -> float:
     return float(-(p * np.log(p)).sum() / math.log(len(palette)))
 
 
-def collapse_rate(concepts_read: Sequence[str], concept: str) -> float:
-    """Share of class-prompt generations the oracle reads as the concept itself; 0 = no collapse."""
+def concept_share(concepts_read: Sequence[str], concept: str) -> float:
+    """Share of generations the oracle reads as the concept; nan for none."""
     return float(np.mean([c == concept for c in concepts_read])) if len(concepts_read) else math.nan
+
+
+def collapse_rate(concepts_read: Sequence[str], concept: str) -> float:
+    """On class-prompt generations: the share that draws the concept itself (a leak); 0 = no collapse."""
+    return concept_share(concepts_read, concept)
+
+
+def identity_rate(concepts_read: Sequence[str], concept: str) -> float:
+    """On trigger-prompt generations: the share that draws the concept; 1 = learnt."""
+    return concept_share(concepts_read, concept)
 
 
 # ----------------------------------------------------------------------------- ground-truth preservation

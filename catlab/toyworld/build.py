@@ -86,10 +86,9 @@ def build_unet():
         sample_size=16, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64, 128), layers_per_block=1, norm_num_groups=16,  # 4.15M params, ~0.8 s/step at batch 48 on 2 cores
-        # diffusers reads `attention_head_dim` as the number of heads per block (a naming slip kept for SD 1.x
-        # configs): (1, 2, 4) gives 32 channels per head. v2.1 said 32 and got 32 heads of 2-4 channels, which made
-        # a CPU training step 1.4x as long (benchmarks/toyworld_rehead.py); v2.2 re-headed it (docs/toyworld.md)
+        block_out_channels=(32, 64, 128), layers_per_block=1, norm_num_groups=16,  # small enough to pretrain on a CPU
+        # diffusers reads `attention_head_dim` as heads per block (a naming slip kept for SD 1.x configs): (1, 2, 4)
+        # gives 32 channels per head; narrower heads cost CPU time for nothing (docs/toyworld.md, "Toy world v2.2")
         cross_attention_dim=TEXT_HIDDEN, attention_head_dim=(1, 2, 4),
         addition_embed_type="text", addition_embed_type_num_heads=4,
     )

@@ -11,7 +11,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +40,12 @@ class PretrainConfig:
     unet_batch: int = 48
     unet_lr: float = 1.5e-3  # high for a tiny model; warmup + cosine decay keep it stable
     unet_warmup: int = 150
-    # cosine cycles with warm restarts (SGDR, Loshchilov & Hutter 2017, arXiv 1608.03983): after the first cycle
-    # colours and round shapes are learnt; a second, gentler cycle sharpens corners (shape accuracy 0.75 -> 0.94, docs/results.md)
+    # cosine cycles with warm restarts (SGDR, Loshchilov & Hutter 2017, arXiv 1608.03983): a second, gentler cycle
+    # sharpens the corners the first leaves soft (docs/results.md, "Toy world quality")
     unet_restarts: tuple[int, ...] = (4000,)  # steps at which a new cosine cycle starts
     unet_restart_lr: float = 0.5  # peak of every later cycle, as a fraction of unet_lr
     min_snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023, arXiv 2303.09556)
-    flip_share: float = 0.5  # latents mirrored per batch, since captions say nothing about left/right (v2's 8x8 growth used 0)
+    flip_share: float = 0.5  # latents mirrored per batch, since captions say nothing about left/right
     ema_decay: float = 0.999
     oracle_steps: int = 2000
     # open colours (toy world v2.1): the VAE is fine-tuned on objects and backdrops of any RGB colour besides the
@@ -58,7 +58,6 @@ class PretrainConfig:
     clip_batch: int = 128
     checkpoint_every: int = 250
     stages: tuple[str, ...] = ("vae", "oracle", "clip", "unet", "open_colours")
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def tiny(cls) -> PretrainConfig:
@@ -276,6 +275,19 @@ def _soft_contrastive(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor
     return -(target * logits.log_softmax(1)).sum(1).mean()
 
 
+def _vae(cfg: PretrainConfig, images, work: Path, timings: dict[str, float]):
+    """The stage-1 autoencoder: trained (and timed) once, then read back from the work folder."""
+    from diffusers import AutoencoderKL
+
+    if (work / "vae_final").exists():
+        return AutoencoderKL.from_pretrained(work / "vae_final")
+    t = time.time()
+    vae = train_vae(cfg, images, work)
+    vae.save_pretrained(work / "vae_final")
+    timings["vae_s"] = time.time() - t
+    return vae
+
+
 def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, work_dir: str | Path | None = None) -> Path:
     """Run the whole recipe and write an asset folder (pipeline/, clip/, oracle.safetensors) to `out_dir` (work files: `<out_dir>-work`)."""
     from safetensors.torch import save_file
@@ -294,18 +306,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, work_dir: s
     needs_world = bool({"vae", "clip", "unet"} & set(cfg.stages))  # the oracle draws its own images
     images, specs = _world_data(cfg, work) if needs_world else (None, None)
 
-    t = time.time()
-    vae_dir = work / "vae_final"
-    if not {"vae", "unet"} & set(cfg.stages):
-        pass
-    elif vae_dir.exists():
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(vae_dir)
-    else:
-        vae = train_vae(cfg, images, work)
-        vae.save_pretrained(vae_dir)
-        timings["vae_s"] = time.time() - t
+    vae = _vae(cfg, images, work, timings) if {"vae", "unet"} & set(cfg.stages) else None
 
     if "oracle" in cfg.stages and not (work / "oracle.safetensors").exists():
         t = time.time()

@@ -6,7 +6,7 @@ A notebook keeps its settings as plain values in its `parameters` cell; a `Param
 and its `values()` are those plain values until a person edits a widget.
 
 The helpers live in small modules, one idea each, and are all re-exported here (`from catlab.widgets import X`):
-`presets` (quiet, world presets, concept configs, a notebook's set-up), `figures` (images and matplotlib figures), `method_grids`
+`presets` (world presets, concept configs, a notebook's set-up), `runs` (train, resume or reuse), `colab` (uploads, Drive, download), `figures` (images and matplotlib figures), `method_grids`
 (methods sampled and laid out side by side), `controls` (parameter panels, slider view, live training monitor),
 `concept_editor` (uploads, captions, concept reports and folders) and `cat_explained` (the predictions CAT compares).
 Heavy libraries (torch, diffusers, ipywidgets) are imported only inside the functions that need them.
@@ -15,7 +15,8 @@ Heavy libraries (torch, diffusers, ipywidgets) are imported only inside the func
 from __future__ import annotations
 
 from catlab.widgets.cat_explained import NoisePredictions, noise_prediction_figure, noise_predictions
-from catlab.widgets.concept_editor import CaptionEditor, report_html, save_uploads, write_concept_folder
+from catlab.widgets.colab import ColabSeam, in_colab, offer_download, outputs_on_drive, upload_photos
+from catlab.widgets.concept_editor import CaptionEditor, report_html, save_photos, save_uploads, write_concept_folder
 from catlab.widgets.controls import LiveTrainingMonitor, ParamPanel, slider_view
 from catlab.widgets.figures import (
     colour_histograms,
@@ -40,10 +41,10 @@ from catlab.widgets.presets import (
     concept_config,
     fill_sizes,
     make_train_config,
-    quiet,
     setup_notebook,
     world_preset,
 )
+from catlab.widgets.runs import train_or_resume
 
 __all__ = [
     "SD15_CLIP",
@@ -51,6 +52,7 @@ __all__ = [
     "SIZES",
     "WORLDS",
     "CaptionEditor",
+    "ColabSeam",
     "LiveTrainingMonitor",
     "NoisePredictions",
     "ParamPanel",
@@ -62,16 +64,19 @@ __all__ = [
     "fill_sizes",
     "generate_methods",
     "image_strip",
+    "in_colab",
     "loss_figure",
     "make_train_config",
     "method_blocks",
     "method_grid",
     "noise_prediction_figure",
     "noise_predictions",
+    "offer_download",
+    "outputs_on_drive",
     "pca_scatter",
     "pil_png",
-    "quiet",
     "report_html",
+    "save_photos",
     "save_uploads",
     "setup_notebook",
     "slider_view",
@@ -79,6 +84,8 @@ __all__ = [
     "sweep_figure",
     "tensor_image",
     "tradeoff_figure",
+    "train_or_resume",
+    "upload_photos",
     "world_preset",
     "write_concept_folder",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +17,33 @@ from catlab.files import write_json_atomic, write_text_atomic
 from catlab.widgets.figures import pil_png
 
 
-def save_uploads(uploaded: Any, folder: str | Path) -> list[Path]:
-    """Write the files of an ipywidgets 8 FileUpload `.value` (a tuple of dicts with name and content) into `folder`."""
+def save_photos(named: Mapping[str, bytes], folder: str | Path) -> list[Path]:
+    """Write uploaded files (name -> bytes) into `folder`, atomically; a file already there with the same content is
+    kept, one with other content is never overwritten (rename the upload or remove the old file)."""
+    from catlab.files import replace_atomically
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for item in uploaded or ():
-        name = Path(str(item["name"])).name  # never a path from the browser
-        p = folder / name
-        p.write_bytes(bytes(item["content"]))
-        paths.append(p)
+    for raw_name, content in named.items():
+        path = folder / Path(str(raw_name)).name  # never a path from the browser
+        content = bytes(content)
+        if path.exists() and path.read_bytes() != content:
+            raise FileExistsError(f"{path} already holds another file; rename the upload, or remove {path.name} first")
+        if not path.exists():
+            replace_atomically(path, lambda tmp, data=content: tmp.write_bytes(data))
+        paths.append(path)
     return paths
+
+
+def save_uploads(uploaded: Any, folder: str | Path) -> list[Path]:
+    """Write the files of a FileUpload's `.value` into `folder` (`save_photos`): ipywidgets 8 gives a tuple of dicts
+    with name and content, ipywidgets 7 (Colab's) a dict of name -> {"content": ...}."""
+    if isinstance(uploaded, Mapping):
+        named = {name: item["content"] for name, item in uploaded.items()}
+    else:
+        named = {item["name"]: item["content"] for item in uploaded or ()}
+    return save_photos(named, folder)
 
 
 def _replace_word(text: str, old: str, new: str) -> str:

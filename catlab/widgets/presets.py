@@ -1,13 +1,14 @@
-"""Set-up and world presets: `quiet()` for library notices, the SD 1.5 model names, the `WorldPreset` of each world
-(the CPU toy world and Stable Diffusion 1.5), `concept_config` for a concept folder or an exported toy concept, and a
-notebook's set-up in one call: `setup_notebook` gives a `Workbench` (preset, work folder, concept, run sizes, where the
-parameters cell wins and None takes the preset's) and `make_train_config` a `TrainConfig` from it.
+"""Set-up and world presets: the SD 1.5 model names, the `WorldPreset` of each world (the CPU toy world and Stable
+Diffusion 1.5), `concept_config` for a concept folder or an exported toy concept, and a notebook's set-up in one
+call: `setup_notebook` gives a `Workbench` (preset, work folder, concept, run sizes, where the parameters cell wins
+and None takes the preset's) and `make_train_config` a `TrainConfig` from it (optionally a named recipe's).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,22 +17,7 @@ SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_CLIP = "openai/clip-vit-base-patch32"
 
 
-def quiet() -> None:
-    """Hide library notices that do not concern a notebook reader: diffusers' "no text-encoder LoRA keys", peft's
-    "multiple adapters" warning, and the weight-loading progress bars. Training and sampling bars stay."""
-    import warnings
-
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=r"Already found a `peft_config` attribute")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorldPreset:
     """Base model, embedder and run sizes of a world: the CPU toy world or Stable Diffusion 1.5 on a GPU."""
 
@@ -48,14 +34,17 @@ class WorldPreset:
     batch_size: int
     sample_steps: int
     guidance_scale: float | None  # None = the base model's default
+    checkpoint_every: int  # 0 = none: a toy run takes seconds; an SD run on Colab must survive a disconnect
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
 
 
 WORLDS = {
-    "toy": WorldPreset("toy", "toyworld", "toyworld", True, 64, 32, "no", steps=40, rank=4, learning_rate=2e-3, batch_size=4,
-                       sample_steps=10, guidance_scale=None),
-    "sd15": WorldPreset("sd15", SD15_MODEL, SD15_CLIP, False, 512, 512, "fp16", steps=900, rank=1, learning_rate=1e-4, batch_size=1,
-                        sample_steps=50, guidance_scale=7.5, seeds=list(range(8))),
+    "toy": WorldPreset(name="toy", base_model="toyworld", embedder="toyworld", use_oracle=True, concept_px=64, resolution=32,
+                       mixed_precision="no", steps=40, rank=4, learning_rate=2e-3, batch_size=4, sample_steps=10, guidance_scale=None,
+                       checkpoint_every=0),
+    "sd15": WorldPreset(name="sd15", base_model=SD15_MODEL, embedder=SD15_CLIP, use_oracle=False, concept_px=512, resolution=512,
+                        mixed_precision="fp16", steps=900, rank=1, learning_rate=1e-4, batch_size=1, sample_steps=50,
+                        guidance_scale=7.5, checkpoint_every=150, seeds=list(range(8))),
 }
 
 
@@ -125,6 +114,8 @@ class Workbench:
     sample_steps: int
     seeds: list[int]
     concept: Any = None  # a ConceptConfig, or None where the notebook makes its own (01_data_prep)
+    # the libraries' notices are quiet from the set-up on; calling this brings them back (catlab.notices)
+    restore_notices: Callable[[], None] = lambda: None
 
     @property
     def mixed_precision(self) -> str:
@@ -144,41 +135,45 @@ class Workbench:
 
 
 def setup_notebook(world: str, out_root: str | Path, name: str, concept: str | None = None, concept_folder: str | Path | None = None,
-                   trigger: str | None = None, class_word: str | None = None, base_model: str | None = None,
-                   device: str | None = None, quiet_notices: bool = True, **sizes: Any) -> Workbench:
-    """Set up a notebook: the world's preset, a fresh work folder out_root/name (the notebook's own outputs from an
-    earlier run are removed), the concept when one is given, and the run sizes (`SIZES`), where a value given here wins
-    over the preset and None takes the preset's. Loads no model."""
+                   trigger: str | None = None, class_word: str | None = None, base_model: str | None = None, fresh: bool = False,
+                   **sizes: Any) -> Workbench:
+    """Set up a notebook: the world's preset, its work folder out_root/name (earlier runs kept, so they are reused or
+    resumed; `fresh=True` removes them first), the concept when one is given, and the run sizes (`SIZES`), where a
+    value given here wins over the preset and None takes the preset's. Library notices are quiet until
+    `wb.restore_notices()`. Loads no model."""
+    import torch
+
+    from catlab.notices import quiet_until_restored
+
     preset = world_preset(world)
     if not name or Path(name).name != name or name in (".", ".."):
         raise ValueError(f"name={name!r}: give the notebook's name, a single folder name under out_root")
     filled = fill_sizes(preset, **sizes)
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if quiet_notices:
-        quiet()
     work = Path(out_root) / name
-    if concept_folder is not None and work.resolve() in Path(concept_folder).expanduser().resolve().parents:
-        raise ValueError(f"concept_folder={str(concept_folder)!r} lies in {work}, which this set-up clears: copy it elsewhere first")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    wb = Workbench(world, preset, work, device, base_model or preset.base_model, **filled)
+    if fresh:
+        if concept_folder is not None and work.resolve() in Path(concept_folder).expanduser().resolve().parents:
+            raise ValueError(f"concept_folder={str(concept_folder)!r} lies in {work}, which fresh=True clears: copy it elsewhere first")
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    wb = Workbench(world, preset, work, device, base_model or preset.base_model, **filled, restore_notices=quiet_until_restored())
     if concept is not None or concept_folder is not None:
         wb.concept = wb.load_concept(concept, concept_folder, trigger, class_word)
     print(f"world {world!r}: base model {wb.base_model!r} on {device}; {wb.steps} steps, rank {wb.rank}, lr {wb.learning_rate:g}, "
-          f"batch {wb.batch_size}" + (f"; {wb.concept}" if wb.concept else ""))
+          f"batch {wb.batch_size}; work folder {work}" + (f"; {wb.concept}" if wb.concept else ""))
     return wb
 
 
-def make_train_config(wb: Workbench, output_dir: str, *, regime: str, concepts: list | None = None, **fields: Any) -> Any:
-    """A TrainConfig for the workbench: its base model, concept, run sizes, resolution and precision, written to
-    work/output_dir, with no checkpoints or sample grids during training. Any field given here (not None) wins."""
-    from catlab.config import TrainConfig
+def make_train_config(wb: Workbench, output_dir: str, *, regime: str, concepts: list | None = None, recipe: str | None = None,
+                      **fields: Any) -> Any:
+    """A TrainConfig for the workbench: its base model, concept, run sizes, resolution, precision and checkpoints,
+    written to work/output_dir, without sample grids during training. A named `recipe` ("demo": catlab.config.RECIPES)
+    goes on top of the world's preset, and any field given here (not None) on top of both."""
+    from catlab.config import TrainConfig, recipe_overrides
 
     preset = dict(base_model=wb.base_model, concepts=concepts or ([wb.concept] if wb.concept else []), output_dir=str(wb.work / output_dir),
                   regime=regime, resolution=wb.preset.resolution, mixed_precision=wb.mixed_precision, steps=wb.steps, rank=wb.rank,
                   learning_rate=wb.learning_rate, batch_size=wb.batch_size, validation_seeds=list(wb.seeds), validate_every=0,
-                  checkpoint_every=0)
-    return TrainConfig(**{**preset, **{k: v for k, v in fields.items() if v is not None}})
+                  checkpoint_every=wb.preset.checkpoint_every, checkpoints_total_limit=2)
+    named = recipe_overrides(recipe) if recipe else {}
+    return TrainConfig(**{**preset, **named, **{k: v for k, v in fields.items() if v is not None}})
