@@ -1,12 +1,15 @@
 """What a training step costs under each regime, measured side by side on the same batch.
 
-    python benchmarks/step_cost.py [--batches 1,4,16] [--repeats 30] [--base toyworld]
-    python benchmarks/step_cost.py --sd15-gpu      # SD-1.5-shaped UNet (random weights), 512 px, fp16, batch 1
+    python benchmarks/step_cost.py [--batches 1,4,16] [--repeats 30] [--base toyworld] [--compile]
+    python benchmarks/step_cost.py --sd15-gpu --compile   # SD-1.5-shaped UNet (random weights), 512 px, fp16, batch 1
+    python benchmarks/step_cost.py --batches 1 --repeats 1 --loop-steps 0 --compile   # the tiny path: seconds on a CPU
 
 UNet steps: each round runs every variant once, in turn, so machine noise hits all of them alike; the script
 prints median step times and their ratio to plain LoRA, for each batch size. Forward + backward + AdamW step of
 the LoRA parameters (fused on a CPU, as in training; one row measures torch's default one-tensor-at-a-time
-AdamW); everything else (VAE, text encoder) is excluded because all regimes share it. Then whole steps of
+AdamW); everything else (VAE, text encoder) is excluded because all regimes share it. `--compile` adds plain
+LoRA and CAT through `torch.compile(unet)` (as `compile_unet: true` trains), and prints how long each one's first,
+compiling call took. On a GPU each row also gives the peak memory, and the header names the card. Then whole steps of
 `catlab.training.loop` (data, VAE, text, UNet, optimizer), the regimes alternated, and the cost of switching the
 adapters off and on for CAT's base pass.
 """
@@ -20,9 +23,10 @@ import time
 import torch
 
 from catlab.models import adapters_disabled, add_lora, lora_parameters
-from catlab.training.losses import cat_loss, prior_preservation_loss
+from catlab.training.losses import CatTerm, cat_loss, prior_preservation_loss
 
 CAT_FULL = "CAT (batched: 1 adapted fwd of 2B + 1 base fwd)"
+PLAIN_COMPILED, CAT_COMPILED = "plain LoRA, torch.compile", "CAT (batched), torch.compile"
 
 
 def make_unet(args):
@@ -64,11 +68,12 @@ def measure_unet_steps(unet, params, b: int, seq: int, dim: int, args) -> tuple[
             optimizer.zero_grad(set_to_none=True)
         return run
 
+    compiled = torch.compile(unet) if args.compile else None  # one compiled wrapper; each shape compiles once
     variants = {
         "plain LoRA": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=0.0)),
         CAT_FULL: step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0)),
         "CAT (separate passes, as the authors)": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0, batched=False)),
-        "CAT on half the batch": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0, cat_share=0.5)),
+        "CAT on half the batch": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0, term=CatTerm(share=0.5))),
         "DreamBooth prior preservation (B instance + B class)": step(
             lambda: prior_preservation_loss(unet(z2, t2, encoder_hidden_states=cond2).sample, target2, b)),
         f"DreamBooth, prior_share 0.5 (B instance + {h} class)": step(
@@ -77,6 +82,9 @@ def measure_unet_steps(unet, params, b: int, seq: int, dim: int, args) -> tuple[
     if fused:
         variants["plain LoRA, AdamW one tensor at a time (torch's CPU default)"] = step(
             lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=0.0), one_at_a_time)
+    if compiled is not None:  # CAT switches the adapters off for its target: the compiled UNet recompiles for that
+        variants[PLAIN_COMPILED] = step(lambda: cat_loss(compiled, z, t, cond, cond_free, target, lam=0.0))
+        variants[CAT_COMPILED] = step(lambda: cat_loss(compiled, z, t, cond, cond_free, target, lam=1.0))
     times: dict[str, list[float]] = {k: [] for k in variants}
     peak: dict[str, float] = {}
     for rnd in range(args.repeats + 2):
@@ -89,6 +97,8 @@ def measure_unet_steps(unet, params, b: int, seq: int, dim: int, args) -> tuple[
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated() / 2**30)
+            if rnd == 0 and name in (PLAIN_COMPILED, CAT_COMPILED):
+                print(f"  first call of {name!r} (compiling): {time.perf_counter() - t0:.1f} s")
             if rnd >= 2:  # warm-up rounds
                 times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}, peak
@@ -103,6 +113,7 @@ def main() -> None:
     ap.add_argument("--amortise-every", type=int, default=5)
     ap.add_argument("--loop-steps", type=int, default=40, help="steps per regime for the whole-training-step measurement (0: skip)")
     ap.add_argument("--sd15-gpu", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="add plain LoRA and CAT through torch.compile(unet)")
     args = ap.parse_args()
     torch.manual_seed(0)
     unet, seq, dim = make_unet(args)
@@ -114,8 +125,8 @@ def main() -> None:
     params = lora_parameters(unet)
     batches = [1] if args.sd15_gpu else [int(x) for x in args.batches.split(",")]
     k = args.amortise_every
-    print(f"UNet step: device {unet.device}, dtype {unet.dtype}, {torch.get_num_threads()} threads, "
-          f"{args.repeats} interleaved rounds, median step time and ratio to plain LoRA")
+    print(f"UNet step: {device_name(unet.device)}, dtype {unet.dtype}, {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}, {args.repeats} interleaved rounds, median step time and ratio to plain LoRA")
     for b in batches:
         med, peak = measure_unet_steps(unet, params, b, seq, dim, args)
         base = med["plain LoRA"]
@@ -131,6 +142,15 @@ def main() -> None:
     measure_toggle(unet)
     if args.loop_steps and not args.sd15_gpu:
         measure_training_loop(args)
+
+
+def device_name(device: torch.device) -> str:
+    """The card's name (timings only compare on the same one), or the CPU."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()})"
 
 
 def measure_toggle(unet, rounds: int = 200) -> None:

@@ -78,7 +78,7 @@ class TrainConfig:
     lora_alpha: float | None = None  # None = rank (scale 1)
     lora_dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # all attention, as the authors
-    train_text_encoder: bool = False  # CAT's target assumes the text encoder is the base model's
+    train_text_encoder: bool = False  # a LoRA on the text encoder too; CAT's target keeps the base one
     # --- optimisation
     steps: int = 300  # optimiser updates (not micro-batches); every interval below counts them too
     batch_size: int = 4  # rows per micro-batch per process

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from catlab.models import lora_parameters
+from catlab.tensors import encode_prompts
 
 
 def unet_inputs(pipe, b=3, seed=0):
@@ -13,10 +14,10 @@ def unet_inputs(pipe, b=3, seed=0):
     unet = pipe.unet
     z = torch.randn(b, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size, generator=g)
     t = torch.randint(0, 1000, (b,), generator=g)
-    ids = pipe.tokenizer(["a sks circle"] * b, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
-    ids_free = pipe.tokenizer(["a circle"] * b, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
     with torch.no_grad():
-        return z, t, pipe.text_encoder(ids)[0], pipe.text_encoder(ids_free)[0]
+        captions = ("a sks circle", "a circle")
+        cond, cond_free = [encode_prompts(pipe.tokenizer, pipe.text_encoder, [c] * b) for c in captions]  # (b, L, D)
+    return z, t, cond, cond_free
 
 
 def randomise_lora(model, seed=1):
@@ -34,3 +35,33 @@ def tiny_run_config(concept_dir, out, **overrides):
     base = dict(concepts=[ConceptConfig(str(concept_dir), "sks", "circle")], output_dir=str(out), steps=6, batch_size=2,
                 checkpoint_every=3, validate_every=0, log_every=1, random_flip=False)
     return TrainConfig(**{**base, **overrides})
+
+
+def inject_text_encoder_lora(perturb: float = 0.0, patch=setattr):
+    """Let `train_text_encoder` run whatever the peft version (transformers 5 refuses text-encoder adapters with peft
+    < 0.22): the training loop's text-encoder LoRA is injected through peft directly, as diffusers' loader does.
+    `perturb` > 0 gives its B matrices random values (seeded), so that the adapted text encoder differs from the base
+    one from the first step. `patch` is monkeypatch.setattr in a test, plain setattr in a launched script."""
+    import catlab.training.loop as loop
+
+    real = loop.add_lora
+
+    def add_lora(model, rank=4, alpha=None, dropout=0.0, target_modules=(), adapter_name="default"):
+        from peft import LoraConfig, inject_adapter_in_model
+        from transformers import PreTrainedModel
+
+        if not isinstance(model, PreTrainedModel):  # the UNet: catlab's own add_lora
+            return real(model, rank, alpha, dropout, target_modules, adapter_name)
+        cfg = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
+                         target_modules=list(target_modules))
+        inject_adapter_in_model(cfg, model, adapter_name=adapter_name)
+        model.peft_config = {adapter_name: cfg}
+        if perturb:
+            g = torch.Generator().manual_seed(7)
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if "lora_B" in name:
+                        p.copy_(torch.randn(p.shape, generator=g) * perturb)
+        return sum(p.numel() for p in lora_parameters(model))
+
+    patch(loop, "add_lora", add_lora)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from lora_helpers import randomise_lora, tiny_run_config, unet_inputs
@@ -89,12 +91,13 @@ class _Interrupt(TrainCallback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("regime", ["cat", "lora"])
-def test_resume_gives_identical_weights(toyworld_env, concept_dir, tmp_path, regime):
-    full = train(_cfg(concept_dir, tmp_path / "full", regime=regime, lora_dropout=0.1))
+@pytest.mark.parametrize("regime, accumulation", [("cat", 1), ("lora", 1), ("cat", 2)])
+def test_resume_gives_identical_weights(toyworld_env, concept_dir, tmp_path, regime, accumulation):
+    kw = dict(regime=regime, lora_dropout=0.1, gradient_accumulation=accumulation)
+    full = train(_cfg(concept_dir, tmp_path / "full", **kw))
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(concept_dir, tmp_path / "cut", regime=regime, lora_dropout=0.1), callbacks=[_Interrupt()])
-    resumed = train(_cfg(concept_dir, tmp_path / "cut", regime=regime, lora_dropout=0.1), resume=True)
+        train(_cfg(concept_dir, tmp_path / "cut", **kw), callbacks=[_Interrupt()])
+    resumed = train(_cfg(concept_dir, tmp_path / "cut", **kw), resume=True)
     a = load_file(full.adapter_dir / "pytorch_lora_weights.safetensors")
     b = load_file(resumed.adapter_dir / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys()
@@ -102,6 +105,8 @@ def test_resume_gives_identical_weights(toyworld_env, concept_dir, tmp_path, reg
         assert torch.equal(a[k], b[k]), k
     assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
     assert (tmp_path / "full" / "config.yaml").exists() and (tmp_path / "full" / "metrics.jsonl").exists()
+    logged = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5, 6], "step 4, logged before the interruption, is logged once after the resume"
 
 
 def test_prior_preservation_caches_class_images(toyworld_env, concept_dir, tmp_path):
@@ -181,7 +186,7 @@ def test_cat_anchor_class_puts_the_cat_term_on_the_base_models_class_images(toyw
     seen = []
 
     def spy(unet, noisy, t, cond, cond_free, target, **kw):
-        seen.append((noisy.shape[0], kw.get("anchors"), cond_free.detach().clone()))
+        seen.append((noisy.shape[0], kw["term"].anchors, cond_free.detach().clone()))
         return cat_loss(unet, noisy, t, cond, cond_free, target, **kw)
 
     monkeypatch.setattr(train_module, "cat_loss", spy)
@@ -205,7 +210,7 @@ def test_cat_share_puts_the_cat_term_on_fewer_rows(toyworld_env, concept_dir, tm
     seen = []
 
     def spy(unet, noisy, t, cond, cond_free, target, **kw):
-        seen.append((noisy.shape[0], kw.get("anchors"), cond_free.shape[0], kw["cat_share"]))
+        seen.append((noisy.shape[0], kw["term"].anchors, cond_free.shape[0], kw["term"].share))
         return cat_loss(unet, noisy, t, cond, cond_free, target, **kw)
 
     monkeypatch.setattr(train_module, "cat_loss", spy)

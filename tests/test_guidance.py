@@ -94,19 +94,19 @@ def test_evaluate_keeps_apart_the_images_of_each_unconditional_source(tmp_path):
 
 
 def test_guided_cat_term_holds_the_guided_class_prediction(toyworld_env):
-    from catlab.training.losses import cat_loss, mse
+    from catlab.training.losses import CatTerm, cat_loss, mse
 
     pipe = load_base("toyworld")
     z, t, c, cf = unet_inputs(pipe, b=2)
     null = empty_caption_states(pipe, 1)  # (1, L, D)
     target = torch.randn_like(z)
     add_lora(pipe.unet, rank=4)
-    fresh = cat_loss(pipe.unet, z, t, c, cf, target, guidance=3.0, cond_null=null)
+    fresh = cat_loss(pipe.unet, z, t, c, cf, target, term=CatTerm(guidance=3.0, cond_null=null))
     assert float(fresh.cat.detach()) == pytest.approx(0.0, abs=1e-10), "a fresh adapter is the base model: nothing to hold"
     randomise_lora(pipe.unet, seed=2)
     s = 3.0
     with torch.no_grad():
-        terms = cat_loss(pipe.unet, z, t, c, cf, target, guidance=s, cond_null=null)
+        terms = cat_loss(pipe.unet, z, t, c, cf, target, term=CatTerm(guidance=s, cond_null=null))
         d_free = pipe.unet(z, t, encoder_hidden_states=cf).sample
         d_null = pipe.unet(z, t, encoder_hidden_states=null.expand(2, -1, -1)).sample
         with adapters_disabled(pipe.unet):
@@ -119,7 +119,7 @@ def test_guided_cat_term_holds_the_guided_class_prediction(toyworld_env):
     torch.testing.assert_close(paper.cat, mse(d_free, torch.zeros_like(z)), atol=1e-6, rtol=1e-4)
     assert float(d_null.abs().max()) > 1e-3 and not torch.allclose(terms.cat, paper.cat), "the guided term must see eps(null) move"
     with pytest.raises(ValueError, match="needs a scale > 1 and cond_null"):
-        cat_loss(pipe.unet, z, t, c, cf, target, guidance=3.0)
+        cat_loss(pipe.unet, z, t, c, cf, target, term=CatTerm(guidance=3.0))
 
 
 def test_cat_guidance_is_checked_and_reaches_the_loss(toyworld_env, concept_dir, tmp_path, monkeypatch):
@@ -133,7 +133,7 @@ def test_cat_guidance_is_checked_and_reaches_the_loss(toyworld_env, concept_dir,
     seen = []
 
     def spy(*args, **kw):
-        seen.append((kw.get("guidance"), kw.get("cond_null")))
+        seen.append((kw["term"].guidance, kw["term"].cond_null))
         return cat_loss(*args, **kw)
 
     monkeypatch.setattr(loop, "cat_loss", spy)

@@ -8,6 +8,7 @@ deterministic in (seed, epoch, index), so a resumed run sees the same batches.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,15 @@ from PIL import Image
 
 from catlab.config import ConceptConfig
 from catlab.data.captions import DEFAULT_CAPTION, DEFAULT_CLASS_PROMPT, format_prompt, trigger_free_caption
-from catlab.data.concepts import ConceptDataError, bullet_list, convert_to_rgb, open_image, validate_concept_folder
+from catlab.data.concepts import (
+    ConceptDataError,
+    ConceptDataWarning,
+    bullet_list,
+    check_tokens,
+    convert_to_rgb,
+    open_image,
+    validate_concept_folder,
+)
 from catlab.tensors import pixels_to_unit_range
 
 
@@ -75,6 +84,15 @@ class ConceptDataset(torch.utils.data.Dataset):
                              class_prompt=format_prompt(class_prompt_template, c.trigger, c.class_word), concept=i)
                         for i, (c, r) in enumerate(zip(self.concepts, self.reports)) for path, cap in zip(r.images, r.captions)]
         self._cache: dict[int, Image.Image] = {}  # resized once: only the crop and flip change between epochs
+
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """The checks that need the base model's tokenizer, for a dataset built before the model loaded: a warning
+        (ConceptDataWarning) for a trigger it splits or does not know, and for captions it cuts."""
+        for r in self.reports:
+            known = len(r.warnings)
+            check_tokens(r, tokenizer)
+            for w in r.warnings[known:]:
+                warnings.warn(f"{r.folder}: {w}", ConceptDataWarning, stacklevel=2)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random crops/flips of epoch `epoch` (deterministic given the seed)."""

@@ -39,27 +39,46 @@ def prepare_output_dir(output_dir: str | Path, resume_from: str | None) -> tuple
     if resume_from == "latest":
         ckpt = latest_checkpoint(out)
         if ckpt is None:
-            raise FileNotFoundError(f"cannot resume: no checkpoint in {out / 'checkpoints'}; start a new run without resume "
-                                    "(no --resume, resume_from_checkpoint: null)")
+            raise FileNotFoundError(
+                f"cannot resume: no checkpoint in {out / 'checkpoints'}; start a new run without "
+                "resume (no --resume, resume_from_checkpoint: null)"
+            )
     elif resume_from:
         ckpt = Path(resume_from).expanduser()
         if not ckpt.exists() and (out / "checkpoints" / resume_from).exists():
             ckpt = out / "checkpoints" / resume_from
         if not ckpt.is_dir():
-            raise FileNotFoundError(f"resume_from_checkpoint={resume_from!r}: {ckpt} does not exist; pass a checkpoints/step-* "
-                                    "folder of a run, or 'latest'")
+            raise FileNotFoundError(
+                f"resume_from_checkpoint={resume_from!r}: {ckpt} does not exist; pass a "
+                "checkpoints/step-* folder of a run, or 'latest'"
+            )
     elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output folder {out} already holds a run; pass resume=True (--resume, or resume_from_checkpoint: "
-                              "latest) to continue it, or choose another output_dir")
+        raise FileExistsError(
+            f"output folder {out} already holds a run; pass resume=True (--resume, or "
+            "resume_from_checkpoint: latest) to continue it, or choose another output_dir"
+        )
     if ckpt is not None and not (ckpt / STATE_JSON).is_file():
-        raise FileNotFoundError(f"{ckpt} has no {STATE_JSON}: it is not a catlab checkpoint, or one from an earlier catlab that "
-                                "pickled its state (state.pt), which is not loaded; start a new run")
+        raise FileNotFoundError(
+            f"{ckpt} has no {STATE_JSON}: it is not a catlab checkpoint, or one from an earlier "
+            "catlab that pickled its state (state.pt), which is not loaded; start a new run"
+        )
     out.mkdir(parents=True, exist_ok=True)
     return out, ckpt
 
 
-def save_checkpoint(out: Path, step: int, *, unet, te, opt, lr_sched, history: list[dict], scaler=None,
-                    write_adapter=None, keep: int | None = None) -> Path:
+def save_checkpoint(
+    out: Path,
+    step: int,
+    *,
+    unet,
+    te,
+    opt,
+    lr_sched,
+    history: list[dict],
+    scaler=None,
+    write_adapter=None,
+    keep: int | None = None,
+) -> Path:
     """Write checkpoints/step-NNNNNN atomically, then delete the oldest beyond `keep` (None: keep all).
     `write_adapter(folder)` writes the adapter beside the state."""
     from peft.utils import get_peft_model_state_dict
@@ -76,12 +95,19 @@ def save_checkpoint(out: Path, step: int, *, unet, te, opt, lr_sched, history: l
                 tensors[f"optimizer.{idx}.{name}"] = v
             else:
                 scalars.setdefault(str(idx), {})[name] = v
-    state = {"format": FORMAT, "step": step, "history": history, "optimizer": {"param_groups": opt_state["param_groups"],
-             "scalars": scalars}, "lr_scheduler": lr_sched.state_dict(), "grad_scaler": scaler.state_dict() if scaler else None}
+    state = {
+        "format": FORMAT,
+        "step": step,
+        "history": history,
+        "optimizer": {"param_groups": opt_state["param_groups"], "scalars": scalars},
+        "lr_scheduler": lr_sched.state_dict(),
+        "grad_scaler": scaler.state_dict() if scaler else None,
+    }
     final = out / "checkpoints" / f"step-{step:06d}"
 
     def write(tmp: Path) -> None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / STATE_TENSORS, metadata={"format": FORMAT})
+        cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(cpu, tmp / STATE_TENSORS, metadata={"format": FORMAT})
         (tmp / STATE_JSON).write_text(json.dumps(state, indent=1) + "\n")
         if write_adapter is not None:
             write_adapter(tmp / "adapter")

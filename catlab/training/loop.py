@@ -1,16 +1,20 @@
 """The training loop: `train(cfg)` builds a `TrainingRun` and calls `step(run, i)` until done. accelerate handles
-devices, mixed precision, multi-GPU (`accelerate launch`), gradient accumulation and experiment trackers;
-`training.checkpoints` gives exact resume.
+devices, mixed precision, several processes (`accelerate launch`) and experiment trackers; `training.checkpoints`
+gives exact resume.
 
-Every random choice of step i (which images, crops, flips, noise, timesteps, dropout) is drawn from generators
-seeded by (seed, i). A resumed run therefore replays exactly what an uninterrupted run would have done, and only
-the adapter, optimizer and LR-scheduler states need to be checkpointed.
+Step i is one optimiser update: `gradient_accumulation` micro-batches per process, each forward -> backward, then
+one optimiser step (nanoGPT's micro-step loop; diffusers' max_train_steps). `steps`, `cat_every` and every interval
+count updates, so checkpoints fall between them. Every random choice of update i (which images, crops, flips,
+dropped captions, noise, timesteps, dropout) is drawn from generators seeded by (seed, i) for the whole global batch,
+and each micro-batch of each process takes its own rows of it (`training.batches`). A resumed run therefore replays
+exactly what an uninterrupted run would have done, only the adapter, optimizer and LR-scheduler states need to be
+checkpointed, and several processes train what one process does on the same global batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import time
 from pathlib import Path
 
@@ -19,38 +23,39 @@ import torch
 from tqdm.auto import tqdm
 
 from catlab.config import TrainConfig, save_config, share_row_count
+from catlab.files import write_text_atomic
 from catlab.models import add_lora, configured_resolution, load_base, lora_parameters, native_resolution, save_lora
+from catlab.training import class_images
+from catlab.training.batches import SlotBatch, UpdateDraw, draw_update, dropout_seed
 from catlab.training.callbacks import TrainCallback, TrainResult
 from catlab.training.checkpoints import latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
-from catlab.training.class_images import generate_class_images, load_class_images
-from catlab.training.losses import LossTerms, cat_loss, denoising_target, min_snr_weights, prior_preservation_loss
+from catlab.training.losses import (
+    CatTerm,
+    LossTerms,
+    cat_loss,
+    denoising_target,
+    min_snr_weights,
+    prior_preservation_loss,
+)
 from catlab.training.state import TextStates, TrainingRun
 
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's attention projections, as diffusers
 
-def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback] | tuple = (), progress: bool = True) -> TrainResult:
+
+def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback] | tuple = (),
+          progress: bool = True) -> TrainResult:
     """Train one adapter as configured; returns where it was saved and the loss history. `progress=False` hides the
     step bar (the demo shows one bar over all its runs instead)."""
     t_start = time.time()
     run, start = start_run(cfg, resume)
     bar = tqdm(range(start, cfg.steps), desc=f"train [{cfg.regime}]", initial=start, total=cfg.steps,
                disable=not progress or not run.acc.is_local_main_process)
-    log_path = run.out / "metrics.jsonl"
     run.unet.train()
     try:
         for i in bar:
             logs = step(run, i)
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            done = i + 1
-            if run.acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
-                with log_path.open("a") as f:
-                    f.write(json.dumps(logs) + "\n")
-                run.acc.log({k: v for k, v in logs.items() if k != "step"}, step=done)
-            for cb in callbacks:
-                cb.on_step(done, logs)
-            if cfg.validate_every and done % cfg.validate_every == 0 and run.acc.is_main_process:
-                validate(run, done, callbacks)
-            if run.acc.is_main_process and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                run.last_checkpoint = checkpoint(run, done)
+            after_step(run, i + 1, logs, callbacks)
     finally:
         for tracker in run.acc.trackers:  # flush and close the event files even when a run stops early
             tracker.finish()
@@ -65,154 +70,304 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback]
     return result
 
 
+def after_step(run: TrainingRun, done: int, logs: dict, callbacks=()) -> None:
+    """What follows update `done` (1-based): its log line, the callbacks, validation and a checkpoint, each at its
+    interval. Files are written by the main process only."""
+    cfg, main = run.cfg, run.acc.is_main_process
+    if main and (done % cfg.log_every == 0 or done == cfg.steps):
+        with (run.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(logs) + "\n")
+        run.acc.log({k: v for k, v in logs.items() if k != "step"}, step=done)
+    for cb in callbacks:
+        cb.on_step(done, logs)
+    if cfg.validate_every and done % cfg.validate_every == 0 and main:
+        validate(run, done, callbacks)
+    if main and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+        run.last_checkpoint = checkpoint(run, done)
+
+
 def step(run: TrainingRun, i: int) -> dict:
-    """Optimisation step i: forward -> backward -> clip -> step, inside accelerate's accumulation context (which skips
-    the gradient sync between micro-steps and the optimiser step until the last one). Returns the step's logs."""
+    """Optimisation step i, one update: each of this process's micro-batches forward -> backward (gradients are
+    averaged across processes after the last one only), then clip -> optimiser step -> LR step. Returns its logs."""
     t0 = time.time()
-    with run.acc.accumulate(run.unet):
-        terms = compute_losses(run, i)
-        if not torch.isfinite(terms.loss.detach()):
-            raise FloatingPointError(f"loss became {terms.loss.item()} at step {i}; training stopped. Last good checkpoint: "
-                                     f"{run.last_checkpoint or 'none'}. Lower learning_rate or use mixed_precision='no', then resume.")
-        run.acc.backward(terms.loss)
-        if run.acc.sync_gradients and run.cfg.max_grad_norm > 0:
-            run.acc.clip_grad_norm_(run.params, run.cfg.max_grad_norm)  # the trainable (LoRA) parameters, not the frozen base
-        run.optimizer.step()
-        run.lr_scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
-    logs = {"step": i + 1, **terms.as_floats(), "lr": run.lr_scheduler.get_last_lr()[0], "step_s": time.time() - t0}
+    k = run.cfg.gradient_accumulation
+    draw = draw_update(run.cfg, i, run.acc.num_processes * k, len(run.dataset), len(run.class_prompts),
+                       run.latent_shape, run.noise_scheduler.config.num_train_timesteps)
+    terms = []
+    for micro in range(k):
+        with _no_sync(run) if micro < k - 1 else contextlib.nullcontext():
+            terms.append(micro_step(run, draw, i, slot=run.acc.process_index * k + micro))
+    if run.cfg.max_grad_norm > 0:
+        run.acc.clip_grad_norm_(run.params, run.cfg.max_grad_norm)  # the trainable (LoRA) parameters only
+    run.optimizer.step()
+    run.lr_scheduler.step()  # accelerate steps it once per process: `lr_schedule` counts that
+    run.optimizer.zero_grad(set_to_none=True)
+    logs = {"step": i + 1, **_mean_terms(run.acc, terms), "lr": run.lr_scheduler.get_last_lr()[0],
+            "step_s": time.time() - t0}
     run.history.append(logs)
     return logs
 
 
-def compute_losses(run: TrainingRun, i: int) -> LossTerms:
-    """The forward half of step i: draw the batch, noise it, and apply the regime's objective."""
+def micro_step(run: TrainingRun, draw: UpdateDraw, i: int, slot: int) -> dict[str, float]:
+    """Forward and backward of one micro-batch, slot `slot` of update i; returns its loss terms."""
+    with torch.random.fork_rng(devices=_rng_devices()):  # LoRA dropout draws from torch's global RNG: not the caller's
+        torch.manual_seed(dropout_seed(run.cfg.seed, i, slot))
+        terms = compute_losses(run, draw, i, slot)
+    if not torch.isfinite(terms.loss.detach()):
+        raise FloatingPointError(f"loss became {terms.loss.item()} at step {i}; training stopped. Last good "
+                                 f"checkpoint: {run.last_checkpoint or 'none'}. Lower learning_rate or use "
+                                 "mixed_precision='no', then resume.")
+    run.acc.backward(terms.loss / run.cfg.gradient_accumulation)  # the update's loss is the mean of its micro-batches'
+    return terms.as_floats()
+
+
+def compute_losses(run: TrainingRun, draw: UpdateDraw, i: int, slot: int) -> LossTerms:
+    """The forward half of one micro-batch: slot `slot` of update i's draw, noised, through the regime's objective."""
     cfg, acc, dtype = run.cfg, run.acc, run.weight_dtype
-    rng = np.random.default_rng(_step_seed(cfg.seed, i, acc.process_index))
-    torch.manual_seed(_step_seed(cfg.seed, i, 1 + acc.process_index))  # LoRA dropout
+    batch = slot_batch(run, draw, i, slot)
+    rows = draw.tensor_rows(slot)  # (b + e,): this slot's rows of the update's posterior samples, noise and timesteps
+    with torch.no_grad():
+        posterior = run.vae.encode(batch.pixels.to(acc.device, dtype)).latent_dist
+        eps_latent = draw.eps_latent[rows].to(acc.device, dtype)
+        latents = (posterior.mean + posterior.std * eps_latent) * run.vae.config.scaling_factor  # (b + e, C, h, w)
+    noise = draw.noise[rows].to(acc.device, latents.dtype)
+    t = draw.timesteps[rows].to(acc.device)
+    noisy = run.noise_scheduler.add_noise(latents, noise, t)  # (b + e, C, h, w)
+    target = denoising_target(run.noise_scheduler, latents, noise, t)
+    text = text_states(run, batch)
+    weights = min_snr_weights(run.noise_scheduler, t, cfg.snr_gamma) if cfg.snr_gamma else None
+    with acc.autocast():
+        return objective(run, i, batch, text, noisy, t, target, weights)
+
+
+def slot_batch(run: TrainingRun, draw: UpdateDraw, i: int, slot: int) -> SlotBatch:
+    """Slot `slot`'s rows of update i: its concept images and captions, then its class images, and CAT's captions."""
+    cfg = run.cfg
     run.dataset.set_epoch(i)
-    replace = cfg.batch_size > len(run.dataset)  # without replacement when possible: repeats would share one augmentation
-    items = [run.dataset[int(k)] for k in rng.choice(len(run.dataset), size=cfg.batch_size, replace=replace)]
-    pixels = torch.stack([it["pixel_values"] for it in items])  # (B, 3, R, R)
-    captions = [it["caption"] for it in items]
+    items = [run.dataset[int(k)] for k in draw.items[draw.concept(slot)]]
+    pixels = torch.stack([it["pixel_values"] for it in items])  # (b, 3, R, R)
+    captions = ["" if drop else it["caption"] for it, drop in zip(items, draw.dropped[draw.concept(slot)])]
     trigger_free = [it["trigger_free_caption"] for it in items]
-    n_concept = len(items)
-    n_cat = share_row_count(cfg.batch_size, cfg.cat_share)  # rows that carry the CAT term (cat_share < 1: cheaper steps)
-    if run.anchored:  # the CAT rows look at the base model's own class images, captioned with their class prompt
-        ai = rng.integers(len(run.class_images), size=n_cat)
-        pixels = torch.cat([pixels, run.class_images[ai]])  # (B + n_cat, 3, R, R): concept images, then anchors
-        trigger_free = [run.class_prompts[k] for k in ai]
-    elif cfg.regime == "cat":
-        trigger_free = trigger_free[:n_cat]  # the paper's rows: the first n_cat concept images, trigger dropped
+    ids = draw.class_ids[draw.class_rows(slot)]
+    if len(ids):  # the base model's own class images: CAT's anchors or DreamBooth's class rows
+        pixels = torch.cat([pixels, run.class_images[ids]])  # (b + e, 3, R, R)
+    class_prompts = [run.class_prompts[k] for k in ids]
+    if run.anchored:  # the CAT rows look at the class images, captioned with their class prompt
+        trigger_free = class_prompts
+    elif cfg.regime == "cat":  # the paper's rows: the first cat_share of the concept images, trigger dropped
+        trigger_free = trigger_free[:share_row_count(cfg.batch_size, cfg.cat_share)]
+    else:  # DreamBooth: instance then class images, one forward (plain LoRA has no class images)
+        captions = captions + class_prompts
     if cfg.regime == "cat" and cfg.cat_null_share > 0:
         # classifier-free guidance samples with eps(c) and eps(""): an adapter that shifts eps("") while CAT holds
         # eps(c_free) moves guided class samples *away* from the concept; holding eps("") too prevents that
         n_null = round(len(trigger_free) * cfg.cat_null_share)
         trigger_free = [""] * n_null + trigger_free[n_null:]
-    if run.class_images is not None and not run.anchored:  # DreamBooth: instance then class images, one forward
-        ci = rng.integers(len(run.class_images), size=share_row_count(cfg.batch_size, cfg.prior_share))
-        pixels = torch.cat([pixels, run.class_images[ci]])  # (B + n_prior, 3, R, R)
-        captions = captions + [run.class_prompts[k] for k in ci]
-    g = torch.Generator().manual_seed(_step_seed(cfg.seed, i, 2 + acc.process_index))
-    with torch.no_grad():
-        posterior = run.vae.encode(pixels.to(acc.device, dtype)).latent_dist
-        eps_latent = torch.randn(posterior.mean.shape, generator=g).to(acc.device, dtype)
-        latents = (posterior.mean + posterior.std * eps_latent) * run.vae.config.scaling_factor  # (B, 4, h, w)
-    noise = torch.randn(latents.shape, generator=g).to(acc.device, latents.dtype)
-    t = torch.randint(0, run.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(acc.device)
-    noisy = run.noise_scheduler.add_noise(latents, noise, t)  # (B, 4, h, w)
-    target = denoising_target(run.noise_scheduler, latents, noise, t)
-    cond, cond_free = (h.to(dtype) for h in run.text(captions, trigger_free))  # (B, L, D) each
-    cond_null = run.text([""])[0].to(dtype) if cfg.cat_guidance else None  # (1, L, D): the guided CAT term's empty caption
-    weights = min_snr_weights(run.noise_scheduler, t, cfg.snr_gamma) if cfg.snr_gamma else None
-    with acc.autocast():
-        if cfg.regime == "dreambooth":
-            pred = run.unet(noisy, t, encoder_hidden_states=cond).sample
-            return prior_preservation_loss(pred, target, n_concept, cfg.prior_loss_weight, weights)
-        lam = cfg.cat_lambda if cfg.regime == "cat" else 0.0
-        if lam and cfg.cat_every > 1:  # amortised CAT: every k-th step, weighted by k so the expected penalty is unchanged
-            lam = lam * cfg.cat_every if i % cfg.cat_every == 0 else 0.0
-        if run.anchored:  # concept rows train the trigger, anchor rows carry the CAT term
-            return cat_loss(run.unet, noisy[:n_concept], t[:n_concept], cond, cond_free, target[:n_concept], lam=lam,
-                            weights=None if weights is None else weights[:n_concept], anchors=(noisy[n_concept:], t[n_concept:]),
-                            cat_share=cfg.cat_share, guidance=cfg.cat_guidance, cond_null=cond_null)
-        return cat_loss(run.unet, noisy, t, cond, cond_free, target, lam=lam, cat_share=cfg.cat_share, weights=weights,
-                        guidance=cfg.cat_guidance, cond_null=cond_null)
+    return SlotBatch(pixels, captions, trigger_free, len(items))
+
+
+def text_states(run: TrainingRun, batch: SlotBatch) -> tuple:
+    """(cond, cond_free, cond_null, base_text) of one micro-batch, each (B_k, L, D) in the weights' precision;
+    cond_free (CAT's rows), cond_null (the guided term's empty caption) and base_text (the base text encoder's states
+    of both, when the text encoder trains) are for CAT only."""
+    cfg, dtype = run.cfg, run.weight_dtype
+    if cfg.regime != "cat":
+        (cond,) = run.text(batch.captions)
+        return cond.to(dtype), None, None, None
+    free = [batch.trigger_free] + ([[""]] if cfg.cat_guidance else [])  # CAT's captions, then the empty one
+    cond, cond_free, *null = (h.to(dtype) for h in run.text(batch.captions, *free))
+    base_text = None
+    if not run.text.frozen:  # CAT's target is the base model's, its text encoder included
+        free_base, *null_base = (h.to(dtype) for h in run.text.base(*free))
+        base_text = (free_base, null_base[0] if null_base else None)
+    return cond, cond_free, (null[0] if null else None), base_text
+
+
+def objective(run: TrainingRun, i: int, batch: SlotBatch, text: tuple, noisy: torch.Tensor, t: torch.Tensor,
+              target: torch.Tensor, weights: torch.Tensor | None) -> LossTerms:
+    """The regime's loss on one noised micro-batch (concept rows first, then class-image rows)."""
+    cfg, n = run.cfg, batch.n_concept
+    cond, cond_free, cond_null, base_text = text
+    if cfg.regime == "dreambooth":
+        pred = run.unet(noisy, t, encoder_hidden_states=cond).sample
+        return prior_preservation_loss(pred, target, n, cfg.prior_loss_weight, weights)
+    anchors = (noisy[n:], t[n:]) if run.anchored else None  # concept rows train the trigger, anchor rows carry CAT
+    term = CatTerm(share=cfg.cat_share, anchors=anchors, guidance=cfg.cat_guidance, cond_null=cond_null,
+                   base_text=base_text)
+    return cat_loss(run.unet, noisy[:n], t[:n], cond, cond_free, target[:n], lam=cat_weight(cfg, i),
+                    weights=None if weights is None else weights[:n], term=term)
+
+
+def cat_weight(cfg: TrainConfig, i: int) -> float:
+    """λ of update i: cat_lambda for CAT, 0 otherwise (plain LoRA is CAT with λ = 0). Amortised CAT (cat_every k)
+    applies the term on every k-th update only, weighted by k, so the expected penalty is unchanged."""
+    if cfg.regime != "cat":
+        return 0.0
+    if cfg.cat_every > 1:
+        return cfg.cat_lambda * cfg.cat_every if i % cfg.cat_every == 0 else 0.0
+    return cfg.cat_lambda
+
+
+def _no_sync(run: TrainingRun) -> contextlib.ExitStack:
+    """No gradient all-reduce for any trained model: a micro-batch that is not its update's last."""
+    stack = contextlib.ExitStack()
+    for model in run.trained_models:
+        stack.enter_context(run.acc.no_sync(model))
+    return stack
+
+
+def _mean_terms(acc, terms: list[dict[str, float]]) -> dict[str, float]:
+    """Each loss term averaged over the update's micro-batches and, for the log, over all processes."""
+    mean = {k: sum(t[k] for t in terms) / len(terms) for k in terms[0]}
+    if acc.num_processes > 1:
+        values = acc.reduce(torch.tensor(list(mean.values()), device=acc.device), reduction="mean")
+        mean = dict(zip(mean, values.tolist()))
+    return mean
+
+
+def _rng_devices() -> list[int]:
+    """The CUDA devices whose RNG torch.manual_seed reseeds (none on a CPU): what fork_rng saves and restores."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
 def start_run(cfg: TrainConfig, resume: bool = False) -> tuple[TrainingRun, int]:
-    """Check the data, load the base model, add the adapter, restore a checkpoint: (the run, the first step to do)."""
-    from accelerate.utils import set_seed
+    """Check the data, load the base model, draw the class images, add the adapters, restore a checkpoint: (the run,
+    the first step to do)."""
     from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import cast_training_params
 
-    from catlab.data.dataset import ConceptDataset
+    dataset = _checked_data(cfg)  # every concept-data problem now, not after loading the base model (GBs for SD 1.5)
+    acc = _make_accelerator(cfg, Path(cfg.output_dir))
+    out, ckpt = prepare_output_dir(cfg.output_dir, cfg.resume_from_checkpoint or ("latest" if resume else None))
+    acc.wait_for_everyone()  # every process has checked the folder before the main one writes into it
+    pipe, weight_dtype = _frozen_pipeline(cfg, acc)
+    resolution = cfg.resolution or native_resolution(pipe)
+    dataset = _dataset_at(cfg, dataset, resolution, pipe.tokenizer)
+    # in the training precision (diffusers' --prior_generation_precision), before the adapters exist
+    images, prompts, class_s = class_images.prepare(pipe, cfg, out, resolution, acc)
+    unet, te, opt, lr_sched, params = _adapters_and_optimiser(cfg, acc, pipe, weight_dtype)
+    text = TextStates(pipe.tokenizer, pipe.text_encoder, acc.device, frozen=not cfg.train_text_encoder, trained=te)
+    run = TrainingRun(cfg=cfg, out=out, acc=acc, pipe=pipe, unet=unet,
+                      noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), dataset=dataset, text=text,
+                      optimizer=opt, lr_scheduler=lr_sched, params=params, weight_dtype=weight_dtype,
+                      class_images=images, class_prompts=prompts, class_images_s=class_s)
+    start = _maybe_resume(run, ckpt)
+    _open_logs(run, start, new_run=ckpt is None)
+    run.last_checkpoint = latest_checkpoint(out)
+    return run, start
 
+
+def _checked_data(cfg: TrainConfig):
+    """The training data, built before any model loads so that every concept-data problem surfaces now; at the
+    model's resolution when its config files tell it (`_dataset_at` finishes the checks once the model is there)."""
     if not cfg.concepts:
         raise ValueError("TrainConfig.concepts is empty: add at least one ConceptConfig(folder, trigger, class_word)")
     _check_tracker(cfg.report_to)
-    # every concept-data problem surfaces now, not after loading the base model (gigabytes for SD 1.5); the trigger
-    # against the model's tokenizer (and the image size, when only the weights know the resolution) is checked below
-    early = cfg.resolution or configured_resolution(cfg.base_model) or 1
-    ConceptDataset([c.__dict__ for c in cfg.concepts], resolution=early, trigger_free=cfg.trigger_free, seed=cfg.seed)
-    out, ckpt = prepare_output_dir(cfg.output_dir, cfg.resume_from_checkpoint or ("latest" if resume else None))
-    acc = _make_accelerator(cfg, out)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-    pipe = load_base(cfg.base_model, device=acc.device)
-    resolution = cfg.resolution or native_resolution(pipe)
-    unet, vae, te = pipe.unet, pipe.vae, pipe.text_encoder
-    for m in (unet, vae, te):
-        m.requires_grad_(False)
-    dataset = ConceptDataset([c.__dict__ for c in cfg.concepts], resolution=resolution, center_crop=cfg.center_crop,
-                             random_flip=cfg.random_flip, trigger_free=cfg.trigger_free, seed=cfg.seed, tokenizer=pipe.tokenizer)
-    class_images, class_prompts, class_s = None, [], 0.0
-    if cfg.regime == "dreambooth" or (cfg.regime == "cat" and cfg.cat_anchor == "class"):  # before the adapter exists
-        t0 = time.time()
-        prompts = sorted({cfg.class_prompt or f"a {c.class_word}" for c in cfg.concepts})
-        folder = Path(cfg.class_images_dir) if cfg.class_images_dir else out / "class_images"
-        paths = []
-        for prompt in prompts:
-            sub = folder if len(prompts) == 1 else folder / prompt.replace(" ", "_")
-            got = generate_class_images(pipe, prompt, cfg.num_class_images, sub, resolution)
-            paths += got
-            class_prompts += [prompt] * len(got)
-        class_images = load_class_images(paths, resolution)
-        class_s = time.time() - t0
+    return _dataset(cfg, cfg.resolution or configured_resolution(cfg.base_model) or 1)
 
-    if weight_dtype != torch.float32:  # frozen weights in half precision; the LoRA is cast back to fp32 below
-        for m in (vae, te, unet):
+
+def _dataset(cfg: TrainConfig, resolution: int):
+    from catlab.data.dataset import ConceptDataset
+
+    return ConceptDataset(cfg.concepts, resolution=resolution, center_crop=cfg.center_crop, random_flip=cfg.random_flip,
+                          trigger_free=cfg.trigger_free, seed=cfg.seed)
+
+
+def _dataset_at(cfg: TrainConfig, dataset, resolution: int, tokenizer):
+    """The dataset at the model's resolution, its captions checked against the model's tokenizer: the one built
+    before the model loaded, unless only the weights knew the resolution."""
+    if dataset.resolution != resolution:
+        dataset = _dataset(cfg, resolution)
+    dataset.check_tokenizer(tokenizer)
+    return dataset
+
+
+def _frozen_pipeline(cfg: TrainConfig, acc) -> tuple:
+    """(the base pipeline on this process's device, every weight frozen and in the training precision, that dtype):
+    fp16/bf16 under mixed precision; the LoRA weights added later train in fp32."""
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+    with torch.random.fork_rng(devices=_rng_devices()):  # loading draws from torch's global RNG: not the caller's
+        pipe = load_base(cfg.base_model, device=acc.device, **cfg.loading_options())
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False)
+        if weight_dtype != torch.float32:
             m.to(dtype=weight_dtype)
-    set_seed(cfg.seed)  # the LoRA's random A matrices depend on it
-    add_lora(unet, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
-    if cfg.train_text_encoder:
-        add_lora(te, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, ["q_proj", "k_proj", "v_proj", "out_proj"])
+    return pipe, weight_dtype
+
+
+def _adapters_and_optimiser(cfg: TrainConfig, acc, pipe, weight_dtype: torch.dtype) -> tuple:
+    """Fresh LoRA adapters (the UNet's, and the text encoder's with train_text_encoder), their AdamW and LR schedule,
+    prepared by accelerate: (UNet, text encoder or None, optimiser, LR scheduler, the trainable parameters)."""
+    from diffusers.training_utils import cast_training_params
+
+    trained = [pipe.unet] + ([pipe.text_encoder] if cfg.train_text_encoder else [])
+    with torch.random.fork_rng(devices=_rng_devices()):  # the caller's RNG stays as it was
+        torch.manual_seed(cfg.seed)  # the LoRA's random A matrices depend on it
+        add_lora(pipe.unet, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
+        if cfg.train_text_encoder:
+            add_lora(pipe.text_encoder, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, TEXT_ENCODER_TARGETS)
     if weight_dtype != torch.float32:
-        cast_training_params([unet, te], dtype=torch.float32)  # LoRA weights train in fp32, frozen weights stay low precision
+        cast_training_params(trained, dtype=torch.float32)  # LoRA weights train in fp32, frozen ones stay as they are
     if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    params = lora_parameters(unet) + (lora_parameters(te) if cfg.train_text_encoder else [])
+        pipe.unet.enable_gradient_checkpointing()
+    params = [p for m in trained for p in lora_parameters(m)]
     # on a CPU torch's default AdamW updates the LoRA tensors one at a time in Python (its multi-tensor path is for
     # accelerators); the fused kernel does them in one call, a few % of a toy-world step (benchmarks/step_cost.py)
     fused = True if acc.device.type == "cpu" else None
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay, fused=fused)
-    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer=opt, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps)
-    unet, opt, lr_sched = acc.prepare(unet, opt, lr_sched)
+    # both models, so that DDP averages the text encoder's gradients too (diffusers prepares both)
+    unet, *te, opt, lr_sched = acc.prepare(*trained, opt, lr_schedule(cfg, opt, acc.num_processes))
+    if cfg.compile_unet:  # the UNet only: the VAE and a frozen text encoder run once per step, without gradients
+        unet = torch.compile(unet)
+    return unet, (te[0] if te else None), opt, lr_sched, params
 
-    run = TrainingRun(cfg=cfg, out=out, acc=acc, pipe=pipe, unet=unet, noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
-                      dataset=dataset, text=TextStates(pipe.tokenizer, te, acc.device, frozen=not cfg.train_text_encoder),
-                      optimizer=opt, lr_scheduler=lr_sched, params=params, weight_dtype=weight_dtype,
-                      class_images=class_images, class_prompts=class_prompts, class_images_s=class_s)
-    start = 0
-    if ckpt is not None:
-        start, run.history = load_checkpoint(ckpt, unet=run.unwrapped_unet, te=te if cfg.train_text_encoder else None, opt=opt,
-                                             lr_sched=lr_sched, scaler=acc.scaler)
-    if ckpt is None or not (out / "config.yaml").exists():
-        save_config(cfg, out / "config.yaml")
+
+def lr_schedule(cfg: TrainConfig, optimizer, num_processes: int = 1):
+    """The LR schedule for `steps` updates on any number of processes. accelerate steps a prepared scheduler once
+    per process at each update (AcceleratedScheduler.step), so warm-up and length count updates x processes, as
+    diffusers' train_dreambooth_lora.py does; the LR at update i is then the same on 1 or N processes."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(cfg.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps * num_processes,
+                         num_training_steps=cfg.steps * num_processes)
+
+
+def _maybe_resume(run: TrainingRun, ckpt: Path | None) -> int:
+    """Restore checkpoint `ckpt` (None: a new run) into the adapters, optimiser and LR schedule; the first update to
+    do. Resume on as many processes as before: the LR schedule's position counts updates x processes."""
+    if ckpt is None:
+        return 0
+    te = run.text_encoder if run.cfg.train_text_encoder else None
+    start, run.history = load_checkpoint(ckpt, unet=run.unwrapped_unet, te=te, opt=run.optimizer,
+                                         lr_sched=run.lr_scheduler, scaler=run.acc.scaler)
+    return start
+
+
+def _open_logs(run: TrainingRun, start: int, new_run: bool) -> None:
+    """config.yaml of a new run; on resume, metrics.jsonl cut back to the checkpoint's step so that every step is
+    logged once (tensorboard hides its own later events: purge_step); the trackers."""
+    cfg, out = run.cfg, run.out
+    if run.acc.is_main_process:
+        if new_run or not (out / "config.yaml").exists():
+            save_config(cfg, out / "config.yaml")
+        _truncate_metrics(out / "metrics.jsonl", start)
     if cfg.report_to != "none":
-        acc.init_trackers("catlab", config=_tracker_config(cfg), init_kwargs={"wandb": {"name": out.name, "dir": str(out)}})
-    run.last_checkpoint = latest_checkpoint(out)
-    return run, start
+        kwargs = {"wandb": {"name": out.name, "dir": str(out)},
+                  "tensorboard": {"purge_step": start + 1} if start else {}}
+        run.acc.init_trackers("catlab", config=_tracker_config(cfg), init_kwargs=kwargs)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep metrics.jsonl's lines up to `step`, the checkpoint resumed from: the steps after it are trained again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):  # a line cut short by the interruption
+            continue
+    write_text_atomic(path, "".join(kept))
 
 
 def checkpoint(run: TrainingRun, done: int) -> Path:
@@ -223,13 +378,10 @@ def checkpoint(run: TrainingRun, done: int) -> Path:
         run.pipe.unet = unet
         save_lora(run.pipe, folder, metadata=run_metadata(cfg, done), overwrite=True)
 
-    return save_checkpoint(run.out, done, unet=unet, te=run.text_encoder if cfg.train_text_encoder else None, opt=run.optimizer,
-                           lr_sched=run.lr_scheduler, history=run.history, scaler=run.acc.scaler, write_adapter=write_adapter,
+    te = run.text_encoder if cfg.train_text_encoder else None
+    return save_checkpoint(run.out, done, unet=unet, te=te, opt=run.optimizer, lr_sched=run.lr_scheduler,
+                           history=run.history, scaler=run.acc.scaler, write_adapter=write_adapter,
                            keep=cfg.checkpoints_total_limit)
-
-
-def _step_seed(seed: int, step: int, salt: int = 0) -> int:
-    return (seed * 1_000_003 + step * 7919 + salt) % (2**63 - 1)
 
 
 def _make_accelerator(cfg: TrainConfig, out: Path):
@@ -240,10 +392,11 @@ def _make_accelerator(cfg: TrainConfig, out: Path):
     from accelerate.utils import ProjectConfiguration
 
     state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != cfg.mixed_precision and state.get("distributed_type") == DistributedType.NO:
+    launched = state.get("distributed_type") != DistributedType.NO  # under `accelerate launch`: keep what it set up
+    if state and state.get("_mixed_precision") != cfg.mixed_precision and not launched:
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
-                       log_with=None if cfg.report_to == "none" else cfg.report_to,
+    # no gradient_accumulation_steps: `step` runs the micro-batches of an update itself
+    return Accelerator(mixed_precision=cfg.mixed_precision, log_with=None if cfg.report_to == "none" else cfg.report_to,
                        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
 
 
@@ -262,13 +415,16 @@ def _check_tracker(report_to: str) -> None:
 
 def _tracker_config(cfg: TrainConfig) -> dict:
     """The config as trackers take it: numbers, strings, booleans and None (lists and concepts as JSON)."""
-    return {k: v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in cfg.to_dict().items()}
+    plain = (bool, int, float, str)
+    return {k: v if v is None or isinstance(v, plain) else json.dumps(v) for k, v in cfg.to_dict().items()}
 
 
 def run_metadata(cfg: TrainConfig, step: int | None = None) -> dict:
     """What the adapter files record about the run (catlab_adapter.json and both safetensors headers)."""
     return {"trigger": ",".join(c.trigger for c in cfg.concepts), "class_word": ",".join(c.class_word for c in cfg.concepts),
-            "base_model": cfg.base_model, "regime": cfg.regime, "cat_lambda": cfg.cat_lambda, "steps": cfg.steps if step is None else step}
+            "base_model": cfg.base_model, "regime": cfg.regime, "cat_lambda": cfg.cat_lambda, "steps": cfg.steps if step is None else step,
+            # which weights exactly, only when set: the hub revision, the file variant, a replaced VAE
+            **{k: v for k, v in (("base_revision", cfg.revision), ("base_variant", cfg.variant), ("vae", cfg.vae)) if v is not None}}
 
 
 def validation_prompts(cfg: TrainConfig) -> list[str]:
@@ -314,7 +470,3 @@ def _log_images(acc, prompts, images, seeds, step) -> None:
 
                 tracker.log({f"validation/{prompt}": [wandb.Image(im, caption=f"seed {s}") for im, s in zip(row, seeds)]}, step=step)
 
-
-def steps_per_second(history: list[dict]) -> float:
-    times = [h["step_s"] for h in history[1:]] or [math.nan]
-    return 1.0 / float(np.median(times))
