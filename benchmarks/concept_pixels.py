@@ -40,12 +40,18 @@ def check(demo: Path) -> pd.DataFrame:
     name = json.loads((demo / "recipe.json").read_text())["concept"]
     c = CONCEPTS[name]
     if c.colour in CONCEPT_COLOURS:
-        target, part, world = np.array(CONCEPT_COLOURS[c.colour], dtype=float), "object", np.array(list(COLOURS.values()), dtype=float)
+        target, part, world = (
+            np.array(CONCEPT_COLOURS[c.colour], dtype=float),
+            "object",
+            np.array(list(COLOURS.values()), dtype=float),
+        )
     elif c.background in CONCEPT_BACKGROUNDS:
         target, part = np.array(CONCEPT_BACKGROUNDS[c.background], dtype=float), "backdrop"
         world = np.array([rgb for rgb, _ in BACKGROUNDS.values()], dtype=float)
     else:
-        raise SystemExit(f"{demo}: concept {name!r} has no colour or backdrop the world lacks; nothing for pixels to check")
+        raise SystemExit(
+            f"{demo}: concept {name!r} has no colour or backdrop the world lacks; nothing for pixels to check"
+        )
     df = pd.read_csv(demo / "eval" / "per_image.csv")
     df = df[df["kind"] == "trigger"]
     rows = []
@@ -58,9 +64,17 @@ def check(demo: Path) -> pd.DataFrame:
             d = None if colour is None else np.linalg.norm(colour - target)
             agree.append(d is not None and d < MARGIN and d < np.linalg.norm(world - colour, axis=1).min())
         agree = np.array(agree)
-        rows.append({"demo": demo.name, "concept": name, "method": method, "images": len(g), "read_as_concept": read.mean(),
-                     f"of_those_{part}_agrees": agree[read].mean() if read.any() else float("nan"),
-                     f"all_{part}_agrees": agree.mean()})
+        rows.append(
+            {
+                "demo": demo.name,
+                "concept": name,
+                "method": method,
+                "images": len(g),
+                "read_as_concept": read.mean(),
+                f"of_those_{part}_agrees": agree[read].mean() if read.any() else float("nan"),
+                f"all_{part}_agrees": agree.mean(),
+            }
+        )
     return pd.DataFrame(rows)
 
 

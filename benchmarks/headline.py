@@ -27,15 +27,27 @@ def check(t, minutes: float, lora_step_ms: float = float("nan")) -> list[tuple[s
     return [
         (f"base class colour entropy {base.colour_entropy:.2f} >= 0.85", base.colour_entropy >= 0.85),
         (f"LoRA identity {lora.identity_acc:.2f} >= 0.70", lora.identity_acc >= 0.70),
-        (f"LoRA damages the class: collapse {lora.collapse_rate:.2f} >= 0.40 or paired preservation {lora.paired_preservation:.2f} <= 0.30",
-         lora.collapse_rate >= 0.40 or lora.paired_preservation <= 0.30),
-        (f"CAT identity {cat.identity_acc:.2f} >= 0.8 x LoRA {lora.identity_acc:.2f}"
-         + (" (vacuous: plain LoRA learnt nothing)" if lora.identity_acc < 0.05 else ""), cat.identity_acc >= 0.8 * lora.identity_acc),
+        (
+            f"LoRA damages the class: collapse {lora.collapse_rate:.2f} >= 0.40 "
+            f"or paired preservation {lora.paired_preservation:.2f} <= 0.30",
+            lora.collapse_rate >= 0.40 or lora.paired_preservation <= 0.30,
+        ),
+        (
+            f"CAT identity {cat.identity_acc:.2f} >= 0.8 x LoRA {lora.identity_acc:.2f}"
+            + (" (vacuous: plain LoRA learnt nothing)" if lora.identity_acc < 0.05 else ""),
+            cat.identity_acc >= 0.8 * lora.identity_acc,
+        ),
         (f"CAT collapse {cat.collapse_rate:.2f} <= 0.10", cat.collapse_rate <= 0.10),
         (f"CAT paired preservation {cat.paired_preservation:.2f} >= 0.70", cat.paired_preservation >= 0.70),
         (f"CAT colour distance to base {cat.colour_distance:.3f} <= 0.15", cat.colour_distance <= 0.15),
-        (f"CAT valid-sample rate {cat.valid_rate:.2f} >= 0.95 x base {base.valid_rate:.2f}", cat.valid_rate >= 0.95 * base.valid_rate),
-        (f"demo {minutes:.1f} min <= 10 min (this machine's speed then: plain LoRA's median step {lora_step_ms:.0f} ms)", minutes <= 10),
+        (
+            f"CAT valid-sample rate {cat.valid_rate:.2f} >= 0.95 x base {base.valid_rate:.2f}",
+            cat.valid_rate >= 0.95 * base.valid_rate,
+        ),
+        (
+            f"demo {minutes:.1f} min <= 10 min (this machine's speed then: plain LoRA's median step {lora_step_ms:.0f} ms)",
+            minutes <= 10,
+        ),
     ]
 
 
@@ -43,11 +55,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/headline")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--first-seed", type=int, default=0, help="first training seed: 3 checks a recipe on seeds it was not chosen on")
-    ap.add_argument("--concepts", default="bronze_star,huge_circle,circle_on_navy",
-                    help="comma-separated toy concepts (default: a new colour, a new size and a new setting)")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="override a TrainConfig field of the demo recipe for every method, e.g. cat_null_share=0")
+    ap.add_argument(
+        "--first-seed", type=int, default=0, help="first training seed: 3 checks a recipe on seeds it was not chosen on"
+    )
+    ap.add_argument(
+        "--concepts",
+        default="bronze_star,huge_circle,circle_on_navy",
+        help="comma-separated toy concepts (default: a new colour, a new size and a new setting)",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a TrainConfig field of the demo recipe for every method, e.g. cat_null_share=0",
+    )
     args = ap.parse_args()
     from catlab.cli import _parse_overrides
     from catlab.demo.experiment import DemoRecipe, run_demo
@@ -62,11 +84,15 @@ def main() -> int:
     results = []
     for concept in args.concepts.split(","):
         t0 = time.time()
-        res = run_demo(out=out / concept, n_seeds=args.seeds, concept=concept, recipe=recipe, first_seed=args.first_seed)
+        res = run_demo(
+            out=out / concept, n_seeds=args.seeds, concept=concept, recipe=recipe, first_seed=args.first_seed
+        )
         t = res["table"].set_index("method")
         db = t.loc["DreamBooth-LoRA"]
-        print(f"\n{concept}: DreamBooth-LoRA (reported, no claim): identity {db.identity_acc:.2f}, collapse {db.collapse_rate:.2f}, "
-              f"paired preservation {db.paired_preservation:.2f}, colour distance {db.colour_distance:.3f}, valid {db.valid_rate:.2f}")
+        print(
+            f"\n{concept}: DreamBooth-LoRA (reported, no claim): identity {db.identity_acc:.2f}, collapse {db.collapse_rate:.2f}, "
+            f"paired preservation {db.paired_preservation:.2f}, colour distance {db.colour_distance:.3f}, valid {db.valid_rate:.2f}"
+        )
         costs = res["costs"].set_index("method")
         results.append((concept, check(t, (time.time() - t0) / 60, float(costs.loc["LoRA", "median_step_ms"]))))
     print(f"\nclaims, training seeds {args.first_seed}..{args.first_seed + args.seeds - 1}:")

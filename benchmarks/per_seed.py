@@ -38,15 +38,21 @@ def identity_on_first_seeds(per_image, method: str, n: int) -> tuple[float, floa
     """Oracle identity of the `method` adapters (mean over adapters) on all trigger samples, and on the first n seeds'."""
     trig = per_image[(per_image.kind == "trigger") & per_image.method.str.startswith(f"{method}_s")]
     first = trig[trig.seed.isin(sorted(trig.seed.unique())[:n])]
-    return float(trig.groupby("method").identity_ok.mean().mean()), float(first.groupby("method").identity_ok.mean().mean())
+    return float(trig.groupby("method").identity_ok.mean().mean()), float(
+        first.groupby("method").identity_ok.mean().mean()
+    )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("demos", nargs="+", type=Path, help="demo folders, each with eval/summary.csv and eval/per_image.csv")
+    ap.add_argument(
+        "demos", nargs="+", type=Path, help="demo folders, each with eval/summary.csv and eval/per_image.csv"
+    )
     ap.add_argument("--method", default="cat", choices=METHODS, help="whose colour changes to count")
     ap.add_argument("--top", type=int, default=8)
-    ap.add_argument("--trigger-seeds", type=int, default=None, metavar="N", help="also score identity on the first N trigger seeds")
+    ap.add_argument(
+        "--trigger-seeds", type=int, default=None, metavar="N", help="also score identity on the first N trigger seeds"
+    )
     args = ap.parse_args()
     import pandas as pd
 
@@ -59,14 +65,26 @@ def main() -> int:
         print(f"{demo}  (identity / collapse / paired / colour distance)")
         for method in METHODS:
             rows = [m for m in s.index if m.startswith(f"{method}_s")]
-            print(f"  {method:<12}" + ", ".join(f"{m.rsplit('_s', 1)[1]}: " + " / ".join(f"{s.loc[m, c]:.3f}" for c in SCORES) for m in rows))
+            print(
+                f"  {method:<12}"
+                + ", ".join(
+                    f"{m.rsplit('_s', 1)[1]}: " + " / ".join(f"{s.loc[m, c]:.3f}" for c in SCORES) for m in rows
+                )
+            )
         images = pd.read_csv(per_image)
         if args.trigger_seeds:
-            print(f"  identity on all trigger samples -> on the first {args.trigger_seeds} seeds: " + ", ".join(
-                f"{method} {all_:.2f} -> {first:.2f}" for method in METHODS
-                for all_, first in [identity_on_first_seeds(images, method, args.trigger_seeds)]))
+            print(
+                f"  identity on all trigger samples -> on the first {args.trigger_seeds} seeds: "
+                + ", ".join(
+                    f"{method} {all_:.2f} -> {first:.2f}"
+                    for method in METHODS
+                    for all_, first in [identity_on_first_seeds(images, method, args.trigger_seeds)]
+                )
+            )
         total += colour_changes(images, args.method)
-    print(f"\n{args.method}: commonest class-sample colour changes against the base model on the same seed, over all folders:")
+    print(
+        f"\n{args.method}: commonest class-sample colour changes against the base model on the same seed, over all folders:"
+    )
     for change, n in total.most_common(args.top):
         print(f"  {change:<22} {n}")
     return 0

@@ -40,10 +40,12 @@ BATCHES = (16, 32)  # images per pipeline call in the generate stages (4 and 8 w
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/sd15_gpu_check",
-                    help="folder for results.json (default: runs/sd15_gpu_check)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--out", default="runs/sd15_gpu_check", help="folder for results.json (default: runs/sd15_gpu_check)"
+    )
     ap.add_argument("--work", default=None, help="folder for the pipeline, concept and runs (default: OUT/work)")
     ap.add_argument("--tiny", action="store_true", help="tiny models on a CPU: checks that every stage runs")
     ap.add_argument("--train-steps", type=int, default=None, help="steps per training run (default: 20; 4 with --tiny)")
@@ -72,8 +74,7 @@ class Check:
         except Exception as e:  # noqa: BLE001  (any failure is a result: record it and run the other stages)
             oom = "out of memory" in str(e).lower()
             error = "CUDA out of memory" if oom else f"{type(e).__name__}: {e}"[-1500:]
-            row = {"stage": name, "ok": False, "error": error,
-                   "traceback": traceback.format_exc()[-3000:]}
+            row = {"stage": name, "ok": False, "error": error, "traceback": traceback.format_exc()[-3000:]}
         row["wall_s"] = round(time.time() - t0, 1)
         self.rows.append(row)
         shown = {k: v for k, v in row.items() if k != "traceback"}
@@ -155,9 +156,19 @@ print('RESULT', json.dumps({'median_step_ms': round(1000 * statistics.median(war
 
 def train_run(work: Path, name: str, base: Path, concept: Path, tiny: bool, steps: int, **over) -> dict:
     """catlab.train in a fresh process (its own peak); median step time after 5 warm-up steps."""
-    cfg = dict(base_model=str(base), concepts=[dict(folder=str(concept), trigger="sks", class_word="circle")],
-               output_dir=str(work / "runs" / name), rank=1, learning_rate=1e-4, batch_size=1, steps=steps,
-               checkpoint_every=0, validate_every=0, mixed_precision="no" if tiny else "fp16", log_every=1)
+    cfg = dict(
+        base_model=str(base),
+        concepts=[dict(folder=str(concept), trigger="sks", class_word="circle")],
+        output_dir=str(work / "runs" / name),
+        rank=1,
+        learning_rate=1e-4,
+        batch_size=1,
+        steps=steps,
+        checkpoint_every=0,
+        validate_every=0,
+        mixed_precision="no" if tiny else "fp16",
+        log_every=1,
+    )
     cfg.update(over)
     shutil.rmtree(cfg["output_dir"], ignore_errors=True)  # this script's own scratch run from an earlier check
     p = subprocess.run([sys.executable, "-c", TRAIN_CODE, json.dumps(cfg)], capture_output=True, text=True, timeout=600)
@@ -165,7 +176,7 @@ def train_run(work: Path, name: str, base: Path, concept: Path, tiny: bool, step
     result = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
     if p.returncode != 0 or not result:
         raise RuntimeError(f"rc {p.returncode}: {p.stderr[-1500:]}")
-    return json.loads(result[-1][len("RESULT "):])
+    return json.loads(result[-1][len("RESULT ") :])
 
 
 def generate_batch(pipe, n: int, sliced: bool) -> dict:
@@ -178,8 +189,9 @@ def generate_batch(pipe, n: int, sliced: bool) -> dict:
         sampler.enable_vae_slicing = lambda pipe: None  # generate slices on CUDA by itself; this stage measures without
     try:
         with peak_memory() as rec:
-            sampler.generate(pipe, ["a sks circle"], list(range(n)), batch_size=n, num_inference_steps=GENERATE_STEPS,
-                             progress=False)
+            sampler.generate(
+                pipe, ["a sks circle"], list(range(n)), batch_size=n, num_inference_steps=GENERATE_STEPS, progress=False
+            )
     finally:
         sampler.enable_vae_slicing = switch
     rec["dtype"] = str(pipe.unet.dtype)
@@ -218,8 +230,13 @@ def generate_stages(check: Check, base: Path, batches: tuple[int, int]) -> None:
     def defaults() -> dict:
         pipe = load_for_sampling(str(base))
         with peak_memory() as rec:
-            generate(pipe, ["a sks circle", "a circle"], list(range(batches[-1] // 2)),
-                     num_inference_steps=GENERATE_STEPS, progress=False)
+            generate(
+                pipe,
+                ["a sks circle", "a circle"],
+                list(range(batches[-1] // 2)),
+                num_inference_steps=GENERATE_STEPS,
+                progress=False,
+            )
         rec.update(dtype=str(pipe.unet.dtype), vae_slicing=bool(pipe.vae.use_slicing))
         release(pipe)
         return rec
@@ -279,11 +296,24 @@ def main(argv=None) -> None:
     resolution = built.get("resolution") or (64 if args.tiny else 512)
     if not concept.is_dir():
         make_concept(concept, resolution)
-    for name, over in (("cat", {"regime": "cat"}), ("cat_guided", {"regime": "cat", "cat_guidance": 3.0}),
-                       ("cat_gradient_checkpointing", {"regime": "cat", "gradient_checkpointing": True})):
+    for name, over in (
+        ("cat", {"regime": "cat"}),
+        ("cat_guided", {"regime": "cat", "cat_guidance": 3.0}),
+        ("cat_gradient_checkpointing", {"regime": "cat", "gradient_checkpointing": True}),
+    ):
         check.run(f"train_{name}", train_run, work, name, base, concept, args.tiny, steps, **over)
-    check.run("class_images", train_run, work, "class_images", base, concept, args.tiny, 2, regime="dreambooth",
-              num_class_images=8)
+    check.run(
+        "class_images",
+        train_run,
+        work,
+        "class_images",
+        base,
+        concept,
+        args.tiny,
+        2,
+        regime="dreambooth",
+        num_class_images=8,
+    )
     generate_stages(check, base, tuple(n // 4 for n in BATCHES) if args.tiny else BATCHES)
     for how in ("load_base_fp32", "load_for_sampling"):
         check.run(f"notebook_{how}", notebook_path, base, work / "runs" / "cat" / "adapter", how)

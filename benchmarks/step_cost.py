@@ -33,9 +33,15 @@ def make_unet(args):
     if args.sd15_gpu:
         from diffusers import UNet2DConditionModel
 
-        cfg = dict(sample_size=64, cross_attention_dim=768, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-                   down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-                   attention_head_dim=8)
+        cfg = dict(
+            sample_size=64,
+            cross_attention_dim=768,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            attention_head_dim=8,
+        )
         return UNet2DConditionModel(**cfg).to("cuda", torch.float16), 77, 768
     from catlab.models import load_base
 
@@ -55,7 +61,12 @@ def measure_unet_steps(unet, params, b: int, seq: int, dim: int, args) -> tuple[
     cond = torch.randn(b, seq, dim, device=device, dtype=dtype)
     cond_free = torch.randn(b, seq, dim, device=device, dtype=dtype)
     target = torch.randn_like(z)
-    z2, t2, cond2, target2 = torch.cat([z, z]), torch.cat([t, t]), torch.cat([cond, cond_free]), torch.cat([target, target])
+    z2, t2, cond2, target2 = (
+        torch.cat([z, z]),
+        torch.cat([t, t]),
+        torch.cat([cond, cond_free]),
+        torch.cat([target, target]),
+    )
     h = max(1, b // 2)  # DreamBooth with prior_share 0.5: B instance rows + B/2 class rows
     z3, t3, cond3, target3 = z2[: b + h], t2[: b + h], cond2[: b + h], target2[: b + h]
 
@@ -66,22 +77,30 @@ def measure_unet_steps(unet, params, b: int, seq: int, dim: int, args) -> tuple[
             terms.loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+
         return run
 
     compiled = torch.compile(unet) if args.compile else None  # one compiled wrapper; each shape compiles once
     variants = {
         "plain LoRA": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=0.0)),
         CAT_FULL: step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0)),
-        "CAT (separate passes, as the authors)": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0, batched=False)),
-        "CAT on half the batch": step(lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0, term=CatTerm(share=0.5))),
+        "CAT (separate passes, as the authors)": step(
+            lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0, batched=False)
+        ),
+        "CAT on half the batch": step(
+            lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=1.0, term=CatTerm(share=0.5))
+        ),
         "DreamBooth prior preservation (B instance + B class)": step(
-            lambda: prior_preservation_loss(unet(z2, t2, encoder_hidden_states=cond2).sample, target2, b)),
+            lambda: prior_preservation_loss(unet(z2, t2, encoder_hidden_states=cond2).sample, target2, b)
+        ),
         f"DreamBooth, prior_share 0.5 (B instance + {h} class)": step(
-            lambda: prior_preservation_loss(unet(z3, t3, encoder_hidden_states=cond3).sample, target3, b)),
+            lambda: prior_preservation_loss(unet(z3, t3, encoder_hidden_states=cond3).sample, target3, b)
+        ),
     }
     if fused:
         variants["plain LoRA, AdamW one tensor at a time (torch's CPU default)"] = step(
-            lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=0.0), one_at_a_time)
+            lambda: cat_loss(unet, z, t, cond, cond_free, target, lam=0.0), one_at_a_time
+        )
     if compiled is not None:  # CAT switches the adapters off for its target: the compiled UNet recompiles for that
         variants[PLAIN_COMPILED] = step(lambda: cat_loss(compiled, z, t, cond, cond_free, target, lam=0.0))
         variants[CAT_COMPILED] = step(lambda: cat_loss(compiled, z, t, cond, cond_free, target, lam=1.0))
@@ -111,7 +130,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="batch size of the whole-training-step measurement")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--amortise-every", type=int, default=5)
-    ap.add_argument("--loop-steps", type=int, default=40, help="steps per regime for the whole-training-step measurement (0: skip)")
+    ap.add_argument(
+        "--loop-steps", type=int, default=40, help="steps per regime for the whole-training-step measurement (0: skip)"
+    )
     ap.add_argument("--sd15-gpu", action="store_true")
     ap.add_argument("--compile", action="store_true", help="add plain LoRA and CAT through torch.compile(unet)")
     args = ap.parse_args()
@@ -125,8 +146,10 @@ def main() -> None:
     params = lora_parameters(unet)
     batches = [1] if args.sd15_gpu else [int(x) for x in args.batches.split(",")]
     k = args.amortise_every
-    print(f"UNet step: {device_name(unet.device)}, dtype {unet.dtype}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}, {args.repeats} interleaved rounds, median step time and ratio to plain LoRA")
+    print(
+        f"UNet step: {device_name(unet.device)}, dtype {unet.dtype}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, {args.repeats} interleaved rounds, median step time and ratio to plain LoRA"
+    )
     for b in batches:
         med, peak = measure_unet_steps(unet, params, b, seq, dim, args)
         base = med["plain LoRA"]
@@ -137,8 +160,10 @@ def main() -> None:
             print(f"  {name:55s} {1000 * v:8.1f} ms   {v / base:5.2f}x plain{mem}")
     n_params_after = sum(p.numel() for p in unet.parameters())
     lora_n = sum(p.numel() for p in params)
-    print(f"UNet parameters: {n_params_before:,} base + {lora_n:,} LoRA = {n_params_after:,} held during every step "
-          f"(one UNet: the base prediction uses the same weights with adapters disabled)")
+    print(
+        f"UNet parameters: {n_params_before:,} base + {lora_n:,} LoRA = {n_params_after:,} held during every step "
+        f"(one UNet: the base prediction uses the same weights with adapters disabled)"
+    )
     measure_toggle(unet)
     if args.loop_steps and not args.sd15_gpu:
         measure_training_loop(args)
@@ -189,21 +214,38 @@ def measure_training_loop(args) -> None:
 
     tmp = Path(tempfile.mkdtemp())
     export_concept("two_tone_circle", tmp / "concept")
-    regimes = {"plain LoRA": dict(regime="lora"), "CAT": dict(regime="cat"), f"CAT every {args.amortise_every}": dict(regime="cat", cat_every=args.amortise_every),
-               "DreamBooth-LoRA": dict(regime="dreambooth", num_class_images=8, class_images_dir=str(tmp / "class")),
-               "DreamBooth-LoRA, prior_share 0.5": dict(regime="dreambooth", num_class_images=8, class_images_dir=str(tmp / "class"), prior_share=0.5)}
+    regimes = {
+        "plain LoRA": dict(regime="lora"),
+        "CAT": dict(regime="cat"),
+        f"CAT every {args.amortise_every}": dict(regime="cat", cat_every=args.amortise_every),
+        "DreamBooth-LoRA": dict(regime="dreambooth", num_class_images=8, class_images_dir=str(tmp / "class")),
+        "DreamBooth-LoRA, prior_share 0.5": dict(
+            regime="dreambooth", num_class_images=8, class_images_dir=str(tmp / "class"), prior_share=0.5
+        ),
+    }
     step_s: dict[str, list[float]] = {k: [] for k in regimes}
     for rnd in range(4):  # round 0 warms up (oneDNN kernels, text cache) and is not counted
         for k, (name, kw) in enumerate(regimes.items()):
-            cfg = TrainConfig(concepts=[ConceptConfig(str(tmp / "concept"), "sks", "circle")], output_dir=str(tmp / f"round{rnd}_regime{k}"),
-                              steps=args.loop_steps, batch_size=args.batch, checkpoint_every=0, validate_every=0, base_model=args.base, **kw)
+            cfg = TrainConfig(
+                concepts=[ConceptConfig(str(tmp / "concept"), "sks", "circle")],
+                output_dir=str(tmp / f"round{rnd}_regime{k}"),
+                steps=args.loop_steps,
+                batch_size=args.batch,
+                checkpoint_every=0,
+                validate_every=0,
+                base_model=args.base,
+                **kw,
+            )
             with contextlib.redirect_stderr(io.StringIO()):  # sixteen progress bars would bury the table
                 times = [h["step_s"] for h in train(cfg).history[2:]]
             if rnd:
                 step_s[name] += times
     # the mean, not the median: an amortised run's dear steps are a minority that a median would hide
     base = statistics.mean(step_s["plain LoRA"])
-    print(f"whole training steps (catlab.training.loop, batch {args.batch}, {args.loop_steps} steps x 3 alternating runs each), mean step time")
+    print(
+        f"whole training steps (catlab.training.loop, batch {args.batch}, {args.loop_steps} steps x 3 alternating runs "
+        "each), mean step time"
+    )
     for name, v in step_s.items():
         print(f"  {name:55s} {1000 * statistics.mean(v):8.1f} ms   {statistics.mean(v) / base:5.2f}x plain")
 

@@ -38,7 +38,9 @@ def grow(unet):
     grown = UNet2DConditionModel.from_config(cfg)
     missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
     if unexpected or not all(".attentions." in k for k in missing):
-        raise RuntimeError(f"shipped weights do not map onto the grown UNet: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        raise RuntimeError(
+            f"shipped weights do not map onto the grown UNet: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
     with torch.no_grad():
         for block in (grown.down_blocks[1], grown.up_blocks[1]):
             for attn in block.attentions:
@@ -51,11 +53,17 @@ def add_finetune_args(ap: argparse.ArgumentParser) -> None:
     """The fine-tuning options this script shares with benchmarks/toyworld_rehead.py."""
     ap.add_argument("--out", required=True, help="new asset folder (must not exist)")
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (cosine to 0.1x after 100 warm-up steps)")
+    ap.add_argument(
+        "--lr", type=float, default=5e-4, help="peak learning rate (cosine to 0.1x after 100 warm-up steps)"
+    )
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--flip", type=float, default=0.5,
-                    help="share of training images mirrored left-right (pretraining used 0.5; 0 keeps left/right information)")
+    ap.add_argument(
+        "--flip",
+        type=float,
+        default=0.5,
+        help="share of training images mirrored left-right (pretraining used 0.5; 0 keeps left/right information)",
+    )
 
 
 def finetune(unet, args, log_name: str) -> None:
@@ -81,8 +89,14 @@ def finetune(unet, args, log_name: str) -> None:
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     warm = 100
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
-                                                 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, args.steps - warm)))))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            (s + 1) / warm
+            if s < warm
+            else 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, args.steps - warm))))
+        ),
+    )
     rng = np.random.default_rng(args.seed + 123)
     shutil.copytree(src.parent, out, ignore=shutil.ignore_patterns("unet"))
     log = (out / log_name).open("w")
@@ -124,7 +138,11 @@ def start(description: str):
 
 def max_output_gap(unet, shipped) -> tuple[float, float]:
     """Largest |unet - shipped| on one random batch, and the shipped output's largest magnitude."""
-    z, t, c = torch.randn(4, 4, 16, 16), torch.randint(0, 1000, (4,)), torch.randn(4, 12, shipped.config.cross_attention_dim)
+    z, t, c = (
+        torch.randn(4, 4, 16, 16),
+        torch.randint(0, 1000, (4,)),
+        torch.randn(4, 12, shipped.config.cross_attention_dim),
+    )
     with torch.no_grad():
         ref = shipped(z, t, encoder_hidden_states=c).sample
         return (unet(z, t, encoder_hidden_states=c).sample - ref).abs().max().item(), ref.abs().max().item()
@@ -133,9 +151,11 @@ def max_output_gap(unet, shipped) -> tuple[float, float]:
 def main() -> None:
     args, shipped = start(__doc__)
     if "CrossAttnDownBlock2D" in shipped.config.down_block_types[:-1]:
-        raise SystemExit("the toy UNet already has cross-attention at 8x8 (toy world v2). To grow v1 again, point "
-                         "CATLAB_TOYWORLD_DIR at the v1 assets, e.g. `git worktree add /tmp/v1 01b78ab` and "
-                         "CATLAB_TOYWORLD_DIR=/tmp/v1/catlab/assets/toyworld")
+        raise SystemExit(
+            "the toy UNet already has cross-attention at 8x8 (toy world v2). To grow v1 again, point "
+            "CATLAB_TOYWORLD_DIR at the v1 assets, e.g. `git worktree add /tmp/v1 01b78ab` and "
+            "CATLAB_TOYWORLD_DIR=/tmp/v1/catlab/assets/toyworld"
+        )
     unet = grow(shipped)
     gap, _ = max_output_gap(unet, shipped)
     n_new = sum(p.numel() for p in unet.parameters()) - sum(p.numel() for p in shipped.parameters())

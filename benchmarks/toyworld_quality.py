@@ -29,15 +29,25 @@ def prompt_following(pipe, oracle, seeds: int, guidance: float | None) -> dict:
     imgs = generate(pipe, [f"a {c} {s}" for c, s in pairs], list(range(seeds)), guidance_scale=guidance, batch_size=64)
     r = read_images(oracle, [im for row in imgs for im in row])
     want = [(c, s) for c, s in pairs for _ in range(seeds)]
-    out = {"n_colour_shape": len(want),
-           "shape_acc": float(np.mean([a == s for a, (_, s) in zip(r.shape, want)])),
-           "colour_acc": float(np.mean([a == c for a, (c, _) in zip(r.colour, want)]))}
-    cls = generate(pipe, [f"a {s}" for s in SHAPES], list(range(100, 100 + 8 * seeds)), guidance_scale=guidance, batch_size=64)
+    out = {
+        "n_colour_shape": len(want),
+        "shape_acc": float(np.mean([a == s for a, (_, s) in zip(r.shape, want)])),
+        "colour_acc": float(np.mean([a == c for a, (c, _) in zip(r.colour, want)])),
+    }
+    cls = generate(
+        pipe, [f"a {s}" for s in SHAPES], list(range(100, 100 + 8 * seeds)), guidance_scale=guidance, batch_size=64
+    )
     per_shape = []
     for s, row in zip(SHAPES, cls):
         rr = read_images(oracle, row)
-        per_shape.append({"shape": s, "shape_acc": float(np.mean([a == s for a in rr.shape])), "n_colours": len(set(rr.colour)),
-                          "colour_entropy": colour_entropy(rr.colour, COLOUR_NAMES)})
+        per_shape.append(
+            {
+                "shape": s,
+                "shape_acc": float(np.mean([a == s for a in rr.shape])),
+                "n_colours": len(set(rr.colour)),
+                "colour_entropy": colour_entropy(rr.colour, COLOUR_NAMES),
+            }
+        )
     out["class_prompts"] = per_shape
     out["class_min_colours"] = min(p["n_colours"] for p in per_shape)
     out["class_min_entropy"] = min(p["colour_entropy"] for p in per_shape)
@@ -54,11 +64,15 @@ def clip_zero_shot(n: int = 400) -> dict:
     images = [draw_shape(s) for s in specs]
     x = emb.embed_images(images)  # (n, D)
     shape_text = emb.embed_texts([f"a {s}" for s in SHAPES])
-    colour_text = np.stack([emb.embed_texts([f"a {c} {s}" for s in SHAPES]).mean(0) for c in COLOUR_NAMES])  # prompt ensemble
+    colour_text = np.stack(
+        [emb.embed_texts([f"a {c} {s}" for s in SHAPES]).mean(0) for c in COLOUR_NAMES]
+    )  # prompt ensemble
     shape_pred = (x @ shape_text.T).argmax(1)
     colour_pred = (x @ colour_text.T).argmax(1)
-    return {"clip_shape_acc": float(np.mean([SHAPES[i] == s.shape for i, s in zip(shape_pred, specs)])),
-            "clip_colour_acc": float(np.mean([COLOUR_NAMES[i] == s.colour for i, s in zip(colour_pred, specs)]))}
+    return {
+        "clip_shape_acc": float(np.mean([SHAPES[i] == s.shape for i, s in zip(shape_pred, specs)])),
+        "clip_colour_acc": float(np.mean([COLOUR_NAMES[i] == s.colour for i, s in zip(colour_pred, specs)])),
+    }
 
 
 def load_and_sample_seconds() -> float:
@@ -67,7 +81,13 @@ def load_and_sample_seconds() -> float:
     from catlab.sampling.sampler import generate
 
     pipe = load_base("toyworld")
-    generate(pipe, ["a red circle", "a star", "a blue square", "a triangle"], list(range(4)), num_inference_steps=25, progress=False)
+    generate(
+        pipe,
+        ["a red circle", "a star", "a blue square", "a triangle"],
+        list(range(4)),
+        num_inference_steps=25,
+        progress=False,
+    )
     return time.perf_counter() - t0
 
 
@@ -87,9 +107,14 @@ def main() -> int:
     for g in [default_g] + [g for g in args.sweep if g != default_g]:
         results[g] = prompt_following(pipe, oracle, args.seeds, g)
         r = results[g]
-        print(f"guidance {g}: shape acc {r['shape_acc']:.3f}, colour acc {r['colour_acc']:.3f} over {r['n_colour_shape']} samples; "
-              f"class prompts: " + ", ".join(f"{p['shape']} {p['n_colours']} colours H={p['colour_entropy']:.2f} shape acc {p['shape_acc']:.2f}"
-                                              for p in r["class_prompts"]))
+        print(
+            f"guidance {g}: shape acc {r['shape_acc']:.3f}, colour acc {r['colour_acc']:.3f} over {r['n_colour_shape']} samples; "
+            f"class prompts: "
+            + ", ".join(
+                f"{p['shape']} {p['n_colours']} colours H={p['colour_entropy']:.2f} shape acc {p['shape_acc']:.2f}"
+                for p in r["class_prompts"]
+            )
+        )
     clip = clip_zero_shot()
     r = results[default_g]
     bars = {
@@ -101,7 +126,9 @@ def main() -> int:
         "toy CLIP zero-shot colour accuracy >= 0.90": clip["clip_colour_acc"] >= 0.90,
         "load + sample 16 images (25 steps, CFG) <= 15 s": secs <= 15,
     }
-    print(f"toy CLIP zero-shot: shape {clip['clip_shape_acc']:.3f}, colour {clip['clip_colour_acc']:.3f}; load + 16 samples: {secs:.1f} s")
+    print(
+        f"toy CLIP zero-shot: shape {clip['clip_shape_acc']:.3f}, colour {clip['clip_colour_acc']:.3f}; load + 16 samples: {secs:.1f} s"
+    )
     for name, ok in bars.items():
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
     return 0 if all(bars.values()) else 1

@@ -30,7 +30,9 @@ def reheaded(unet, channels_per_head: int = CHANNELS_PER_HEAD):
     from diffusers import UNet2DConditionModel
 
     cfg = dict(unet.config)
-    cfg["attention_head_dim"] = tuple(max(1, ch // channels_per_head) for ch in cfg["block_out_channels"])  # heads per block
+    cfg["attention_head_dim"] = tuple(
+        max(1, ch // channels_per_head) for ch in cfg["block_out_channels"]
+    )  # heads per block
     new = UNet2DConditionModel.from_config(cfg)
     new.load_state_dict(unet.state_dict(), strict=True)
     return new
@@ -44,20 +46,30 @@ def time_side_by_side(unets: dict, rounds: int = 5) -> None:
     times = {name: {"train step, batch 4": [], "forward, batch 64": []} for name in unets}
     for _ in range(rounds):
         for name, unet in unets.items():
-            z, t, c = torch.randn(4, 4, 16, 16), torch.randint(0, 1000, (4,)), torch.randn(4, 12, unet.config.cross_attention_dim)
+            z, t, c = (
+                torch.randn(4, 4, 16, 16),
+                torch.randint(0, 1000, (4,)),
+                torch.randn(4, 12, unet.config.cross_attention_dim),
+            )
             t0 = time.perf_counter()
             unet(z, t, encoder_hidden_states=c).sample.square().mean().backward()
             times[name]["train step, batch 4"].append(time.perf_counter() - t0)
             unet.zero_grad(set_to_none=True)
-            z, t, c = torch.randn(64, 4, 16, 16), torch.full((64,), 500), torch.randn(64, 12, unet.config.cross_attention_dim)
+            z, t, c = (
+                torch.randn(64, 4, 16, 16),
+                torch.full((64,), 500),
+                torch.randn(64, 12, unet.config.cross_attention_dim),
+            )
             t0 = time.perf_counter()
             with torch.no_grad():
                 unet(z, t, encoder_hidden_states=c)
             times[name]["forward, batch 64"].append(time.perf_counter() - t0)
     first = next(iter(unets))
     for name, cols in times.items():
-        cells = [f"{k} {1000 * statistics.median(v):.1f} ms ({statistics.median(v) / statistics.median(times[first][k]):.2f}x)"
-                 for k, v in cols.items()]
+        cells = [
+            f"{k} {1000 * statistics.median(v):.1f} ms ({statistics.median(v) / statistics.median(times[first][k]):.2f}x)"
+            for k, v in cols.items()
+        ]
         print(f"  {name:<28}" + "   ".join(cells))
     torch.set_num_threads(threads)
 
@@ -66,10 +78,17 @@ def main() -> None:
     args, shipped = start(__doc__)
     unet = reheaded(shipped)
     gap, scale = max_output_gap(unet, shipped)
-    print(f"heads per block {shipped.config.attention_head_dim} -> {unet.config.attention_head_dim}; "
-          f"max |reheaded - shipped| before fine-tuning = {gap:.3f} (output scale {scale:.3f})")
+    print(
+        f"heads per block {shipped.config.attention_head_dim} -> {unet.config.attention_head_dim}; "
+        f"max |reheaded - shipped| before fine-tuning = {gap:.3f} (output scale {scale:.3f})"
+    )
     print("one thread, median of 5 interleaved rounds:")
-    time_side_by_side({f"shipped ({shipped.config.attention_head_dim} heads)": shipped, f"reheaded ({CHANNELS_PER_HEAD} channels/head)": unet})
+    time_side_by_side(
+        {
+            f"shipped ({shipped.config.attention_head_dim} heads)": shipped,
+            f"reheaded ({CHANNELS_PER_HEAD} channels/head)": unet,
+        }
+    )
     del shipped
     finetune(unet, args, "rehead_log.jsonl")
 

@@ -4,7 +4,8 @@
     python benchmarks/unconditional_source.py runs/headline/bronze_star --variant cat_null_share=0
 
 For each adapter of a demo folder (plain LoRA, DreamBooth-LoRA and CAT per training seed) and each extra CAT variant
-(FIELD=VALUE,... over the demo's CAT recipe, trained here on the demo's seeds, two runs at a time), it scores the demo protocol twice: once as every pipeline samples (both branches of classifier-free
+(FIELD=VALUE,... over the demo's CAT recipe, trained here on the demo's seeds, two runs at a time), it scores the
+demo protocol twice: once as every pipeline samples (both branches of classifier-free
 guidance through the adapter) and once with the unconditional branch from the base model
 (`catlab.sampling.guidance`). It prints the oracle's identity, collapse, paired preservation, colour distance and
 valid-sample rate, mean ± std over training seeds, and the ratio of identity base/adapted side by side.
@@ -24,21 +25,31 @@ import shutil
 import sys
 from pathlib import Path
 
-COLUMNS = {"identity_acc_mean": "identity", "collapse_rate_mean": "collapse", "paired_preservation_mean": "paired",
-           "colour_distance_mean": "colour dist.", "valid_rate_mean": "valid"}
+COLUMNS = {
+    "identity_acc_mean": "identity",
+    "collapse_rate_mean": "collapse",
+    "paired_preservation_mean": "paired",
+    "colour_distance_mean": "colour dist.",
+    "valid_rate_mean": "valid",
+}
 
 
 def parse_variant(spec: str) -> dict:
-    """"cat_null_share=0,cat_anchor=class" -> a CAT run's TrainConfig fields over the demo recipe, named after the spec."""
+    """ "cat_null_share=0,cat_anchor=class" -> a CAT run's TrainConfig fields over the demo recipe, named after the spec."""
     from catlab.config import TrainConfig
 
     defaults, fields = TrainConfig(), {}
     for item in spec.split(","):
         key, _, value = item.partition("=")
         if key not in TrainConfig.__dataclass_fields__ or not value:
-            raise SystemExit(f"--variant {spec!r}: {item!r} is not FIELD=VALUE with FIELD a TrainConfig field (e.g. cat_null_share=0)")
+            raise SystemExit(
+                f"--variant {spec!r}: {item!r} is not FIELD=VALUE with FIELD a TrainConfig field (e.g. cat_null_share=0)"
+            )
         fields[key] = type(getattr(defaults, key))(value)
-    return {"name": "v_" + "_".join(f"{k.removeprefix('cat_')}{v}" for k, v in fields.items()).replace(".", "p"), "fields": fields}
+    return {
+        "name": "v_" + "_".join(f"{k.removeprefix('cat_')}{v}" for k, v in fields.items()).replace(".", "p"),
+        "fields": fields,
+    }
 
 
 def _recipe_train(recipe: dict) -> dict:
@@ -53,7 +64,9 @@ def _recipe_seeds(recipe: dict) -> tuple[int, int]:
     """(class-prompt seeds, trigger-prompt seeds) a demo's recipe.json records (either layout)."""
     if "sampling" in recipe:
         return recipe["sampling"]["seeds"], recipe["sampling"]["trigger_seeds"] or recipe["sampling"]["seeds"]
-    return recipe["eval_seeds"], recipe.get("eval_trigger_seeds", recipe["eval_seeds"])  # older folders: one count for both
+    return recipe["eval_seeds"], recipe.get(
+        "eval_trigger_seeds", recipe["eval_seeds"]
+    )  # older folders: one count for both
 
 
 def train_variant(job: tuple) -> str:
@@ -70,10 +83,13 @@ def train_variant(job: tuple) -> str:
     demo, concept, seed, name, fields, recipe = job
     # what a recipe.json written before these fields existed ran with
     ran = {"cat_guidance": 0.0, "lr_scheduler": "constant", "cat_share": 1.0, **_recipe_train(recipe)}
-    in_config = {k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__}  # applied together, checked once
+    in_config = {
+        k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__
+    }  # applied together, checked once
     c = CONCEPTS[concept]
-    cfg = DemoRecipe(train={**ran, **in_config}).train_config("cat", seed, ConceptConfig(str(Path(demo) / "concept"), c.trigger,
-                                                                                          c.class_word), Path(demo))
+    cfg = DemoRecipe(train={**ran, **in_config}).train_config(
+        "cat", seed, ConceptConfig(str(Path(demo) / "concept"), c.trigger, c.class_word), Path(demo)
+    )
     cfg = dataclasses.replace(cfg, output_dir=str(Path(demo) / "runs" / f"{name}_seed{seed}"))
     with quiet_libraries():
         train(cfg, progress=False)
@@ -83,7 +99,13 @@ def train_variant(job: tuple) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("demo", help="a folder written by `catlab demo` (or benchmarks/headline.py), with its recipe.json")
-    ap.add_argument("--variant", action="append", default=[], metavar="SPEC", help="an extra CAT setting to train and score (repeatable)")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="an extra CAT setting to train and score (repeatable)",
+    )
     ap.add_argument("--sources", default="adapted,base", help="which unconditional branches to score (default: both)")
     args = ap.parse_args()
     demo = Path(args.demo)
@@ -95,15 +117,23 @@ def main() -> int:
 
     from catlab.toyworld.world import CONCEPTS
 
-    jobs = [(str(demo), concept, s, v["name"], v["fields"], recipe) for v in variants for s in seeds
-            if not (demo / "runs" / f"{v['name']}_seed{s}" / "adapter").is_dir()]  # a variant trained before is reused
+    jobs = [
+        (str(demo), concept, s, v["name"], v["fields"], recipe)
+        for v in variants
+        for s in seeds
+        if not (demo / "runs" / f"{v['name']}_seed{s}" / "adapter").is_dir()
+    ]  # a variant trained before is reused
     if jobs:
         from catlab.models import load_base, native_resolution
         from catlab.training.class_images import generate_class_images
 
-        most = max([_recipe_train(recipe)["num_class_images"], *(v["fields"].get("num_class_images", 0) for v in variants)])  # drawn once, before runs share them
+        most = max(
+            [_recipe_train(recipe)["num_class_images"], *(v["fields"].get("num_class_images", 0) for v in variants)]
+        )  # drawn once, before runs share them
         pipe = load_base("toyworld")
-        generate_class_images(pipe, f"a {CONCEPTS[concept].class_word}", most, demo / "class_images", native_resolution(pipe))
+        generate_class_images(
+            pipe, f"a {CONCEPTS[concept].class_word}", most, demo / "class_images", native_resolution(pipe)
+        )
         with multiprocessing.get_context("spawn").Pool(2) as pool:
             for done in pool.imap_unordered(train_variant, jobs):
                 print(f"trained {done}", flush=True)
@@ -127,17 +157,33 @@ def main() -> int:
     for source in args.sources.split(","):
         out = demo / f"eval_unconditional_{source}"
         if source == "adapted" and not (out / "images").exists() and (demo / "eval" / "images").exists():
-            shutil.copytree(demo / "eval" / "images", out / "images")  # the demo's own samples: same keys, no new sampling
+            shutil.copytree(
+                demo / "eval" / "images", out / "images"
+            )  # the demo's own samples: same keys, no new sampling
         # by name and two one-thread workers, as the demo samples (same image cache keys)
-        sampling = EvalSampling(templates=("a {trigger} {class}",), seeds=seeds_n, trigger_seeds=trigger_seeds, unconditional=source,
-                                workers=2)
-        res = evaluate("toyworld", adapters, load_concept(demo / "concept", c.trigger, c.class_word), sampling=sampling,
-                       scorers=Scorers(oracle=oracle), out_dir=out, progress=False)
+        sampling = EvalSampling(
+            templates=("a {trigger} {class}",),
+            seeds=seeds_n,
+            trigger_seeds=trigger_seeds,
+            unconditional=source,
+            workers=2,
+        )
+        res = evaluate(
+            "toyworld",
+            adapters,
+            load_concept(demo / "concept", c.trigger, c.class_word),
+            sampling=sampling,
+            scorers=Scorers(oracle=oracle),
+            out_dir=out,
+            progress=False,
+        )
         s = res.summary.set_index("method")[list(COLUMNS)].rename(columns=COLUMNS)
         s["setting"] = [m.rsplit("_s", 1)[0] for m in s.index]
         tables[source] = s
-    print(f"\n{concept}: {len(seeds)} training seeds, {seeds_n} class-prompt and {trigger_seeds} trigger-prompt sampling seeds; "
-          "mean ± std over training seeds")
+    print(
+        f"\n{concept}: {len(seeds)} training seeds, {seeds_n} class-prompt and {trigger_seeds} trigger-prompt sampling seeds; "
+        "mean ± std over training seeds"
+    )
     for source, s in tables.items():
         g = s.groupby("setting", sort=False)
         mean, std = g.mean(numeric_only=True), g.std(numeric_only=True).fillna(0.0)
@@ -146,8 +192,13 @@ def main() -> int:
     if set(tables) != {"adapted", "base"}:
         return 0
     ident = {k: t.groupby("setting", sort=False)["identity"].mean() for k, t in tables.items()}
-    ratio = pd.DataFrame({"identity adapted": ident["adapted"], "identity base": ident["base"],
-                          "base / adapted": ident["base"] / ident["adapted"].where(ident["adapted"] > 0)})
+    ratio = pd.DataFrame(
+        {
+            "identity adapted": ident["adapted"],
+            "identity base": ident["base"],
+            "base / adapted": ident["base"] / ident["adapted"].where(ident["adapted"] > 0),
+        }
+    )
     print("\n" + ratio.round(2).to_string())
     return 0
 

@@ -18,9 +18,14 @@ import time
 import torch
 
 LAYOUTS = {
-    "shipped (attention at 4x4)": (("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")),
-    "attention at 8x8 and 4x4": (("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                                 ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
+    "shipped (attention at 4x4)": (
+        ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    ),
+    "attention at 8x8 and 4x4": (
+        ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    ),
     "attention at 16x16, 8x8, 4x4": (("CrossAttnDownBlock2D",) * 3, ("CrossAttnUpBlock2D",) * 3),
 }
 
@@ -66,7 +71,9 @@ def main() -> None:
         for name in models:
             times[name].append(step(name))
     ref = statistics.median(times[next(iter(models))])
-    print(f"toy UNet pretraining step, batch {args.batch}, {torch.get_num_threads()} threads, median of {args.repeats}:")
+    print(
+        f"toy UNet pretraining step, batch {args.batch}, {torch.get_num_threads()} threads, median of {args.repeats}:"
+    )
     for name, m in models.items():
         med = statistics.median(times[name])
         n = sum(p.numel() for p in m.parameters()) / 1e6

@@ -33,64 +33,135 @@ def _positive_int(text: str) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="base vs LoRA vs DreamBooth-LoRA vs CAT on the toy world, with a report",
-                       description="Train plain LoRA, DreamBooth prior-preservation LoRA and CAT LoRA on a toy concept with the "
-                                   "same data, seed and budget; evaluate them and the base model; write a report.")
+    p = sub.add_parser(
+        "demo",
+        help="base vs LoRA vs DreamBooth-LoRA vs CAT on the toy world, with a report",
+        description="Train plain LoRA, DreamBooth prior-preservation LoRA and CAT LoRA on a toy concept with the "
+        "same data, seed and budget; evaluate them and the base model; write a report.",
+    )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seeds", type=int, default=3, help="number of training seeds (default: 3)")
     p.add_argument("--first-seed", type=int, default=0, help="first training seed (default: 0; seeds are consecutive)")
-    p.add_argument("--concept", default="circle_on_navy", help="toy concept (default: circle_on_navy; `catlab toyworld concepts` lists them)")
-    p.add_argument("--quick", action="store_true", help="a few steps and samples: checks the plumbing in under 2 minutes")
+    p.add_argument(
+        "--concept",
+        default="circle_on_navy",
+        help="toy concept (default: circle_on_navy; `catlab toyworld concepts` lists them)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a few steps and samples: checks the plumbing in under 2 minutes"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--workers", type=int, default=None,
-                   help="training runs side by side, one process each (default: one per CPU core; 1 on a GPU)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="training runs side by side, one process each (default: one per CPU core; 1 on a GPU)",
+    )
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a LoRA adapter (plain, DreamBooth prior preservation, or CAT) from a YAML config",
-                       description="Train an adapter. Fields of the config can be overridden with --set key=value.")
+    p = sub.add_parser(
+        "train",
+        help="train a LoRA adapter (plain, DreamBooth prior preservation, or CAT) from a YAML config",
+        description="Train an adapter. Fields of the config can be overridden with --set key=value.",
+    )
     p.add_argument("--config", required=True, help="YAML run config (see docs/training.md for every field)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in output_dir from its last checkpoint (as resume_from_checkpoint: latest)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in output_dir from its last checkpoint (as resume_from_checkpoint: latest)",
+    )
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="score adapters against their base model: IS, PS, KP, KPS, diversity; DINO, CLIP-I, CLIP-T",
-                       description="Generate with the base model and each adapter on the same seeds, embed, score, "
-                                   "and write per-image and summary CSVs.")
+    p = sub.add_parser(
+        "eval",
+        help="score adapters against their base model: IS, PS, KP, KPS, diversity; DINO, CLIP-I, CLIP-T",
+        description="Generate with the base model and each adapter on the same seeds, embed, score, "
+        "and write per-image and summary CSVs.",
+    )
     p.add_argument("--base", default="toyworld", help="base model: 'toyworld', a diffusers folder or a hub id")
-    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help="an adapter to score (repeatable)")
+    p.add_argument(
+        "--adapter", action="append", default=[], metavar="NAME=PATH", help="an adapter to score (repeatable)"
+    )
     p.add_argument("--concept", required=True, help="folder of the concept's reference images")
     p.add_argument("--trigger", required=True, help="trigger token, e.g. sks")
     p.add_argument("--class-word", required=True, help="class word, e.g. circle")
-    p.add_argument("--embedder", default=None, help="'toyworld', a CLIP folder or hub id "
-                                                    f"(default: toyworld for the toy world, {REAL_EMBEDDER} otherwise)")
-    p.add_argument("--templates", nargs="+", default=None, metavar="TEMPLATE",
-                   help="prompt templates with {trigger} and {class}, each also drawn trigger-free (default: prompts "
-                        "the toy world can draw); 'dreambench' = DreamBooth's photo prompts, for a real base model")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the base model's)")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default: the base model's)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                   help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out "
-                        "of memory)")
-    p.add_argument("--seeds", type=int, default=8, help="seeds per prompt (default: 8)")
-    p.add_argument("--trigger-seeds", type=int, default=None, metavar="N",
-                   help="seeds for the trigger prompts, if not --seeds (e.g. fewer: identity is a rate, the class needs many samples)")
+    p.add_argument(
+        "--embedder",
+        default=None,
+        help=f"'toyworld', a CLIP folder or hub id (default: toyworld for the toy world, {REAL_EMBEDDER} otherwise)",
+    )
+    _add_eval_sampling(p)
     p.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
-    p.add_argument("--dino", metavar="PATH", default=None,
-                   help="add DreamBooth's DINO score (raw cosine) with this ViT/DINOv2 folder or hub id, e.g. facebook/dino-vits16")
-    p.add_argument("--clip", nargs="?", const=True, default=None, metavar="PATH",
-                   help="add DreamBooth's CLIP-I and CLIP-T (raw cosines): alone with --embedder's CLIP, or with this CLIP folder or hub id")
-    p.add_argument("--unconditional", choices=("adapted", "base"), default="adapted",
-                   help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
-                        "(default), or from the base model: a diagnostic of where an adapter put its concept (docs/results.md)")
+    _add_eval_backbones(p)
+
+
+def _add_eval_sampling(p) -> None:
+    """`catlab eval`'s sampling flags (EvalSampling)."""
+    p.add_argument(
+        "--templates",
+        nargs="+",
+        default=None,
+        metavar="TEMPLATE",
+        help="prompt templates with {trigger} and {class}, each also drawn trigger-free (default: prompts "
+        "the toy world can draw); 'dreambench' = DreamBooth's photo prompts, for a real base model",
+    )
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the base model's)")
+    p.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the base model's)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out of memory)",
+    )
+    p.add_argument("--seeds", type=int, default=8, help="seeds per prompt (default: 8)")
+    p.add_argument(
+        "--trigger-seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seeds for the trigger prompts, if not --seeds (e.g. fewer: identity is a rate, the class needs many samples)",
+    )
+    p.add_argument(
+        "--unconditional",
+        choices=("adapted", "base"),
+        default="adapted",
+        help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
+        "(default), or from the base model: a diagnostic of where an adapter put its concept (docs/results.md)",
+    )
+
+
+def _add_eval_backbones(p) -> None:
+    """`catlab eval`'s flags for DreamBooth's metrics (Scorers.dino, Scorers.clip)."""
+    p.add_argument(
+        "--dino",
+        metavar="PATH",
+        default=None,
+        help="add DreamBooth's DINO score (raw cosine) with this ViT/DINOv2 folder or hub id, e.g. facebook/dino-vits16",
+    )
+    p.add_argument(
+        "--clip",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="PATH",
+        help="add DreamBooth's CLIP-I and CLIP-T (raw cosines): alone with --embedder's CLIP, or with this CLIP folder or hub id",
+    )
 
 
 def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="generate images for prompts x seeds, with or without adapters, as a labelled grid",
-                       description="Generate a grid: one row per prompt, one column per seed.")
+    p = sub.add_parser(
+        "sample",
+        help="generate images for prompts x seeds, with or without adapters, as a labelled grid",
+        description="Generate a grid: one row per prompt, one column per seed.",
+    )
     p.add_argument("prompts", nargs="+", help="prompts, e.g. 'a sks circle' 'a circle'")
     p.add_argument("--base", default="toyworld", help="base model (default: toyworld)")
     p.add_argument("--adapter", default=None, help="folder or file of a LoRA adapter")
@@ -98,25 +169,42 @@ def _add_sample(sub) -> None:
     p.add_argument("--seeds", type=int, default=8, help="number of seeds (default: 8)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                   help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out "
-                        "of memory)")
-    p.add_argument("--unconditional", choices=("adapted", "base"), default="adapted",
-                   help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
-                        "(default), or from the base model: a diagnostic of where an adapter put its concept (docs/results.md)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out of memory)",
+    )
+    p.add_argument(
+        "--unconditional",
+        choices=("adapted", "base"),
+        default="adapted",
+        help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
+        "(default), or from the base model: a diagnostic of where an adapter put its concept (docs/results.md)",
+    )
     p.add_argument("--out", default="runs/sample/grid.png", help="output image (default: runs/sample/grid.png)")
 
 
 def _add_toyworld(sub) -> None:
-    p = sub.add_parser("toyworld", help="the embedded toy world: pretrain it, export concepts, check the shipped weights",
-                       description="The toy world: drawn shapes, a tiny Stable Diffusion pipeline, a tiny CLIP and an oracle.")
+    p = sub.add_parser(
+        "toyworld",
+        help="the embedded toy world: pretrain it, export concepts, check the shipped weights",
+        description="The toy world: drawn shapes, a tiny Stable Diffusion pipeline, a tiny CLIP and an oracle.",
+    )
     tw = p.add_subparsers(dest="toyworld_cmd", metavar="ACTION", required=True)
-    pre = tw.add_parser("pretrain", help="retrain the pipeline, CLIP and oracle from scratch (about an hour on 2 CPU cores)")
+    pre = tw.add_parser(
+        "pretrain", help="retrain the pipeline, CLIP and oracle from scratch (about an hour on 2 CPU cores)"
+    )
     pre.add_argument("--out", required=True, help="asset folder to write (pipeline/, clip/, oracle.safetensors)")
     pre.add_argument("--quick", action="store_true", help="a few steps of every stage (for tests)")
     pre.add_argument("--seed", type=int, default=0)
-    pre.add_argument("--stages", default="vae,oracle,clip,unet,open_colours",
-                     help="comma-separated stages to (re)build into --out, e.g. 'oracle' after adding a toy concept, 'open_colours' to open the autoencoder to colours the world lacks")
+    pre.add_argument(
+        "--stages",
+        default="vae,oracle,clip,unet,open_colours",
+        help="comma-separated stages to (re)build into --out, e.g. 'oracle' after adding a toy concept, "
+        "'open_colours' to open the autoencoder to colours the world lacks",
+    )
     exp = tw.add_parser("export-concept", help="write a toy concept as a folder of images + captions")
     exp.add_argument("name", help="concept name, e.g. two_tone_circle")
     exp.add_argument("--out", required=True, help="folder to write")
@@ -126,7 +214,9 @@ def _add_toyworld(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="catlab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="catlab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_demo, _add_train, _add_eval, _add_sample, _add_toyworld):
         add(sub)
@@ -168,7 +258,9 @@ def _check_adapter(path: str) -> None:
 
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"adapter {p} does not exist; pass the adapter folder of a run (output_dir/adapter) or a .safetensors file")
+        raise FileNotFoundError(
+            f"adapter {p} does not exist; pass the adapter folder of a run (output_dir/adapter) or a .safetensors file"
+        )
     if p.is_dir() and not (p / LORA_WEIGHT_NAME).is_file():
         raise FileNotFoundError(f"no {LORA_WEIGHT_NAME} in {p}; pass the adapter folder of a run (output_dir/adapter)")
 
@@ -184,7 +276,9 @@ def _run_toyworld(args) -> int:
         cfg.stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
         unknown = sorted(set(cfg.stages) - set(PretrainConfig.stages))
         if unknown:
-            raise SystemExit(f"catlab: error: --stages: unknown stage(s) {unknown}; choose from {', '.join(PretrainConfig.stages)}")
+            raise SystemExit(
+                f"catlab: error: --stages: unknown stage(s) {unknown}; choose from {', '.join(PretrainConfig.stages)}"
+            )
         out = pretrain(args.out, cfg)
         print(f"toy world written to {out}")
     elif args.toyworld_cmd == "export-concept":
@@ -194,7 +288,9 @@ def _run_toyworld(args) -> int:
         print(f"concept {args.name} written to {out}")
     elif args.toyworld_cmd == "concepts":
         for c in world.CONCEPTS.values():
-            print(f"{c.name:18s} trigger={c.trigger:4s} class={c.class_word:8s} {c.colour}/{c.second_colour} {c.pattern}")
+            print(
+                f"{c.name:18s} trigger={c.trigger:4s} class={c.class_word:8s} {c.colour}/{c.second_colour} {c.pattern}"
+            )
     elif args.toyworld_cmd == "check":
         from catlab.toyworld.assets import asset_root, load_oracle, toyworld_path
 
@@ -213,7 +309,9 @@ def _error(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)  # a command's own SystemExit("catlab: error: ...") passes: Python prints it as one line, exit 1
+        return _run(
+            args
+        )  # a command's own SystemExit("catlab: error: ...") passes: Python prints it as one line, exit 1
     except USER_ERRORS as e:
         if os.environ.get("CATLAB_DEBUG", "").strip() not in ("", "0"):
             raise
@@ -245,8 +343,15 @@ def _run(args) -> int:
     if args.command == "demo":
         from catlab.demo.experiment import run_demo
 
-        run_demo(out=Path(args.out), n_seeds=args.seeds, concept=args.concept, quick=args.quick, overwrite=args.overwrite,
-                 first_seed=args.first_seed, workers=args.workers)
+        run_demo(
+            out=Path(args.out),
+            n_seeds=args.seeds,
+            concept=args.concept,
+            quick=args.quick,
+            overwrite=args.overwrite,
+            first_seed=args.first_seed,
+            workers=args.workers,
+        )
         return 0
     return 2  # unreachable: argparse rejects unknown commands
 
@@ -265,8 +370,15 @@ def _sample(args) -> int:
     if args.adapter:
         load_lora(pipe, args.adapter, "adapter", scale=args.scale)
     seeds = list(range(args.seeds))
-    images = generate(pipe, args.prompts, seeds, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      batch_size=args.batch_size, unconditional=args.unconditional)
+    images = generate(
+        pipe,
+        args.prompts,
+        seeds,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        batch_size=args.batch_size,
+        unconditional=args.unconditional,
+    )
     grid = image_grid(images, row_labels=args.prompts, col_labels=[f"seed {s}" for s in seeds])
     save_image_atomic(grid, out)
     print(f"wrote {out}")
@@ -277,10 +389,15 @@ def _eval_sampling(args):
     """`catlab eval`'s sampling flags as an EvalSampling; a flag left out keeps evaluate's default."""
     from catlab.evaluation.images import EvalSampling
 
-    given = {"seeds": args.seeds, "trigger_seeds": getattr(args, "trigger_seeds", None),
-             "unconditional": args.unconditional, "templates": _eval_templates(getattr(args, "templates", None)),
-             "num_inference_steps": getattr(args, "steps", None),
-             "guidance_scale": getattr(args, "guidance", None), "batch_size": getattr(args, "batch_size", None)}
+    given = {
+        "seeds": args.seeds,
+        "trigger_seeds": getattr(args, "trigger_seeds", None),
+        "unconditional": args.unconditional,
+        "templates": _eval_templates(getattr(args, "templates", None)),
+        "num_inference_steps": getattr(args, "steps", None),
+        "guidance_scale": getattr(args, "guidance", None),
+        "batch_size": getattr(args, "batch_size", None),
+    }
     return EvalSampling(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -298,8 +415,10 @@ def _eval_embedder(embedder: str | None, base: str) -> str:
     photos scored by it would give numbers that mean nothing, so a real base gets a real CLIP."""
     if embedder is not None:
         if embedder == "toyworld" and base != "toyworld":
-            print(f"note: --embedder toyworld scores {base}'s images with the toy world's 32 px CLIP; "
-                  f"for photos use a real CLIP, e.g. --embedder {REAL_EMBEDDER}")
+            print(
+                f"note: --embedder toyworld scores {base}'s images with the toy world's 32 px CLIP; "
+                f"for photos use a real CLIP, e.g. --embedder {REAL_EMBEDDER}"
+            )
         return embedder
     if base == "toyworld":
         return "toyworld"
@@ -340,7 +459,9 @@ def _evaluate(args) -> int:
         print(style_summary(res.summary).data.to_string())
     if res.summary.attrs.get("backbones"):
         print(f"backbones: {backbone_note(res.summary.attrs['backbones'])}")
-    print(f"wrote {Path(args.out) / 'per_image.csv'}, {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'backbones.json'}")
+    print(
+        f"wrote {Path(args.out) / 'per_image.csv'}, {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'backbones.json'}"
+    )
     return 0
 
 

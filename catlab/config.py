@@ -21,7 +21,12 @@ TRIGGER_FREE = ("drop", "replace")  # how the trigger-free caption is made from 
 RENAMED_REGIMES = {"none": "lora", "ppl": "dreambooth"}
 RENAMED_FIELDS = {"cat_prompt": ("trigger_free", {"remove": "drop", "class": "replace"})}
 TRACKERS = ("none", "tensorboard", "wandb")
-_TYPES = {"int": (numbers.Integral,), "float": (numbers.Real,), "str": (str, os.PathLike), "bool": (bool,)}  # numpy numbers too
+_TYPES = {
+    "int": (numbers.Integral,),
+    "float": (numbers.Real,),
+    "str": (str, os.PathLike),
+    "bool": (bool,),
+}  # numpy numbers too
 
 
 @dataclass
@@ -57,7 +62,9 @@ class TrainConfig:
     # share of each batch whose rows also carry the CAT term (with cat_anchor "class": anchor images per step, as a
     # share of batch_size); below 1 a CAT step costs less (docs/training.md, "Cheaper CAT")
     cat_share: float = 1.0
-    cat_null_share: float = 0.0  # share of the CAT rows whose trigger-free caption is "" (CFG's unconditional branch, see docs/training.md)
+    cat_null_share: float = (
+        0.0  # share of the CAT rows whose trigger-free caption is "" (CFG's unconditional branch, see docs/training.md)
+    )
     # where the CAT term looks: "concept" = the concept's own noisy latents (the paper); "class" = noisy latents of
     # images the base model drew for the class prompt (generated once, like DreamBooth's), which is where class
     # prompts go at sampling time (docs/training.md)
@@ -77,7 +84,9 @@ class TrainConfig:
     rank: int = 4  # the authors used rank 1 on SD 1.5; 4 is peft's and diffusers' usual default
     lora_alpha: float | None = None  # None = rank (scale 1)
     lora_dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # all attention, as the authors
+    target_modules: list[str] = field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"]
+    )  # all attention, as the authors
     train_text_encoder: bool = False  # a LoRA on the text encoder too; CAT's target keeps the base one
     # --- optimisation
     steps: int = 300  # optimiser updates (not micro-batches); every interval below counts them too
@@ -127,33 +136,47 @@ class TrainConfig:
         if self.regime not in REGIMES:
             problems.append(f"regime={self.regime!r}: choose one of {REGIMES}")
         if self.trigger_free not in TRIGGER_FREE:
-            problems.append(f"trigger_free={self.trigger_free!r}: choose 'drop' (the authors) or 'replace' (by the class word)")
+            problems.append(
+                f"trigger_free={self.trigger_free!r}: choose 'drop' (the authors) or 'replace' (by the class word)"
+            )
         for name in ("steps", "batch_size", "rank", "gradient_accumulation", "cat_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
         if self.cat_anchor not in ("concept", "class"):
-            problems.append(f"cat_anchor={self.cat_anchor!r}: choose 'concept' (the paper) or 'class' (the base model's class images)")
+            problems.append(
+                f"cat_anchor={self.cat_anchor!r}: choose 'concept' (the paper) or 'class' (the base model's class images)"
+            )
         if self.cat_guidance and (self.cat_guidance <= 1 or self.cat_null_share):
-            problems.append(f"cat_guidance={self.cat_guidance}: use 0 (off) or the sampling guidance scale (> 1), with cat_null_share 0 "
-                            f"(it is {self.cat_null_share}): the guided term holds the empty caption itself")
+            problems.append(
+                f"cat_guidance={self.cat_guidance}: use 0 (off) or the sampling guidance scale (> 1), with cat_null_share 0 "
+                f"(it is {self.cat_null_share}): the guided term holds the empty caption itself"
+            )
         if not 0.0 < self.cat_share <= 1.0:
-            problems.append(f"cat_share={self.cat_share}: must be above 0 and at most 1 (a share of the batch; 1 = every row)")
+            problems.append(
+                f"cat_share={self.cat_share}: must be above 0 and at most 1 (a share of the batch; 1 = every row)"
+            )
         if not 0.0 < self.prior_share <= 1.0:
-            problems.append(f"prior_share={self.prior_share}: must be above 0 and at most 1 (class images per step as a share of "
-                            "batch_size; 1 = one per concept image)")
+            problems.append(
+                f"prior_share={self.prior_share}: must be above 0 and at most 1 (class images per step as a share of "
+                "batch_size; 1 = one per concept image)"
+            )
         if not 0.0 <= self.cat_null_share <= 1.0:
             problems.append(f"cat_null_share={self.cat_null_share}: must be between 0 and 1 (a share of the batch)")
         for name in ("cat_lambda", "prior_loss_weight", "learning_rate", "lora_dropout", "noise_offset"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 0")
         if not 0.0 <= self.caption_dropout < 1.0:
-            problems.append(f"caption_dropout={self.caption_dropout}: must be at least 0 and below 1 (a share of the rows)")
+            problems.append(
+                f"caption_dropout={self.caption_dropout}: must be at least 0 and below 1 (a share of the rows)"
+            )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             problems.append(f"mixed_precision={self.mixed_precision!r}: choose 'no', 'fp16' or 'bf16'")
         if self.report_to not in TRACKERS:
             problems.append(f"report_to={self.report_to!r}: choose one of {TRACKERS}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
-            problems.append(f"checkpoints_total_limit={self.checkpoints_total_limit}: must be >= 1, or null to keep every checkpoint")
+            problems.append(
+                f"checkpoints_total_limit={self.checkpoints_total_limit}: must be >= 1, or null to keep every checkpoint"
+            )
         problems += _validation_problems(self)
         if problems:
             raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
@@ -161,8 +184,17 @@ class TrainConfig:
     @classmethod
     def sd15(cls, **overrides) -> TrainConfig:
         """The authors' SD 1.5 setting: rank 1, lr 1e-4, batch 1, 900 steps, 512 px, constant LR."""
-        base = dict(base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", rank=1, learning_rate=1e-4, batch_size=1,
-                    steps=900, checkpoint_every=150, validate_every=150, resolution=512, mixed_precision="fp16")
+        base = dict(
+            base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            rank=1,
+            learning_rate=1e-4,
+            batch_size=1,
+            steps=900,
+            checkpoint_every=150,
+            validate_every=150,
+            resolution=512,
+            mixed_precision="fp16",
+        )
         return cls(**{**base, **overrides})
 
     @classmethod
@@ -210,8 +242,10 @@ def fill_prompt(template: str, trigger: str, class_word: str) -> str:
     try:
         return template.format(trigger=trigger, **{"class": class_word})
     except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"prompt template {template!r}: only {{trigger}} and {{class}} may stand in braces ({e!r}); "
-                         "write literal braces as {{ }}") from e
+        raise ValueError(
+            f"prompt template {template!r}: only {{trigger}} and {{class}} may stand in braces ({e!r}); "
+            "write literal braces as {{ }}"
+        ) from e
 
 
 def expand_validation_prompts(templates: list[str], concepts: list[ConceptConfig]) -> list[str]:
@@ -234,8 +268,10 @@ def _validation_problems(cfg: TrainConfig) -> list[str]:
     if cfg.validation_steps is not None and cfg.validation_steps < 1:
         problems.append(f"validation_steps={cfg.validation_steps}: must be >= 1, or null for the base model's own")
     if cfg.validation_guidance is not None and cfg.validation_guidance < 1:
-        problems.append(f"validation_guidance={cfg.validation_guidance}: must be >= 1 (1 = no classifier-free "
-                        "guidance), or null for the base model's own")
+        problems.append(
+            f"validation_guidance={cfg.validation_guidance}: must be >= 1 (1 = no classifier-free "
+            "guidance), or null for the base model's own"
+        )
     return problems
 
 
@@ -286,9 +322,13 @@ def _type_problems(cfg) -> list[str]:
             continue
         if kinds[0].startswith("list[") and isinstance(v, (list, tuple)):
             inner = _TYPES.get(kinds[0][5:-1])
-            if inner is None or all(isinstance(x, inner) and not (isinstance(x, bool) and kinds[0] != "list[bool]") for x in v):
+            if inner is None or all(
+                isinstance(x, inner) and not (isinstance(x, bool) and kinds[0] != "list[bool]") for x in v
+            ):
                 continue
-        elif kinds[0] in _TYPES and isinstance(v, _TYPES[kinds[0]]) and not (isinstance(v, bool) and kinds[0] != "bool"):
+        elif (
+            kinds[0] in _TYPES and isinstance(v, _TYPES[kinds[0]]) and not (isinstance(v, bool) and kinds[0] != "bool")
+        ):
             continue
         problems.append(f"{f.name}={v!r}: expected {' or '.join(k.replace('None', 'null') for k in kinds)}")
     return problems
@@ -343,5 +383,8 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 
 
 def _note_rename(old: str, new: str) -> None:
-    warnings.warn(f"config: {old!r} is read as {new!r} (renamed in catlab 0.2; the old spelling keeps working)",
-                  FutureWarning, stacklevel=3)
+    warnings.warn(
+        f"config: {old!r} is read as {new!r} (renamed in catlab 0.2; the old spelling keeps working)",
+        FutureWarning,
+        stacklevel=3,
+    )

@@ -22,8 +22,9 @@ def unit_range_to_pixels(x: torch.Tensor) -> np.ndarray:
 
 def tokenize(tokenizer, texts: Sequence[str]):
     """Token ids (and attention mask) padded and truncated to the tokenizer's length: (B, L)."""
-    return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt")
+    return tokenizer(
+        list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
 
 
 def encode_prompts(tokenizer, text_encoder, texts: Sequence[str], device=None) -> torch.Tensor:

@@ -28,11 +28,22 @@ BANDS = {
     "data,\nmodels": ("catlab.data", "catlab.models"),
     "foundation": ("catlab.config", "catlab.notices", "catlab.files", "catlab.tensors"),
 }
-COLOURS = {"interfaces": "#dbe9f6", "demo": "#e4dcf1", "training,\nevaluation": "#fbe3cf", "sampling": "#fdf3c4",
-           "data,\nmodels": "#d9efdc", "foundation": "#e6e6e6"}
+COLOURS = {
+    "interfaces": "#dbe9f6",
+    "demo": "#e4dcf1",
+    "training,\nevaluation": "#fbe3cf",
+    "sampling": "#fdf3c4",
+    "data,\nmodels": "#d9efdc",
+    "foundation": "#e6e6e6",
+}
 TOY_COLOUR = "#f6d9e4"
-TOY_TAGLINES = {"world": "shapes, captions, concepts", "build": "model builders", "pretrain": "the pretraining recipe",
-                "oracle": "ground-truth reader", "assets": "the shipped weights"}
+TOY_TAGLINES = {
+    "world": "shapes, captions, concepts",
+    "build": "model builders",
+    "pretrain": "the pretraining recipe",
+    "oracle": "ground-truth reader",
+    "assets": "the shipped weights",
+}
 # what a single-file module is for (a package's box lists its modules instead)
 TAGLINES = {
     "catlab.cli": "catlab demo | train | eval | sample | toyworld",
@@ -86,7 +97,9 @@ def main() -> Path:
             if len(pkg) == 1:
                 inner[pkg.pop()] = c["layers"]
     in_bands = [m for band in BANDS.values() for m in band]
-    assert sorted(in_bands) == sorted(m for r in rows for m in r), "BANDS and the layers contract disagree: update BANDS"
+    assert sorted(in_bands) == sorted(m for r in rows for m in r), (
+        "BANDS and the layers contract disagree: update BANDS"
+    )
     toy_out = next(c for c in cs if c["type"] == "forbidden" and c["source_modules"] == ["catlab.toyworld"])
     toy_in = next(c for c in cs if c["type"] == "forbidden" and c["forbidden_modules"] == ["catlab.toyworld"])
     toy_may_use = [m for r in rows for m in r if m not in toy_out["forbidden_modules"]]  # what the toy world may import
@@ -117,8 +130,17 @@ def main() -> Path:
         w = (x1 - x0 - gap * (len(row) - 1)) / len(row)
         for k, m in enumerate(row):
             x = x0 + k * (w + gap)
-            ax.add_patch(FancyBboxPatch((x, y), w, row_h, boxstyle="round,pad=0,rounding_size=0.8", fc=COLOURS[band_of[m]],
-                                        ec="#555555", lw=0.9))
+            ax.add_patch(
+                FancyBboxPatch(
+                    (x, y),
+                    w,
+                    row_h,
+                    boxstyle="round,pad=0,rounding_size=0.8",
+                    fc=COLOURS[band_of[m]],
+                    ec="#555555",
+                    lw=0.9,
+                )
+            )
             ax.text(x + 1.0, y + row_h - 1.2, m, fontsize=10.5, fontweight="bold", va="top", family="DejaVu Sans Mono")
             ax.text(x + 1.0, y + row_h - 3.5, texts[m], fontsize=9, va="top", linespacing=1.15)
             boxes[m] = (x, y, w, row_h)
@@ -129,7 +151,9 @@ def main() -> Path:
         lo, hi = min(boxes[m][1] for m in mods), max(boxes[m][1] + boxes[m][3] for m in mods)
         ax.plot([x0 - 1.2, x0 - 1.6, x0 - 1.6, x0 - 1.2], [hi, hi, lo, lo], color="#888888", lw=0.8)
         ax.text(x0 - 2.2, (lo + hi) / 2, band, ha="right", va="center", fontsize=9, color="#333333", linespacing=1.0)
-    ax.annotate("", xy=(1.6, bottom), xytext=(1.6, top - 6.0), arrowprops=dict(arrowstyle="-|>", color="#777777", lw=1.2))
+    ax.annotate(
+        "", xy=(1.6, bottom), xytext=(1.6, top - 6.0), arrowprops=dict(arrowstyle="-|>", color="#777777", lw=1.2)
+    )
     ax.text(2.4, top - 6.3, "imports\npoint down", fontsize=7.5, color="#555555", va="top")
 
     # the toy world, beside the core: from the bottom row up to the top of the sampling row
@@ -138,24 +162,65 @@ def main() -> Path:
     tw = 99.5 - tx
     ty = bottom
     th = boxes["catlab.sampling"][1] + boxes["catlab.sampling"][3] - ty
-    ax.add_patch(FancyBboxPatch((tx, ty), tw, th, boxstyle="round,pad=0,rounding_size=0.8", fc=TOY_COLOUR, ec="#555555", lw=0.9,
-                                ls=(0, (4, 2))))
-    ax.text(tx + 1.0, ty + th - 1.2, "catlab.toyworld", fontsize=10.5, fontweight="bold", va="top", family="DejaVu Sans Mono")
+    ax.add_patch(
+        FancyBboxPatch(
+            (tx, ty),
+            tw,
+            th,
+            boxstyle="round,pad=0,rounding_size=0.8",
+            fc=TOY_COLOUR,
+            ec="#555555",
+            lw=0.9,
+            ls=(0, (4, 2)),
+        )
+    )
+    ax.text(
+        tx + 1.0,
+        ty + th - 1.2,
+        "catlab.toyworld",
+        fontsize=10.5,
+        fontweight="bold",
+        va="top",
+        family="DejaVu Sans Mono",
+    )
     short = lambda m: m.removeprefix("catlab.")  # noqa: E731
     reach = [short(m) + (f" (not {partly[m]})" if m in partly else "") for m in may_reach]
     chars = int(tw * 1.3)
-    body = ("\n".join(f"{m}: {TOY_TAGLINES[m]}" if m in TOY_TAGLINES else m for m in submodules("catlab.toyworld")) + "\n\n"
-            + wrap("one more base model beside the core, loaded by models (load_base('toyworld'))", chars) + "\n\n"
-            + wrap("imports only " + ", ".join(short(m) for m in toy_may_use), chars) + "\n\n"
-            + wrap("also read by " + ", ".join(reach), chars))
+    body = (
+        "\n".join(f"{m}: {TOY_TAGLINES[m]}" if m in TOY_TAGLINES else m for m in submodules("catlab.toyworld"))
+        + "\n\n"
+        + wrap("one more base model beside the core, loaded by models (load_base('toyworld'))", chars)
+        + "\n\n"
+        + wrap("imports only " + ", ".join(short(m) for m in toy_may_use), chars)
+        + "\n\n"
+        + wrap("also read by " + ", ".join(reach), chars)
+    )
     ax.text(tx + 1.0, ty + th - 3.6, body, fontsize=8.5, va="top", linespacing=1.25)
-    ax.add_patch(FancyArrowPatch((x1 + 0.2, my + mh / 2), (tx - 0.2, my + mh / 2), arrowstyle="-|>", mutation_scale=14,
-                                 color="#333333", lw=1.4))
+    ax.add_patch(
+        FancyArrowPatch(
+            (x1 + 0.2, my + mh / 2),
+            (tx - 0.2, my + mh / 2),
+            arrowstyle="-|>",
+            mutation_scale=14,
+            color="#333333",
+            lw=1.4,
+        )
+    )
     ax.text((x1 + tx) / 2, my + mh / 2 + 0.6, "load", ha="center", va="bottom", fontsize=7.5)
 
-    ax.text(50, top - 2.5, "catlab: the layers and the toy world", ha="center", va="center", fontsize=12.5, fontweight="bold")
-    legend = ("A box may import the boxes below it, never those above it or beside it (import-linter, pyproject.toml). "
-              "Inside a box, a > b: a may import b, not the reverse. Drawn by scripts/draw_architecture.py from the contracts.")
+    ax.text(
+        50,
+        top - 2.5,
+        "catlab: the layers and the toy world",
+        ha="center",
+        va="center",
+        fontsize=12.5,
+        fontweight="bold",
+    )
+    legend = (
+        "A box may import the boxes below it, never those above it or beside it (import-linter, pyproject.toml). "
+        "Inside a box, a > b: a may import b, not the reverse. Drawn by scripts/draw_architecture.py from the contracts."
+    )
     ax.text(1.0, bottom - 1.5, wrap(legend, 140), fontsize=8, color="#444444", va="top")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT, dpi=DPI, facecolor="white")

@@ -25,24 +25,35 @@ def chromium_browser() -> Iterator[Any]:
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
     except ImportError as e:
-        pytest.fail(f"the browser tests need Playwright for Python ({e}); install the dev extras: "
-                    "`.venv/bin/python -m pip install -e '.[dev]'` (scripts/bootstrap.sh does)", pytrace=False)
+        pytest.fail(
+            f"the browser tests need Playwright for Python ({e}); install the dev extras: "
+            "`.venv/bin/python -m pip install -e '.[dev]'` (scripts/bootstrap.sh does)",
+            pytrace=False,
+        )
     pw = sync_playwright().start()
     exe = find_chromium() or _playwrights_own(pw)
     if exe is None:
         pw.stop()
-        pytest.fail("the browser tests need Chromium and found none at $CATLAB_CHROMIUM, /usr/bin/chromium, on PATH or in "
-                    "Playwright's cache; `bash scripts/bootstrap.sh --tests` installs one (or run `apt-get install -y chromium`, "
-                    "or `.venv/bin/python -m playwright install chromium`)", pytrace=False)
+        pytest.fail(
+            "the browser tests need Chromium and found none at $CATLAB_CHROMIUM, /usr/bin/chromium, on PATH or in "
+            "Playwright's cache; `bash scripts/bootstrap.sh --tests` installs one (or run `apt-get install -y chromium`, "
+            "or `.venv/bin/python -m playwright install chromium`)",
+            pytrace=False,
+        )
     try:
-        chromium, error = pw.chromium.launch(executable_path=exe, headless=True, args=["--disable-gpu", "--disable-dev-shm-usage"]), None
+        chromium, error = (
+            pw.chromium.launch(executable_path=exe, headless=True, args=["--disable-gpu", "--disable-dev-shm-usage"]),
+            None,
+        )
     except PlaywrightError as e:
         chromium, error = None, e
     if chromium is None:
         pw.stop()
         lines = str(error).splitlines()
         launch_log = [line for line in lines if "pid=" in line and "launching" not in line][-6:]
-        pytest.fail(f"Chromium ({exe}) did not start under Playwright: {lines[0]}\n" + "\n".join(launch_log), pytrace=False)
+        pytest.fail(
+            f"Chromium ({exe}) did not start under Playwright: {lines[0]}\n" + "\n".join(launch_log), pytrace=False
+        )
     log(f"Chromium {chromium.version} from {exe}")
     try:
         yield chromium

@@ -11,15 +11,24 @@ from PIL import Image
 
 def mean_colour(images):
     """A 3-D embedding: the mean RGB of each image, centred so colours point in different directions."""
-    return np.stack([np.asarray(im.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(0) / 255 - 0.5 for im in images])
+    return np.stack(
+        [np.asarray(im.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(0) / 255 - 0.5 for im in images]
+    )
 
 
-COLOUR_VECTORS = {"red": (0.5, -0.5, -0.5), "green": (-0.5, 0.5, -0.5), "blue": (-0.5, -0.5, 0.5), "pink": (0.5, -0.1, 0.2)}
+COLOUR_VECTORS = {
+    "red": (0.5, -0.5, -0.5),
+    "green": (-0.5, 0.5, -0.5),
+    "blue": (-0.5, -0.5, 0.5),
+    "pink": (0.5, -0.1, 0.2),
+}
 
 
 def text_colour(texts):
     """Text embedding: the RGB direction of the first colour word (grey otherwise)."""
-    return np.stack([next((COLOUR_VECTORS[w] for w in t.split() if w in COLOUR_VECTORS), (0.01, 0.01, 0.01)) for t in texts])
+    return np.stack(
+        [next((COLOUR_VECTORS[w] for w in t.split() if w in COLOUR_VECTORS), (0.01, 0.01, 0.01)) for t in texts]
+    )
 
 
 def solid(rgb, size=8) -> Image.Image:
@@ -73,11 +82,22 @@ def fake_sampler(generate=None, activate=None):
     return Fake()
 
 
-SAMPLING_FIELDS = ("templates", "seeds", "trigger_seeds", "num_inference_steps", "guidance_scale", "batch_size", "unconditional", "workers")
+SAMPLING_FIELDS = (
+    "templates",
+    "seeds",
+    "trigger_seeds",
+    "num_inference_steps",
+    "guidance_scale",
+    "batch_size",
+    "unconditional",
+    "workers",
+)
 SCORER_FIELDS = ("embedder", "oracle", "dino", "clip")
 
 
-def evaluate_with(pipe, adapters, refs, *, trigger="sks", class_word="circle", generate_fn=None, activate_fn=None, **kw):
+def evaluate_with(
+    pipe, adapters, refs, *, trigger="sks", class_word="circle", generate_fn=None, activate_fn=None, **kw
+):
     """evaluate() on reference images, with the sampling and scorer settings given as flat keywords (tests read better)."""
     from catlab.evaluation import protocol as E
     from catlab.evaluation.images import EvalSampling

@@ -28,8 +28,25 @@ from typing import Any
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 # what a widget looks like when JupyterLab has no working widget manager: its Python repr as plain text
-WIDGET_REPR_PREFIXES = ("VBox(", "HBox(", "Box(", "GridBox(", "Output(", "Button(", "FloatSlider(", "IntSlider(", "Image(", "HTML(",
-                        "Dropdown(", "Text(", "FileUpload(", "FloatProgress(", "IntProgress(", "Tab(", "Accordion(")
+WIDGET_REPR_PREFIXES = (
+    "VBox(",
+    "HBox(",
+    "Box(",
+    "GridBox(",
+    "Output(",
+    "Button(",
+    "FloatSlider(",
+    "IntSlider(",
+    "Image(",
+    "HTML(",
+    "Dropdown(",
+    "Text(",
+    "FileUpload(",
+    "FloatProgress(",
+    "IntProgress(",
+    "Tab(",
+    "Accordion(",
+)
 WIDGET_FAILURE_TEXTS = ("Loading widget...", "Error displaying widget", "model not found", "Failed to load model class")
 
 # Settings for a clean, quiet JupyterLab: no news or update pop-ups, and every cell kept in the DOM
@@ -70,20 +87,40 @@ class JupyterLabServer:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(json.dumps(value))
         env = dict(os.environ)
-        env.update(JUPYTER_CONFIG_DIR=str(self.home / "config"), JUPYTER_DATA_DIR=str(self.home / "data"),
-                   JUPYTER_RUNTIME_DIR=str(self.home / "runtime"), IPYTHONDIR=str(self.home / "ipython"),
-                   JUPYTER_PLATFORM_DIRS="1", PYDEVD_DISABLE_FILE_VALIDATION="1")
-        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={self.port}", "--ServerApp.port_retries=0",
-               "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
-               "--ServerApp.allow_root=True", "--LabApp.expose_app_in_browser=True", f"--LabApp.user_settings_dir={settings}",
-               f"--LabApp.workspaces_dir={self.home / 'workspaces'}"]
+        env.update(
+            JUPYTER_CONFIG_DIR=str(self.home / "config"),
+            JUPYTER_DATA_DIR=str(self.home / "data"),
+            JUPYTER_RUNTIME_DIR=str(self.home / "runtime"),
+            IPYTHONDIR=str(self.home / "ipython"),
+            JUPYTER_PLATFORM_DIRS="1",
+            PYDEVD_DISABLE_FILE_VALIDATION="1",
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            f"--port={self.port}",
+            "--ServerApp.port_retries=0",
+            "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root}",
+            "--ServerApp.allow_root=True",
+            "--LabApp.expose_app_in_browser=True",
+            f"--LabApp.user_settings_dir={settings}",
+            f"--LabApp.workspaces_dir={self.home / 'workspaces'}",
+        ]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in __exit__)
-        self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self.proc.poll() is not None:
                 self.__exit__(None, None, None)
-                raise RuntimeError(f"jupyter lab exited with code {self.proc.returncode} before it answered; its log:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"jupyter lab exited with code {self.proc.returncode} before it answered; its log:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/api/status?token={self.token}", timeout=5) as r:
                     if r.status == 200:
@@ -92,11 +129,15 @@ class JupyterLabServer:
                 pass
             if time.monotonic() > deadline:
                 self.__exit__(None, None, None)
-                raise RuntimeError(f"jupyter lab did not answer on {self.url} within {self.start_timeout:.0f} s; its log:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"jupyter lab did not answer on {self.url} within {self.start_timeout:.0f} s; its log:\n{self.log_tail()}"
+                )
             time.sleep(0.5)
 
     def api(self, method: str, path: str) -> Any:
-        req = urllib.request.Request(f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             body = r.read()
         return json.loads(body) if body else None
@@ -137,7 +178,12 @@ def copy_notebooks(src: Path, dst: Path) -> list[Path]:
 
 def find_chromium() -> str | None:
     """The Chromium to drive: $CATLAB_CHROMIUM, else Debian's /usr/bin/chromium, else one on PATH."""
-    for candidate in (os.environ.get("CATLAB_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+    for candidate in (
+        os.environ.get("CATLAB_CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -146,7 +192,10 @@ def find_chromium() -> str | None:
 # ----------------------------------------------------------------------------- reading a notebook in the page
 
 # JavaScript run in the page. `window.jupyterapp` is there because the server runs with expose_app_in_browser.
-JS_PANEL = "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget; return w && w.content && w.content.widgets ? w : null; }"
+JS_PANEL = (
+    "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget; "
+    "return w && w.content && w.content.widgets ? w : null; }"
+)
 
 JS_STATE = """(path) => {
   const app = window.jupyterapp;
@@ -165,7 +214,8 @@ JS_STATE = """(path) => {
       const o = model.outputs.get(i).toJSON();
       const data = o.data || {};
       c.outputs.push({type: o.output_type, mimes: Object.keys(data), ename: o.ename || null, evalue: o.evalue || null,
-                      text: o.output_type === 'stream' ? String(o.text).slice(0, 2000) : (data['text/plain'] ? String(data['text/plain']).slice(0, 300) : null)});
+                      text: o.output_type === 'stream' ? String(o.text).slice(0, 2000)
+                            : (data['text/plain'] ? String(data['text/plain']).slice(0, 300) : null)});
     }
     const read = n => ({mime: n.getAttribute('data-mime-type'), text: n.innerText.slice(0, 300),
                         widgets: n.querySelectorAll('.jupyter-widgets').length, height: n.getBoundingClientRect().height});
@@ -191,7 +241,9 @@ class NotebookPage:
         self.page, self.server, self.path, self.log = page, server, path, log
         self.name = Path(path).stem
         self.console: list[str] = []
-        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+        page.on(
+            "console", lambda m: self.console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None
+        )
         page.on("pageerror", lambda e: self.console.append(f"page error: {e}"))
 
     # -- opening and running
@@ -200,8 +252,11 @@ class NotebookPage:
         """Open the notebook in its own workspace and wait until its kernel is idle."""
         url = f"{self.server.url}/lab/workspaces/{self.name}/tree/{self.path}?reset&token={self.server.token}"
         self.page.goto(url, wait_until="domcontentloaded", timeout=timeout * 1000)
-        self.wait_for(lambda: (s := self.state()) is not None and s["kernel"] == "idle", timeout,
-                      f"{self.name}: JupyterLab did not show the notebook with an idle kernel")
+        self.wait_for(
+            lambda: (s := self.state()) is not None and s["kernel"] == "idle",
+            timeout,
+            f"{self.name}: JupyterLab did not show the notebook with an idle kernel",
+        )
 
     def state(self) -> dict | None:
         return self.page.evaluate(JS_STATE, self.path)
@@ -217,8 +272,9 @@ class NotebookPage:
             except Exception as e:  # the page may be mid-navigation; keep trying until the deadline
                 last_error = e
             self.page.wait_for_timeout(poll * 1000)
-        raise AssertionError(f"{what} within {timeout:.0f} s" + (f" (last error: {last_error})" if last_error else "")
-                             + self.diagnosis())
+        raise AssertionError(
+            f"{what} within {timeout:.0f} s" + (f" (last error: {last_error})" if last_error else "") + self.diagnosis()
+        )
 
     def diagnosis(self) -> str:
         """What the page showed: the kernel's state, the cells' prompts, browser console errors, the server log."""
@@ -264,11 +320,15 @@ class NotebookPage:
         for c in state["cells"]:
             if marker in c["source"]:
                 return c["index"]
-        raise AssertionError(f"{self.name}: no cell contains {marker!r}; has the notebook changed? (update tests/test_browser.py)")
+        raise AssertionError(
+            f"{self.name}: no cell contains {marker!r}; has the notebook changed? (update tests/test_browser.py)"
+        )
 
     def cell(self, marker: str) -> Any:
         """The cell (a Playwright locator) whose source contains `marker`."""
-        return self.page.locator(f".jp-NotebookPanel .jp-Notebook .jp-Cell[data-windowed-list-index='{self.cell_index(marker)}']")
+        return self.page.locator(
+            f".jp-NotebookPanel .jp-Notebook .jp-Cell[data-windowed-list-index='{self.cell_index(marker)}']"
+        )
 
     def outputs(self, marker: str) -> Any:
         """The top-level outputs of that cell (one locator matching each)."""
@@ -299,20 +359,26 @@ class NotebookPage:
             for r in c["rendered"]:
                 text = (r["text"] or "").strip()
                 if r["mime"] == "text/plain" and text.startswith(WIDGET_REPR_PREFIXES):
-                    out.append(f"{cell_label(self.name, c)}: a widget is shown as its text repr {text[:60]!r}, so JupyterLab has "
-                               "no working widget manager (jupyterlab_widgets missing, or not matching ipywidgets)")
+                    out.append(
+                        f"{cell_label(self.name, c)}: a widget is shown as its text repr {text[:60]!r}, so JupyterLab has "
+                        "no working widget manager (jupyterlab_widgets missing, or not matching ipywidgets)"
+                    )
                 elif any(f in text for f in WIDGET_FAILURE_TEXTS) and not r["widgets"]:
                     out.append(f"{cell_label(self.name, c)}: a widget output shows {text[:80]!r} instead of the widget")
             n_views = sum(1 for r in c["rendered"] if r["mime"] is None and r["widgets"])
             if n_views < n_models:
-                out.append(f"{cell_label(self.name, c)}: {n_models} widget output(s) but {n_views} widget view(s) on the page "
-                           f"(outputs shown as {[r['mime'] or 'widget' for r in c['rendered']]})")
+                out.append(
+                    f"{cell_label(self.name, c)}: {n_models} widget output(s) but {n_views} widget view(s) on the page "
+                    f"(outputs shown as {[r['mime'] or 'widget' for r in c['rendered']]})"
+                )
         return out
 
     def widgets_settled(self) -> bool:
         """No "Loading widget..." placeholder left on the page."""
-        return not self.page.evaluate("() => [...document.querySelectorAll('.jp-OutputArea-output')]"
-                                      ".some(n => n.innerText.includes('Loading widget...'))")
+        return not self.page.evaluate(
+            "() => [...document.querySelectorAll('.jp-OutputArea-output')]"
+            ".some(n => n.innerText.includes('Loading widget...'))"
+        )
 
     def clipped_widgets(self) -> list[str]:
         """Widget controls whose text does not fit (an ellipsis or a cut label), and widget panels wider than the
@@ -329,7 +395,8 @@ class NotebookPage:
           for (const e of document.querySelectorAll('.jp-Cell-outputArea > .jp-OutputArea-child > .jp-OutputArea-output')) {
             if (!e.querySelector('.jupyter-widgets')) continue;
             if (e.scrollWidth > e.clientWidth + 1)
-              out.push(`a widget output is wider than its area: ${JSON.stringify(e.innerText.slice(0, 60))} (needs ${e.scrollWidth} px, has ${e.clientWidth} px)`);
+              out.push(`a widget output is wider than its area: ${JSON.stringify(e.innerText.slice(0, 60))}` +
+                       ` (needs ${e.scrollWidth} px, has ${e.clientWidth} px)`);
           }
           return out;
         }""")
@@ -339,12 +406,15 @@ class NotebookPage:
         return self.page.evaluate("""() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].flatMap(cell =>
           [...cell.querySelectorAll('.jp-Cell-outputArea > .jp-OutputArea-child > .jp-OutputArea-output')]
             .map((e, i) => [e, i]).filter(([e, i]) => e.scrollWidth > e.clientWidth + 1)
-            .map(([e, i]) => `cell ${cell.dataset.windowedListIndex}, output ${i}: ${JSON.stringify(e.innerText.slice(0, 50))} (needs ${e.scrollWidth} px, has ${e.clientWidth} px)`))""")
+            .map(([e, i]) => `cell ${cell.dataset.windowedListIndex}, output ${i}: ${JSON.stringify(e.innerText.slice(0, 50))}` +
+                             ` (needs ${e.scrollWidth} px, has ${e.clientWidth} px)`))""")
 
     def scroll_pages(self, folder: Path, step: int = 800) -> None:
         """Screenshots of the whole notebook, one viewport at a time (to look at a run by eye)."""
         scroller = ".jp-NotebookPanel .jp-WindowedPanel-outer"
-        height, view = self.page.evaluate(f"() => {{ const e = document.querySelector('{scroller}'); return [e.scrollHeight, e.clientHeight]; }}")
+        height, view = self.page.evaluate(
+            f"() => {{ const e = document.querySelector('{scroller}'); return [e.scrollHeight, e.clientHeight]; }}"
+        )
         folder.mkdir(parents=True, exist_ok=True)
         for k, y in enumerate(range(0, max(1, height - view + step), step)):
             self.page.evaluate(f"(y) => {{ document.querySelector('{scroller}').scrollTop = y; }}", y)
@@ -375,7 +445,14 @@ def small_png(png: bytes, path: Path, max_width: int = 640, colours: int = 256, 
     img = Image.open(io.BytesIO(png)).convert("RGB")
     bbox = ImageChops.difference(img, Image.new("RGB", img.size, "white")).getbbox()
     if bbox:
-        img = img.crop((max(0, bbox[0] - pad), max(0, bbox[1] - pad), min(img.width, bbox[2] + pad), min(img.height, bbox[3] + pad)))
+        img = img.crop(
+            (
+                max(0, bbox[0] - pad),
+                max(0, bbox[1] - pad),
+                min(img.width, bbox[2] + pad),
+                min(img.height, bbox[3] + pad),
+            )
+        )
     if img.width > max_width:
         img = img.resize((max_width, round(img.height * max_width / img.width)), Image.LANCZOS)
     img = img.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)

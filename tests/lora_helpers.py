@@ -32,8 +32,16 @@ def tiny_run_config(concept_dir, out, **overrides):
     """A few-step TrainConfig on the exported toy concept (sks circle): what the training tests vary."""
     from catlab.config import ConceptConfig, TrainConfig
 
-    base = dict(concepts=[ConceptConfig(str(concept_dir), "sks", "circle")], output_dir=str(out), steps=6, batch_size=2,
-                checkpoint_every=3, validate_every=0, log_every=1, random_flip=False)
+    base = dict(
+        concepts=[ConceptConfig(str(concept_dir), "sks", "circle")],
+        output_dir=str(out),
+        steps=6,
+        batch_size=2,
+        checkpoint_every=3,
+        validate_every=0,
+        log_every=1,
+        random_flip=False,
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -52,8 +60,12 @@ def inject_text_encoder_lora(perturb: float = 0.0, patch=setattr):
 
         if not isinstance(model, PreTrainedModel):  # the UNet: catlab's own add_lora
             return real(model, rank, alpha, dropout, target_modules, adapter_name)
-        cfg = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
-                         target_modules=list(target_modules))
+        cfg = LoraConfig(
+            r=rank,
+            lora_alpha=alpha if alpha is not None else rank,
+            lora_dropout=dropout,
+            target_modules=list(target_modules),
+        )
         inject_adapter_in_model(cfg, model, adapter_name=adapter_name)
         model.peft_config = {adapter_name: cfg}
         if perturb:

@@ -15,27 +15,59 @@ import torch
 
 # unet/config.json of SD 1.5 (the defaults of diffusers that it relies on are spelled out)
 UNET_CONFIG = dict(
-    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    center_input_sample=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
-    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=768,
+    attention_head_dim=8,
 )
 # vae/config.json of SD 1.5
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, sample_size=512, scaling_factor=0.18215,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", norm_num_groups=32,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    sample_size=512,
+    scaling_factor=0.18215,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    act_fn="silu",
+    norm_num_groups=32,
 )
 # text_encoder/config.json of SD 1.5 (CLIP ViT-L/14's text model), less its 49,408-token vocabulary
 TEXT_CONFIG = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-    projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
 )
 # scheduler/scheduler_config.json of SD 1.5: PNDM, epsilon prediction, scaled-linear betas
 SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon",
-    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
 )
 TOKENS = 77
 # SD 1.5's transformer blocks: 2 per CrossAttnDownBlock2D (x3), 1 in the mid block, 3 per CrossAttnUpBlock2D (x3)
@@ -57,7 +89,9 @@ def _random_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
                 fan_in = math.prod(module.weight.shape[1:])
                 start = int(torch.randint(0, pool.numel() - p.numel() + 1, (1,), generator=g))
-                value = torch.mul(pool[start : start + p.numel()].view(p.shape), 1 / math.sqrt(fan_in), out=torch.empty(p.shape))
+                value = torch.mul(
+                    pool[start : start + p.numel()].view(p.shape), 1 / math.sqrt(fan_in), out=torch.empty(p.shape)
+                )
             else:
                 raise TypeError(f"no random init for parameter {name} of {type(module).__name__}")
             set_module_tensor_to_device(module, name, "cpu", value=value)  # its own storage: none shared with the pool
@@ -80,10 +114,25 @@ def build_sd15_pipeline(seed: int = 0):
     _random_weights(unet, seed)
     _random_weights(vae, seed + 1)
     torch.manual_seed(seed)
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                                      eos_token_id=tok.eos_token_id, **TEXT_CONFIG))
-    return StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=PNDMScheduler(**SCHEDULER_CONFIG),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            **TEXT_CONFIG,
+        )
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=PNDMScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def save_sd15_pipeline(folder: str | Path, seed: int = 0, sampling: dict | None = None) -> Path:

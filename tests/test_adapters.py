@@ -8,7 +8,15 @@ import torch
 from lora_helpers import randomise_lora, unet_inputs
 from safetensors.torch import load_file, save_file
 
-from catlab.models import AdapterMismatchError, adapters_disabled, add_lora, load_base, load_lora, save_lora, set_active_adapters
+from catlab.models import (
+    AdapterMismatchError,
+    adapters_disabled,
+    add_lora,
+    load_base,
+    load_lora,
+    save_lora,
+    set_active_adapters,
+)
 from catlab.sampling.sampler import generate
 
 
@@ -36,11 +44,16 @@ def test_adapter_off_is_exact_base_model(toyworld_env):
     with torch.no_grad():
         mixed = pipe.unet(z, t, encoder_hidden_states=c).sample
         with adapters_disabled(pipe.unet):
-            assert torch.equal(pipe.unet(z, t, encoder_hidden_states=c).sample, base), "every layer must be off inside the block"
+            assert torch.equal(pipe.unet(z, t, encoder_hidden_states=c).sample, base), (
+                "every layer must be off inside the block"
+            )
         assert torch.equal(pipe.unet(z, t, encoder_hidden_states=c).sample, mixed)
-    assert [m.disable_adapters for m in layers] == [True] + [False] * (len(layers) - 1), "each layer's own state must come back"
-    assert trainable and [n for n, p in pipe.unet.named_parameters() if p.requires_grad] == trainable, \
+    assert [m.disable_adapters for m in layers] == [True] + [False] * (len(layers) - 1), (
+        "each layer's own state must come back"
+    )
+    assert trainable and [n for n, p in pipe.unet.named_parameters() if p.requires_grad] == trainable, (
         "the LoRA weights that were trainable before must be trainable again"
+    )
 
 
 def test_adapters_disabled_restores_the_previous_state(toyworld_env):
@@ -54,7 +67,9 @@ def test_adapters_disabled_restores_the_previous_state(toyworld_env):
         base = pipe.unet(z, t, encoder_hidden_states=c).sample
         with adapters_disabled(pipe.unet):
             pass
-        assert torch.equal(pipe.unet(z, t, encoder_hidden_states=c).sample, base), "adapters were off before and must stay off"
+        assert torch.equal(pipe.unet(z, t, encoder_hidden_states=c).sample, base), (
+            "adapters were off before and must stay off"
+        )
         pipe.unet.enable_adapters()
         assert torch.equal(pipe.unet(z, t, encoder_hidden_states=c).sample, adapted)
 
@@ -76,7 +91,9 @@ def test_saved_lora_loads_in_diffusers_and_reproduces_samples(toyworld_env, tmp_
     assert path.name == "pytorch_lora_weights.safetensors"
     with pytest.raises(FileExistsError, match="overwrite"):
         save_lora(pipe, tmp_path / "lora")
-    plain = StableDiffusionPipeline.from_pretrained(toyworld_env / "pipeline", safety_checker=None, requires_safety_checker=False)
+    plain = StableDiffusionPipeline.from_pretrained(
+        toyworld_env / "pipeline", safety_checker=None, requires_safety_checker=False
+    )
     plain.load_lora_weights(tmp_path / "lora")  # diffusers' own loader
     pipe2 = load_base("toyworld")
     pipe2.unet = plain.unet
@@ -93,7 +110,9 @@ def test_conv_lora_round_trips_through_diffusers(toyworld_env, tmp_path):
     randomise_lora(pipe.unet)
     ours = generate(pipe, ["a sks circle"], [5], num_inference_steps=3, progress=False)[0]
     save_lora(pipe, tmp_path / "lora")
-    plain = StableDiffusionPipeline.from_pretrained(toyworld_env / "pipeline", safety_checker=None, requires_safety_checker=False)
+    plain = StableDiffusionPipeline.from_pretrained(
+        toyworld_env / "pipeline", safety_checker=None, requires_safety_checker=False
+    )
     plain.load_lora_weights(tmp_path / "lora")
     assert sum(p.numel() for name, p in plain.unet.named_parameters() if "lora_" in name) == n
     pipe2 = load_base("toyworld")
@@ -129,7 +148,9 @@ def test_combine_adapters_and_mismatch_error(toyworld_env, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     sd = load_file(tmp_path / "a" / "pytorch_lora_weights.safetensors")
-    save_file({k: torch.zeros(v.shape[0] + 3, *v.shape[1:]) for k, v in sd.items()}, bad / "pytorch_lora_weights.safetensors")
+    save_file(
+        {k: torch.zeros(v.shape[0] + 3, *v.shape[1:]) for k, v in sd.items()}, bad / "pytorch_lora_weights.safetensors"
+    )
     with pytest.raises(AdapterMismatchError, match="does not fit"):
         load_lora(pipe, bad, adapter_name="bad")
     with pytest.raises(FileNotFoundError, match="pytorch_lora_weights"):

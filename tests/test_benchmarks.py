@@ -28,9 +28,24 @@ def test_benchmark_help(script, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_regime_sweep_runs_and_prints_ground_truth_scores(toyworld_env, tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "regime_sweep.py"), "--steps", "2", "--class-samples", "2",
-                          "--concept", "bronze_star", "lora:0", "cat:1:0.5:class"],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "regime_sweep.py"),
+            "--steps",
+            "2",
+            "--class-samples",
+            "2",
+            "--concept",
+            "bronze_star",
+            "lora:0",
+            "cat:1:0.5:class",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [line for line in res.stdout.splitlines() if re.match(r"^(base|lora:0|cat:1:0\.5:class)\s", line)]
     assert [r.split()[0] for r in rows] == ["base", "lora:0", "cat:1:0.5:class"], res.stdout[-2000:]
@@ -45,18 +60,36 @@ def test_unconditional_source_trains_a_variant_and_scores_both_branches(toyworld
 
     demo = tmp_path / "demo"
     run_demo(out=demo, quick=True, workers=1)
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "unconditional_source.py"), str(demo),
-                          "--variant", "cat_null_share=0,cat_guidance=3"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "unconditional_source.py"),
+            str(demo),
+            "--variant",
+            "cat_null_share=0,cat_guidance=3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert (demo / "runs" / "v_null_share0p0_guidance3p0_seed0" / "adapter").is_dir(), "the variant is trained with the demo's recipe"
+    assert (demo / "runs" / "v_null_share0p0_guidance3p0_seed0" / "adapter").is_dir(), (
+        "the variant is trained with the demo's recipe"
+    )
     out = res.stdout
     assert "unconditional branch: adapted" in out and "unconditional branch: base" in out, out[-2000:]
     for setting in ("lora", "dreambooth", "cat", "v_null_share0p0_guidance3p0"):
         assert re.search(rf"^{setting}\s+\d\.\d\d ± ", out, re.M), f"{setting} missing from:\n{out[-2000:]}"
     assert "base / adapted" in out
     with pytest.raises(subprocess.CalledProcessError):
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "unconditional_source.py"), str(demo), "--variant", "lambda=2"],
-                       check=True, capture_output=True, timeout=120, cwd=tmp_path)
+        subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "unconditional_source.py"), str(demo), "--variant", "lambda=2"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
 
 
 def test_per_seed_counts_class_colour_changes_against_the_base(tmp_path):
@@ -65,20 +98,51 @@ def test_per_seed_counts_class_colour_changes_against_the_base(tmp_path):
 
     eval_dir = tmp_path / "demo" / "eval"
     eval_dir.mkdir(parents=True)
-    rows = [("base", 0, "red"), ("base", 1, "red"), ("cat_s0", 0, "red"), ("cat_s0", 1, "green"), ("cat_s1", 0, "red"), ("cat_s1", 1, "green")]
-    trigger = [{"method": m, "kind": "trigger", "seed": s, "oracle_colour": "blue", "identity_ok": ok}
-               for m, s, ok in [("cat_s0", 0, 1.0), ("cat_s0", 1, 0.0), ("cat_s1", 0, 1.0), ("cat_s1", 1, 1.0)]]
-    pd.DataFrame([{"method": m, "kind": "class", "seed": s, "oracle_colour": c} for m, s, c in rows] + trigger).to_csv(eval_dir / "per_image.csv", index=False)
-    pd.DataFrame([{"method": m, "identity_acc_mean": 1.0, "collapse_rate_mean": 0.0, "paired_preservation_mean": 0.5,
-                   "colour_distance_mean": 0.5} for m in ("cat_s0", "cat_s1")]).to_csv(eval_dir / "summary.csv", index=False)
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "per_seed.py"), str(tmp_path / "demo")],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    rows = [
+        ("base", 0, "red"),
+        ("base", 1, "red"),
+        ("cat_s0", 0, "red"),
+        ("cat_s0", 1, "green"),
+        ("cat_s1", 0, "red"),
+        ("cat_s1", 1, "green"),
+    ]
+    trigger = [
+        {"method": m, "kind": "trigger", "seed": s, "oracle_colour": "blue", "identity_ok": ok}
+        for m, s, ok in [("cat_s0", 0, 1.0), ("cat_s0", 1, 0.0), ("cat_s1", 0, 1.0), ("cat_s1", 1, 1.0)]
+    ]
+    pd.DataFrame([{"method": m, "kind": "class", "seed": s, "oracle_colour": c} for m, s, c in rows] + trigger).to_csv(
+        eval_dir / "per_image.csv", index=False
+    )
+    pd.DataFrame(
+        [
+            {
+                "method": m,
+                "identity_acc_mean": 1.0,
+                "collapse_rate_mean": 0.0,
+                "paired_preservation_mean": 0.5,
+                "colour_distance_mean": 0.5,
+            }
+            for m in ("cat_s0", "cat_s1")
+        ]
+    ).to_csv(eval_dir / "summary.csv", index=False)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "per_seed.py"), str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert re.search(r"red -> green\s+2\b", res.stdout), res.stdout
     assert "red -> red" not in res.stdout and "blue" not in res.stdout
     assert "0: 1.000 / 0.000 / 0.500 / 0.500" in res.stdout
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "per_seed.py"), str(tmp_path / "demo"), "--trigger-seeds", "1"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "per_seed.py"), str(tmp_path / "demo"), "--trigger-seeds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "cat 0.75 -> 1.00" in res.stdout, res.stdout  # seeds 0-1: (0.5 + 1) / 2; seed 0 only: 1
 

@@ -96,31 +96,45 @@ def check_01_data_prep(nb: NotebookPage, shots: Path) -> None:
     panel = nb.outputs("source_panel = ParamPanel(").first
     editor = nb.outputs("editor = CaptionEditor(").first
     for what, loc in (("the 'Images' panel", panel), ("the caption editor", editor)):
-        assert loc.locator(".jupyter-widgets").first.is_visible(), f"01_data_prep: {what} is not visible" + nb.diagnosis()
+        assert loc.locator(".jupyter-widgets").first.is_visible(), (
+            f"01_data_prep: {what} is not visible" + nb.diagnosis()
+        )
     nb.screenshot(editor, shots / "01_data_prep-panel.png")
     nb.screenshot(nb.outputs("image_strip([Image.open(p)").first, shots / "01_data_prep-figure.png")
 
     # the panel's button gathers the chosen images and says so in the panel
     panel.get_by_role("button", name="Use these images").click()
-    nb.wait_for(lambda: "files in" in panel.locator(".widget-output").inner_text(), 60,
-                "01_data_prep: clicking 'Use these images' printed no 'N files in ...' in the panel")
+    nb.wait_for(
+        lambda: "files in" in panel.locator(".widget-output").inner_text(),
+        60,
+        "01_data_prep: clicking 'Use these images' printed no 'N files in ...' in the panel",
+    )
     # typing a new trigger rewrites it in every caption box
     boxes = editor.locator("input[type=text]")
     trigger_box = boxes.nth(0)
-    assert trigger_box.input_value() == "sks", f"01_data_prep: the trigger box shows {trigger_box.input_value()!r}, expected 'sks'"
+    assert trigger_box.input_value() == "sks", (
+        f"01_data_prep: the trigger box shows {trigger_box.input_value()!r}, expected 'sks'"
+    )
     trigger_box.fill("zwx")
     trigger_box.press("Enter")
     captions = lambda: [boxes.nth(i).input_value() for i in range(2, boxes.count())]  # noqa: E731 (0, 1: trigger, class word)
-    nb.wait_for(lambda: captions() and all("zwx" in c and "sks" not in c for c in captions()), 30,
-                f"01_data_prep: typing a new trigger did not rewrite the captions (they read {captions()})")
+    nb.wait_for(
+        lambda: captions() and all("zwx" in c and "sks" not in c for c in captions()),
+        30,
+        f"01_data_prep: typing a new trigger did not rewrite the captions (they read {captions()})",
+    )
 
 
 def check_02_train(nb: NotebookPage, shots: Path) -> None:
     panel = nb.outputs("panel = ParamPanel(").first
     monitor = nb.outputs("result = run_training(").first  # the monitor the run-all displayed
-    assert "done" in monitor.inner_text(), f"02_train: the monitor of Run All does not say 'done': {monitor.inner_text()[:200]!r}"
+    assert "done" in monitor.inner_text(), (
+        f"02_train: the monitor of Run All does not say 'done': {monitor.inner_text()[:200]!r}"
+    )
     finals = nb.cell("result = run_training(").locator(".jp-RenderedImage img")
-    assert finals.count() >= 2, f"02_train: Run All shows {finals.count()} final figures after training, expected the loss curve and the grid"
+    assert finals.count() >= 2, (
+        f"02_train: Run All shows {finals.count()} final figures after training, expected the loss curve and the grid"
+    )
 
     # clicking Train trains again, into the panel: a status line, a live loss curve, then the sample grid
     panel.get_by_role("button", name="Train", exact=True).click()
@@ -142,24 +156,40 @@ def check_02_train(nb: NotebookPage, shots: Path) -> None:
         return "done" in text
 
     try:
-        nb.wait_for(done, CLICK_TIMEOUT, "02_train: clicking Train did not finish training (the monitor never said 'done')", poll=0.2)
+        nb.wait_for(
+            done,
+            CLICK_TIMEOUT,
+            "02_train: clicking Train did not finish training (the monitor never said 'done')",
+            poll=0.2,
+        )
     except AssertionError as e:
         raise AssertionError(f"{e}\npanel output: {out.inner_text()[:800]!r}") from None
-    log(f"02_train: Train button: trained in {time.monotonic() - t0:.1f} s; live loss curve seen: {seen_live['loss']}, "
-         f"live grid seen: {seen_live['grid']}")
+    log(
+        f"02_train: Train button: trained in {time.monotonic() - t0:.1f} s; live loss curve seen: {seen_live['loss']}, "
+        f"live grid seen: {seen_live['grid']}"
+    )
     # then the live views make way for the final curve and grid as plain outputs (they stay in a saved notebook)
     finals = out.locator(".jp-RenderedImage img")
-    nb.wait_for(lambda: finals.count() >= 2 and all(finals.nth(i).is_visible() for i in range(finals.count())), 30,
-                f"02_train: after training the panel shows {finals.count()} final figures, expected the loss curve and the grid")
+    nb.wait_for(
+        lambda: finals.count() >= 2 and all(finals.nth(i).is_visible() for i in range(finals.count())),
+        30,
+        f"02_train: after training the panel shows {finals.count()} final figures, expected the loss curve and the grid",
+    )
     assert seen_live["loss"], "02_train: the loss curve appeared only after training, not while it ran"
-    assert seen_live["grid"], "02_train: no sample grid appeared while training ran (validate_every should draw one mid-run)"
+    assert seen_live["grid"], (
+        "02_train: no sample grid appeared while training ran (validate_every should draw one mid-run)"
+    )
     nb.screenshot(panel, shots / "02_train-panel.png")
     nb.screenshot(nb.outputs("method_grid(images, prompts, seeds)").first, shots / "02_train-figure.png")
 
 
 def check_03_diversity(nb: NotebookPage, shots: Path) -> None:
     view = nb.outputs("slider_view(render").first
-    img, status, handle = view.locator("img.widget-image"), view.locator(".widget-html").first, view.locator(".noUi-handle").first
+    img, status, handle = (
+        view.locator("img.widget-image"),
+        view.locator(".widget-html").first,
+        view.locator(".noUi-handle").first,
+    )
     assert _loaded(img), "03_diversity: the adapter-scale view shows no grid" + nb.diagnosis()
     before, before_text = _image_png(img), status.inner_text()
     box = handle.bounding_box()
@@ -172,17 +202,24 @@ def check_03_diversity(nb: NotebookPage, shots: Path) -> None:
     nb.page.mouse.move(x + track["width"] * 0.25, y, steps=8)
     nb.page.mouse.up()
     t0 = time.monotonic()
-    nb.wait_for(lambda: status.inner_text() != before_text and "drawing" not in status.inner_text(), CLICK_TIMEOUT,
-                f"03_diversity: moving the adapter-scale slider did not redraw (status still {before_text!r})")
+    nb.wait_for(
+        lambda: status.inner_text() != before_text and "drawing" not in status.inner_text(),
+        CLICK_TIMEOUT,
+        f"03_diversity: moving the adapter-scale slider did not redraw (status still {before_text!r})",
+    )
     after = _image_png(img)
     log(f"03_diversity: slider {before_text!r} -> {status.inner_text()!r}, redrawn in {time.monotonic() - t0:.1f} s")
-    assert not _same_picture(before, after), f"03_diversity: the grid is unchanged after moving the slider to {status.inner_text()!r}"
+    assert not _same_picture(before, after), (
+        f"03_diversity: the grid is unchanged after moving the slider to {status.inner_text()!r}"
+    )
     nb.screenshot(view, shots / "03_diversity-panel.png")
     nb.screenshot(nb.outputs("pca_scatter(groups").first, shots / "03_diversity-figure.png")
 
 
 def check_04_ablations(nb: NotebookPage, shots: Path) -> None:
-    nb.screenshot(nb.outputs("table = pd.concat(").last, shots / "04_ablations-panel.png")  # the table, after a "wrote ..." line
+    nb.screenshot(
+        nb.outputs("table = pd.concat(").last, shots / "04_ablations-panel.png"
+    )  # the table, after a "wrote ..." line
     nb.screenshot(nb.outputs("tradeoff_figure(table").first, shots / "04_ablations-figure.png")
 
 
@@ -202,7 +239,9 @@ CHECKS: dict[str, Callable[[NotebookPage, Path], None]] = {
 
 def test_every_notebook_has_browser_checks():
     missing = [p.stem for p in NOTEBOOKS if p.stem not in CHECKS]
-    assert not missing, f"tests/test_browser.py has no checks for {missing}: add a check_<name> function (screenshots at least)"
+    assert not missing, (
+        f"tests/test_browser.py has no checks for {missing}: add a check_<name> function (screenshots at least)"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -74,7 +74,10 @@ def demo_report(tiny_assets, tmp_path_factory) -> Path:
         mp.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
         code = main(["demo", "--quick", "--seeds", "2", "--out", str(out)])
     if code != 0 or not (out / "report.html").is_file():
-        pytest.fail(f"`catlab demo --quick --seeds 2 --out {out}` exited with {code} and wrote no report.html (its output is above)", pytrace=False)
+        pytest.fail(
+            f"`catlab demo --quick --seeds 2 --out {out}` exited with {code} and wrote no report.html (its output is above)",
+            pytrace=False,
+        )
     log(f"demo report: catlab demo --quick in {time.monotonic() - t0:.1f} s")
     return out / "report.html"
 
@@ -113,50 +116,79 @@ def test_demo_report_in_chromium(demo_report: Path, browser, report_png: Path, t
 
         # the scores: a real table, one row per method, every cell filled
         t = r["table"]
-        assert t is not None, "report.html: no <table class=\"scores\"> (the scores must be an HTML table, not text)" + where
-        assert t["header"][:1] == ["method"] and len(t["header"]) > 4, f"report.html: the scores table's header is {t['header']}" + where
+        assert t is not None, (
+            'report.html: no <table class="scores"> (the scores must be an HTML table, not text)' + where
+        )
+        assert t["header"][:1] == ["method"] and len(t["header"]) > 4, (
+            f"report.html: the scores table's header is {t['header']}" + where
+        )
         methods = [row[0] for row in t["rows"]]
-        assert methods == REPORT_METHODS, f"report.html: the scores table's rows are {methods}, expected {REPORT_METHODS}" + where
-        empty = [(row[0], t["header"][i]) for row in t["rows"] for i, c in enumerate(row) if not c or c.lower().startswith("nan")]
+        assert methods == REPORT_METHODS, (
+            f"report.html: the scores table's rows are {methods}, expected {REPORT_METHODS}" + where
+        )
+        empty = [
+            (row[0], t["header"][i])
+            for row in t["rows"]
+            for i, c in enumerate(row)
+            if not c or c.lower().startswith("nan")
+        ]
         assert not empty, f"report.html: empty or nan cells in the scores table (method, column): {empty}" + where
 
         # the page does not scroll sideways; the table may, inside its .wrap box
         assert r["page"] <= r["visible"] and r["body"] <= r["visible"], (
             f"report.html scrolls sideways at {r['viewport']} px: the page is {r['page']} px wide (body {r['body']} px), "
-            f"{r['visible']} px visible; wider than the page: {r['wide'][:8]}" + where)
-        assert not r["wide"], f"report.html: elements reach past the right edge of the page ({r['visible']} px): {r['wide'][:8]}" + where
+            f"{r['visible']} px visible; wider than the page: {r['wide'][:8]}" + where
+        )
+        assert not r["wide"], (
+            f"report.html: elements reach past the right edge of the page ({r['visible']} px): {r['wide'][:8]}" + where
+        )
         w = r["wrap"]
-        assert w is not None, "report.html: the scores table is not in its .wrap box (which scrolls a wide table sideways)" + where
+        assert w is not None, (
+            "report.html: the scores table is not in its .wrap box (which scrolls a wide table sideways)" + where
+        )
         if w["scroll"] > w["client"]:
             assert w["overflowX"] in ("auto", "scroll"), (
                 f"report.html: the scores table needs {w['scroll']} px, its box has {w['client']} px and overflow-x {w['overflowX']!r}, "
-                "so part of it cannot be seen" + where)
-            log(f"demo report: the scores table ({t['width']} px, {len(t['header'])} columns) is wider than its box "
-                 f"({w['client']} px) at {r['viewport']} px: it scrolls sideways in .wrap, {w['scroll'] - w['client']} px out of view "
-                 f"(columns {', '.join(w['hidden'])})")
+                "so part of it cannot be seen" + where
+            )
+            log(
+                f"demo report: the scores table ({t['width']} px, {len(t['header'])} columns) is wider than its box "
+                f"({w['client']} px) at {r['viewport']} px: it scrolls sideways in .wrap, {w['scroll'] - w['client']} px out of view "
+                f"(columns {', '.join(w['hidden'])})"
+            )
         else:
-            log(f"demo report: the scores table ({t['width']} px, {len(t['header'])} columns) fits its box ({w['client']} px) "
-                 f"at {r['viewport']} px")
+            log(
+                f"demo report: the scores table ({t['width']} px, {len(t['header'])} columns) fits its box ({w['client']} px) "
+                f"at {r['viewport']} px"
+            )
 
         # every embedded image decoded
         imgs = r["images"]
-        assert len(imgs) == 4, f"report.html shows {len(imgs)} images, expected 4 (grid, paired, colours, losses): {imgs}" + where
+        assert len(imgs) == 4, (
+            f"report.html shows {len(imgs)} images, expected 4 (grid, paired, colours, losses): {imgs}" + where
+        )
         broken = [i for i in imgs if not (i["complete"] and i["natural"][0] > 0)]
         assert not broken, f"report.html: images that did not load (naturalWidth 0): {broken}" + where
         linked = [i["src"] for i in imgs if not i["src"].startswith("data:image/png;base64")]
         assert not linked, f"report.html: images not embedded: {linked}" + where
         for i in imgs:
             scale = f", scaled to {i['shown'][0] / i['natural'][0]:.0%}" if i["shown"][0] < i["natural"][0] else ""
-            log(f"demo report: image after {i['after'][:40]!r}: {i['natural'][0]}x{i['natural'][1]} px, "
-                 f"shown {i['shown'][0]}x{i['shown'][1]}{scale}")
+            log(
+                f"demo report: image after {i['after'][:40]!r}: {i['natural'][0]}x{i['natural'][1]} px, "
+                f"shown {i['shown'][0]}x{i['shown'][1]}{scale}"
+            )
         if console:
             log(f"demo report: browser console: {console}")
 
         # the top of the report down to the scores table, as a picture
         height = min(t["bottom"] + 24, 4000)
-        png = page.screenshot(clip={"x": 0, "y": 0, "width": r["visible"], "height": height}, full_page=True, animations="disabled")
+        png = page.screenshot(
+            clip={"x": 0, "y": 0, "width": r["visible"], "height": height}, full_page=True, animations="disabled"
+        )
         small_png(png, report_png, max_width=800)
-        log(f"demo report: passed in {time.monotonic() - t0:.1f} s; screenshot {report_png} ({report_png.stat().st_size // 1024} KB)")
+        log(
+            f"demo report: passed in {time.monotonic() - t0:.1f} s; screenshot {report_png} ({report_png.stat().st_size // 1024} KB)"
+        )
     except AssertionError as e:
         fail_with_screenshot(e, page, tmp_path / "report-failure.png", full_page=True)
     finally:

@@ -111,11 +111,29 @@ def test_resume_gives_identical_weights(toyworld_env, concept_dir, tmp_path, reg
 
 def test_prior_preservation_caches_class_images(toyworld_env, concept_dir, tmp_path):
     cls_dir = tmp_path / "class_images"
-    r1 = train(_cfg(concept_dir, tmp_path / "r1", regime="dreambooth", steps=2, num_class_images=3, class_images_dir=str(cls_dir)))
+    r1 = train(
+        _cfg(
+            concept_dir,
+            tmp_path / "r1",
+            regime="dreambooth",
+            steps=2,
+            num_class_images=3,
+            class_images_dir=str(cls_dir),
+        )
+    )
     made = sorted(cls_dir.glob("*.png"))
     assert len(made) == 3 and r1.history[-1]["prior"] > 0
     stamps = [p.stat().st_mtime_ns for p in made]
-    train(_cfg(concept_dir, tmp_path / "r2", regime="dreambooth", steps=2, num_class_images=3, class_images_dir=str(cls_dir)))
+    train(
+        _cfg(
+            concept_dir,
+            tmp_path / "r2",
+            regime="dreambooth",
+            steps=2,
+            num_class_images=3,
+            class_images_dir=str(cls_dir),
+        )
+    )
     assert [p.stat().st_mtime_ns for p in made] == stamps, "cached class images must be reused, not regenerated"
 
 
@@ -170,7 +188,9 @@ def test_cat_null_share_holds_the_unconditional_caption_too(toyworld_env, concep
     monkeypatch.setattr(train_module, "cat_loss", spy)
     train(_cfg(concept_dir, tmp_path / "null", steps=1, batch_size=2, cat_null_share=0.5))
     pipe = load_base("toyworld")
-    ids = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    ids = pipe.tokenizer(
+        [""], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         null = pipe.text_encoder(ids)[0][0]  # (L, D): CFG's unconditional caption
     assert len(seen) == 1 and seen[0].shape[0] == 2
@@ -180,7 +200,9 @@ def test_cat_null_share_holds_the_unconditional_caption_too(toyworld_env, concep
         TrainConfig(cat_null_share=1.5)
 
 
-def test_cat_anchor_class_puts_the_cat_term_on_the_base_models_class_images(toyworld_env, concept_dir, tmp_path, monkeypatch):
+def test_cat_anchor_class_puts_the_cat_term_on_the_base_models_class_images(
+    toyworld_env, concept_dir, tmp_path, monkeypatch
+):
     import catlab.training.loop as train_module
 
     seen = []
@@ -193,13 +215,17 @@ def test_cat_anchor_class_puts_the_cat_term_on_the_base_models_class_images(toyw
     cfg = _cfg(concept_dir, tmp_path / "anchor", steps=1, batch_size=2, cat_anchor="class", num_class_images=3)
     train(cfg)
     assert len(list((tmp_path / "anchor" / "class_images").glob("*.png"))) == 3  # drawn once by the base model
-    (n, anchors, free), = seen
+    ((n, anchors, free),) = seen
     assert n == 2 and anchors is not None and anchors[0].shape[0] == 2  # concept rows + as many anchor rows
     pipe = load_base("toyworld")
-    ids = pipe.tokenizer(["a circle"], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    ids = pipe.tokenizer(
+        ["a circle"], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         class_caption = pipe.text_encoder(ids)[0][0]
-    assert all(torch.allclose(row, class_caption, atol=1e-6) for row in free), "anchor rows are captioned with the class prompt"
+    assert all(torch.allclose(row, class_caption, atol=1e-6) for row in free), (
+        "anchor rows are captioned with the class prompt"
+    )
     with pytest.raises(ValueError, match="cat_anchor='prior'"):
         TrainConfig(cat_anchor="prior")
 
@@ -215,7 +241,17 @@ def test_cat_share_puts_the_cat_term_on_fewer_rows(toyworld_env, concept_dir, tm
 
     monkeypatch.setattr(train_module, "cat_loss", spy)
     train(_cfg(concept_dir, tmp_path / "share", steps=1, batch_size=4, cat_share=0.5))
-    train(_cfg(concept_dir, tmp_path / "share_anchor", steps=1, batch_size=4, cat_share=0.5, cat_anchor="class", num_class_images=3))
+    train(
+        _cfg(
+            concept_dir,
+            tmp_path / "share_anchor",
+            steps=1,
+            batch_size=4,
+            cat_share=0.5,
+            cat_anchor="class",
+            num_class_images=3,
+        )
+    )
     (n, anchors, n_free, share), (n_a, anchors_a, n_free_a, share_a) = seen
     assert (n, anchors, n_free, share) == (4, None, 2, 0.5), "the paper's rows: the first half of the concept rows"
     assert n_a == 4 and anchors_a[0].shape[0] == 2 and n_free_a == 2 and share_a == 0.5, "two anchor images, not four"
@@ -233,7 +269,9 @@ def test_prior_share_draws_fewer_class_images_per_dreambooth_step(toyworld_env, 
         return prior_preservation_loss(pred, target, n_instance, *a, **kw)
 
     monkeypatch.setattr(train_module, "prior_preservation_loss", spy)
-    common = dict(regime="dreambooth", steps=1, batch_size=4, num_class_images=3, class_images_dir=str(tmp_path / "class"))
+    common = dict(
+        regime="dreambooth", steps=1, batch_size=4, num_class_images=3, class_images_dir=str(tmp_path / "class")
+    )
     train(_cfg(concept_dir, tmp_path / "full", **common))
     train(_cfg(concept_dir, tmp_path / "half", prior_share=0.5, **common))
     assert seen == [(8, 4), (6, 4)], "4 concept rows, then 4 class rows (DreamBooth) or 2 (prior_share 0.5)"
@@ -276,14 +314,29 @@ def test_train_cli_with_yaml_config_and_overrides(toyworld_env, concept_dir, tmp
 
     from catlab.cli import main
 
-    cfg = {"concepts": [{"folder": str(concept_dir), "trigger": "sks", "class_word": "circle"}], "output_dir": str(tmp_path / "run"),
-           "steps": 2, "batch_size": 2, "checkpoint_every": 0, "validate_every": 0, "cat_prompt": "class"}  # a 0.1 spelling
+    cfg = {
+        "concepts": [{"folder": str(concept_dir), "trigger": "sks", "class_word": "circle"}],
+        "output_dir": str(tmp_path / "run"),
+        "steps": 2,
+        "batch_size": 2,
+        "checkpoint_every": 0,
+        "validate_every": 0,
+        "cat_prompt": "class",
+    }  # a 0.1 spelling
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.warns(FutureWarning) as notes:  # catlab 0.1's spellings are still read, with a note naming the new one
         assert main(["train", "--config", str(tmp_path / "run.yaml"), "--set", "regime=none", "--set", "rank=2"]) == 0
-    assert {str(n.message).split(" is read as ")[1].split(" (")[0] for n in notes} >= {"'regime: lora'", "'trigger_free: replace'"}
+    assert {str(n.message).split(" is read as ")[1].split(" (")[0] for n in notes} >= {
+        "'regime: lora'",
+        "'trigger_free: replace'",
+    }
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["regime"] == "lora" and saved["trigger_free"] == "replace" and "cat_prompt" not in saved and saved["rank"] == 2
+    assert (
+        saved["regime"] == "lora"
+        and saved["trigger_free"] == "replace"
+        and "cat_prompt" not in saved
+        and saved["rank"] == 2
+    )
     assert (tmp_path / "run" / "adapter" / "pytorch_lora_weights.safetensors").exists()
     (tmp_path / "bad.yaml").write_text("stepz: 3\n")
     capsys.readouterr()
@@ -296,7 +349,6 @@ def test_train_cli_with_yaml_config_and_overrides(toyworld_env, concept_dir, tmp
 def test_text_encoder_lora_option_trains_and_saves(toyworld_env, concept_dir, tmp_path):
     import peft
     from packaging.version import Version
-
 
     cfg = _cfg(concept_dir, tmp_path / "te", steps=2, checkpoint_every=0, train_text_encoder=True, regime="lora")
     if Version(peft.__version__) < Version("0.22"):  # transformers 5 refuses text-encoder adapters with older peft
@@ -326,8 +378,18 @@ def test_half_precision_training_validates_and_its_adapter_samples(toyworld_env,
     from catlab.sampling.sampler import generate
 
     seen = _SeesValidation()
-    res = train(_cfg(concept_dir, tmp_path / precision, steps=2, validate_every=1, checkpoint_every=1,
-                     mixed_precision=precision, validation_seeds=[0, 1]), callbacks=[seen])
+    res = train(
+        _cfg(
+            concept_dir,
+            tmp_path / precision,
+            steps=2,
+            validate_every=1,
+            checkpoint_every=1,
+            mixed_precision=precision,
+            validation_seeds=[0, 1],
+        ),
+        callbacks=[seen],
+    )
     assert [s for s, _ in seen.grids] == [1, 2]
     assert all(len(imgs) == 2 and imgs[0].size == (32, 32) for _, grid in seen.grids for imgs in grid.values())
     assert (res.output_dir / "validation" / "step-000002.png").exists()
@@ -346,8 +408,15 @@ def test_train_cli_in_bf16_with_validation(toyworld_env, concept_dir, tmp_path):
     from catlab.cli import main
 
     out = tmp_path / "cli_bf16"
-    cfg = {"concepts": [{"folder": str(concept_dir), "trigger": "sks", "class_word": "circle"}], "output_dir": str(out),
-           "steps": 2, "batch_size": 2, "checkpoint_every": 0, "validate_every": 1, "validation_seeds": [0]}
+    cfg = {
+        "concepts": [{"folder": str(concept_dir), "trigger": "sks", "class_word": "circle"}],
+        "output_dir": str(out),
+        "steps": 2,
+        "batch_size": 2,
+        "checkpoint_every": 0,
+        "validate_every": 1,
+        "validation_seeds": [0],
+    }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(tmp_path / "run.yaml"), "--set", "mixed_precision=bf16"]) == 0
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-000001.png", "step-000002.png"]

@@ -58,7 +58,9 @@ def test_per_image_txt_captions(tmp_path):
 
 def test_captions_txt_with_tab_bar_and_stem(tmp_path):
     folder = make_folder(tmp_path / "c", captions=False)
-    (folder / "captions.txt").write_text("# file<TAB>caption\nimg0.png\ta sks circle\nimg1.png | a sks circle, big\n\nimg2|sks on a rug\n")
+    (folder / "captions.txt").write_text(
+        "# file<TAB>caption\nimg0.png\ta sks circle\nimg1.png | a sks circle, big\n\nimg2|sks on a rug\n"
+    )
     r = validate_quietly(folder, "sks", "circle", 32)
     assert r.captions == ["a sks circle", "a sks circle, big", "sks on a rug"]
     assert r.sources == ["captions.txt line 2", "captions.txt line 3", "captions.txt line 5"]
@@ -68,7 +70,11 @@ def test_captions_jsonl(tmp_path):
     folder = make_folder(tmp_path / "c", captions=False)
     rows = [{"file": f"img{i}.png", "caption": f"a sks circle {i}"} for i in range(3)]
     (folder / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert validate_quietly(folder, "sks", "circle", 32).captions == ["a sks circle 0", "a sks circle 1", "a sks circle 2"]
+    assert validate_quietly(folder, "sks", "circle", 32).captions == [
+        "a sks circle 0",
+        "a sks circle 1",
+        "a sks circle 2",
+    ]
 
 
 def test_default_caption_and_template(tmp_path):
@@ -155,14 +161,21 @@ def test_caption_without_trigger(tmp_path):
 def test_several_problems_in_one_error(tmp_path):
     folder = make_folder(tmp_path / "c", n=3)
     (folder / "img0.txt").write_text("a circle")
-    make_image(folder / "img1.png", size=(16, 16))
+    (folder / "img1.txt").write_text("a sks circle")
+    (folder / "img1.png").write_bytes(b"")  # empty: an upload that never arrived
     (folder / "img2.png").write_bytes(b"\x89PNG garbage")
     make_image(folder / "img3.png")
     (folder / "captions.txt").write_text("img3.png a sks circle without separator\nghost.png\ta sks circle\n")
     err = problems_of(folder, "sks", "circle", 32)
     msg = str(err)
     assert len(err.problems) == 5, msg
-    for needle in ("img0.txt", "img1.png: 16x16", "img2.png: cannot be read", "captions.txt line 1", "captions.txt line 2: no image named 'ghost.png'"):
+    for needle in (
+        "img0.txt",
+        "img1.png: cannot be read",
+        "img2.png: cannot be read",
+        "captions.txt line 1",
+        "captions.txt line 2: no image named 'ghost.png'",
+    ):
         assert needle in msg
     assert msg.count("Fix:") == 5
 
@@ -174,7 +187,10 @@ def test_report_without_raising(tmp_path):
     assert not r.ok and [p.name for p in r.images] == ["img1.png"] and "errors:" in r.summary()
 
 
-@pytest.mark.parametrize("mode, ext, word", [("L", "png", "grayscale"), ("RGBA", "png", "RGBA"), ("CMYK", "jpg", "CMYK"), ("P", "png", "palette")])
+@pytest.mark.parametrize(
+    "mode, ext, word",
+    [("L", "png", "grayscale"), ("RGBA", "png", "RGBA"), ("CMYK", "jpg", "CMYK"), ("P", "png", "palette")],
+)
 def test_non_rgb_images_are_converted_with_a_note(tmp_path, mode, ext, word):
     folder = tmp_path / "c"
     folder.mkdir()
@@ -238,21 +254,24 @@ def test_caption_longer_than_text_encoder_warns(tmp_path):
 # ----------------------------------------------------------------------------- the trigger-free caption
 
 
-@pytest.mark.parametrize("caption, trigger, how, expected", [
-    ("a sks circle", "sks", "drop", "a circle"),
-    ("sks, a cat statue on a rug", "sks", "drop", "a cat statue on a rug"),
-    ("a photo of SKS on a rug", "sks", "drop", "a photo of on a rug"),
-    ("<sks> dog on a rug", "<sks>", "drop", "dog on a rug"),
-    ("a circle, sks, on a rug", "sks", "drop", "a circle, on a rug"),
-    ("a circle (sks)", "sks", "drop", "a circle"),
-    ("it asks for sks", "sks", "drop", "it asks for"),
-    ("the asks stay", "sks", "drop", "the asks stay"),
-    ("a sks circle", "sks", "replace", "a circle"),
-    ("sks on a rug", "sks", "replace", "circle on a rug"),
-    ("a circle (sks)", "sks", "replace", "a circle"),
-    ("two sks circles", "sks", "replace", "two circles"),
-    ("a sks in the snow", "sks", "replace", "a circle in the snow"),
-])
+@pytest.mark.parametrize(
+    "caption, trigger, how, expected",
+    [
+        ("a sks circle", "sks", "drop", "a circle"),
+        ("sks, a cat statue on a rug", "sks", "drop", "a cat statue on a rug"),
+        ("a photo of SKS on a rug", "sks", "drop", "a photo of on a rug"),
+        ("<sks> dog on a rug", "<sks>", "drop", "dog on a rug"),
+        ("a circle, sks, on a rug", "sks", "drop", "a circle, on a rug"),
+        ("a circle (sks)", "sks", "drop", "a circle"),
+        ("it asks for sks", "sks", "drop", "it asks for"),
+        ("the asks stay", "sks", "drop", "the asks stay"),
+        ("a sks circle", "sks", "replace", "a circle"),
+        ("sks on a rug", "sks", "replace", "circle on a rug"),
+        ("a circle (sks)", "sks", "replace", "a circle"),
+        ("two sks circles", "sks", "replace", "two circles"),
+        ("a sks in the snow", "sks", "replace", "a circle in the snow"),
+    ],
+)
 def test_trigger_free_caption(caption, trigger, how, expected):
     assert trigger_free_caption(caption, trigger, how, class_word="circle") == expected
 
@@ -268,7 +287,9 @@ def test_trigger_free_caption_bad_arguments():
 
 
 def test_items_and_collate(tmp_path):
-    ds = ConceptDataset([ConceptConfig(str(make_folder(tmp_path / "c", size=(48, 40))), "sks", "circle")], 32, trigger_free="replace")
+    ds = ConceptDataset(
+        [ConceptConfig(str(make_folder(tmp_path / "c", size=(48, 40))), "sks", "circle")], 32, trigger_free="replace"
+    )
     item = ds[1]
     x = item["pixel_values"]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and -1 <= x.min() < x.max() <= 1
@@ -303,7 +324,9 @@ def test_augmentation_is_deterministic_in_seed_epoch_and_index(tmp_path):
 
 def test_center_crop_matches_manual_resize_and_crop(tmp_path):
     folder = make_folder(tmp_path / "c", n=1, size=(64, 32))
-    x = ConceptDataset([ConceptConfig(str(folder), "sks", "circle")], 32, center_crop=True, random_flip=False)[0]["pixel_values"]
+    x = ConceptDataset([ConceptConfig(str(folder), "sks", "circle")], 32, center_crop=True, random_flip=False)[0][
+        "pixel_values"
+    ]
     ref = np.asarray(Image.open(folder / "img0.png"), dtype=np.float32)[:, 16:48]  # (32, 32, 3): no resize needed
     assert torch.allclose(x, torch.from_numpy(ref).permute(2, 0, 1) / 127.5 - 1)
 
@@ -311,13 +334,22 @@ def test_center_crop_matches_manual_resize_and_crop(tmp_path):
 def test_multi_concept_indices_and_errors(tmp_path):
     a = make_folder(tmp_path / "a", n=2)
     b = make_folder(tmp_path / "b", n=3, trigger="zwx", cls="square")
-    ds = ConceptDataset([dict(folder=str(a), trigger="sks", class_word="circle"), ConceptConfig(str(b), "zwx", "square")], 32)
+    ds = ConceptDataset(
+        [dict(folder=str(a), trigger="sks", class_word="circle"), ConceptConfig(str(b), "zwx", "square")], 32
+    )
     assert len(ds) == 5 and [ds[i]["concept"] for i in range(5)] == [0, 0, 1, 1, 1]
     assert ds[4]["class_prompt"] == "a square" and ds[4]["trigger_free_caption"] == "a square number 2"
     assert "zwx" in ds.summary()
     (b / "img0.txt").write_text("a square")
     with pytest.raises(ConceptDataError) as info:
-        ConceptDataset([ConceptConfig(str(a), "sks", "circle"), ConceptConfig(str(b), "zwx", "square"), ConceptConfig(str(a), "sks", "circle")], 32)
+        ConceptDataset(
+            [
+                ConceptConfig(str(a), "sks", "circle"),
+                ConceptConfig(str(b), "zwx", "square"),
+                ConceptConfig(str(a), "sks", "circle"),
+            ],
+            32,
+        )
     msg = str(info.value)
     assert len(info.value.problems) == 2 and "img0.txt" in msg and "also the trigger of concept 0" in msg
 

@@ -17,9 +17,24 @@ def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch,
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed, errors = capfd.readouterr()
-    for notice in ("No LoRA keys associated", "Already found a `peft_config`", "should be kept in float32", "Loading pipeline components"):
+    for notice in (
+        "No LoRA keys associated",
+        "Already found a `peft_config`",
+        "should be kept in float32",
+        "Loading pipeline components",
+    ):
         assert notice not in printed + errors, f"library notice in the demo's terminal: {notice}"
-    for name in ("report.html", "report.md", "grid.png", "paired.png", "colours.png", "losses.png", "table.csv", "recipe.json", "eval/summary.csv"):
+    for name in (
+        "report.html",
+        "report.md",
+        "grid.png",
+        "paired.png",
+        "colours.png",
+        "losses.png",
+        "table.csv",
+        "recipe.json",
+        "eval/summary.csv",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4, "the HTML report must embed its images"
@@ -63,7 +78,9 @@ def test_demo_runs_side_by_side_train_the_same_adapters_as_one_at_a_time(tiny_as
     from catlab.demo.experiment import run_demo
 
     monkeypatch.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
-    serial_demo, parallel_demo = (run_demo(out=tmp_path / name, quick=True, workers=w) for name, w in (("serial", 1), ("parallel", 2)))
+    serial_demo, parallel_demo = (
+        run_demo(out=tmp_path / name, quick=True, workers=w) for name, w in (("serial", 1), ("parallel", 2))
+    )
     serial, parallel = serial_demo["runs"], parallel_demo["runs"]
     assert [r.name for r in parallel] == [r.name for r in serial] == ["lora_s0", "dreambooth_s0", "cat_s0"]
     for a, b in zip(serial, parallel):
@@ -73,10 +90,19 @@ def test_demo_runs_side_by_side_train_the_same_adapters_as_one_at_a_time(tiny_as
     from PIL import Image
 
     a, b = serial_demo["per_image"], parallel_demo["per_image"]
-    assert list(a["method"]) == list(b["method"]) and list(a["prompt"]) == list(b["prompt"]) and list(a["seed"]) == list(b["seed"])
+    assert (
+        list(a["method"]) == list(b["method"])
+        and list(a["prompt"]) == list(b["prompt"])
+        and list(a["seed"]) == list(b["seed"])
+    )
     for fa, fb in zip(a["image"], b["image"]):
-        pa, pb = (np.asarray(Image.open(root / "eval" / f), dtype=float) for root, f in ((tmp_path / "serial", fa), (tmp_path / "parallel", fb)))
-        assert np.abs(pa - pb).mean() < 1.0, f"{fa}: sampled in a worker, the image differs from the one sampled in-process"
+        pa, pb = (
+            np.asarray(Image.open(root / "eval" / f), dtype=float)
+            for root, f in ((tmp_path / "serial", fa), (tmp_path / "parallel", fb))
+        )
+        assert np.abs(pa - pb).mean() < 1.0, (
+            f"{fa}: sampled in a worker, the image differs from the one sampled in-process"
+        )
 
 
 def test_the_demo_trains_with_the_named_recipe_and_nothing_else(tmp_path):
@@ -86,8 +112,16 @@ def test_the_demo_trains_with_the_named_recipe_and_nothing_else(tmp_path):
 
     concept = ConceptConfig(str(tmp_path / "concept"), "pxl", "circle")
     cfg = DemoRecipe().train_config("cat", 3, concept, tmp_path)
-    assert cfg == TrainConfig.from_recipe("demo", concepts=[concept], regime="cat", seed=3, output_dir=str(tmp_path / "runs" / "cat_seed3"),
-                                          class_images_dir=str(tmp_path / "class_images"), checkpoint_every=0, validate_every=0)
+    assert cfg == TrainConfig.from_recipe(
+        "demo",
+        concepts=[concept],
+        regime="cat",
+        seed=3,
+        output_dir=str(tmp_path / "runs" / "cat_seed3"),
+        class_images_dir=str(tmp_path / "class_images"),
+        checkpoint_every=0,
+        validate_every=0,
+    )
     assert all(getattr(cfg, k) == v for k, v in RECIPES["demo"].items())
     changed = DemoRecipe().with_train(lr_scheduler="linear", cat_lambda=2.0).train_config("cat", 0, concept, tmp_path)
     assert (changed.lr_scheduler, changed.cat_lambda) == ("linear", 2.0)
@@ -108,26 +142,41 @@ def test_the_report_names_cat_terms_settings():
     from catlab.demo.report import describe_cat_term
 
     guided = _cfg(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=1.0)
-    assert describe_cat_term(guided) == "CAT's term: λ 4 on the guided class prediction (scale 3), at the base model's class images"
+    assert (
+        describe_cat_term(guided)
+        == "CAT's term: λ 4 on the guided class prediction (scale 3), at the base model's class images"
+    )
     fewer = _cfg(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=0.5, batch_size=4)
-    assert describe_cat_term(fewer) == ("CAT's term: λ 4 on the guided class prediction (scale 3), at 2 of the base model's class images "
-                                        "per step (beside 4 concept images)")
+    assert describe_cat_term(fewer) == (
+        "CAT's term: λ 4 on the guided class prediction (scale 3), at 2 of the base model's class images "
+        "per step (beside 4 concept images)"
+    )
     paper = _cfg(cat_lambda=1.0, cat_guidance=0.0, cat_anchor="concept", cat_share=1.0)
     assert describe_cat_term(paper) == "CAT's term: λ 1 on the trigger-free prediction, at the concept's images"
     half = _cfg(cat_lambda=1.0, cat_guidance=0.0, cat_anchor="concept", cat_share=0.5, batch_size=4)
-    assert describe_cat_term(half) == "CAT's term: λ 1 on the trigger-free prediction, at 2 of each step's 4 concept images"
-    assert describe_cat_term(_cfg(cat_lambda=1.0, cat_guidance=0.0, cat_null_share=0.5, cat_share=1.0, cat_anchor="class")).endswith(
-        "λ 1 on the trigger-free prediction (the caption empty on 50% of the rows), at the base model's class images")
-    assert describe_cat_term(_cfg(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=1.0, cat_every=2)).endswith(
-        "at the base model's class images, on one step in 2 (weighted by 2)")
+    assert (
+        describe_cat_term(half)
+        == "CAT's term: λ 1 on the trigger-free prediction, at 2 of each step's 4 concept images"
+    )
+    assert describe_cat_term(
+        _cfg(cat_lambda=1.0, cat_guidance=0.0, cat_null_share=0.5, cat_share=1.0, cat_anchor="class")
+    ).endswith(
+        "λ 1 on the trigger-free prediction (the caption empty on 50% of the rows), at the base model's class images"
+    )
+    assert describe_cat_term(
+        _cfg(cat_lambda=4.0, cat_guidance=3.0, cat_anchor="class", cat_share=1.0, cat_every=2)
+    ).endswith("at the base model's class images, on one step in 2 (weighted by 2)")
 
 
 def test_the_report_names_dreambooths_prior():
     from catlab.demo.report import describe_prior
 
     assert describe_prior(_cfg(prior_share=1.0, batch_size=4, prior_loss_weight=1.0)) == (
-        "DreamBooth's prior: 4 of the base model's class images per step (beside 4 concept images), weight 1")
-    assert describe_prior(_cfg(prior_share=0.5, batch_size=4, prior_loss_weight=1.0)).startswith("DreamBooth's prior: 2 of")
+        "DreamBooth's prior: 4 of the base model's class images per step (beside 4 concept images), weight 1"
+    )
+    assert describe_prior(_cfg(prior_share=0.5, batch_size=4, prior_loss_weight=1.0)).startswith(
+        "DreamBooth's prior: 2 of"
+    )
 
 
 def test_the_report_says_how_many_seeds_each_prompt_had():
@@ -135,5 +184,8 @@ def test_the_report_says_how_many_seeds_each_prompt_had():
     from catlab.evaluation.images import EvalSampling
 
     assert describe_eval_seeds(EvalSampling(seeds=48, trigger_seeds=48)) == "48 sampling seeds per prompt"
-    assert describe_eval_seeds(EvalSampling(seeds=48, trigger_seeds=24)) == "48 sampling seeds for the class prompt and 24 for the trigger prompt"
+    assert (
+        describe_eval_seeds(EvalSampling(seeds=48, trigger_seeds=24))
+        == "48 sampling seeds for the class prompt and 24 for the trigger prompt"
+    )
     assert describe_eval_seeds(EvalSampling(seeds=(5, 9), trigger_seeds=None)) == "2 sampling seeds per prompt"

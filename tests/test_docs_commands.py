@@ -130,8 +130,10 @@ def test_documented_command_parses_and_builds_its_config(where, argv, tmp_path):
 
 
 def test_code_lines_joins_continuations_and_skips_prose():
-    text = ("Run\n\n```bash\ncatlab train --config a.yaml \\\n   --set rank=2   # comment\n```\n"
-            "see `catlab demo`\n\n    catlab demo --quick\n")
+    text = (
+        "Run\n\n```bash\ncatlab train --config a.yaml \\\n   --set rank=2   # comment\n```\n"
+        "see `catlab demo`\n\n    catlab demo --quick\n"
+    )
     lines = code_lines(text)
     argvs = [catlab_argv(line) for _, line in lines]
     assert argvs == [["train", "--config", "a.yaml", "--set", "rank=2"], ["demo", "--quick"]]

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from eval_fakes import FakePipe, evaluate_with, fake_activate, fake_generate, mean_colour, solid, text_colour
 
-from catlab.evaluation import metrics as M
 from catlab.evaluation import images
+from catlab.evaluation import metrics as M
 from catlab.evaluation import protocol as E
 from catlab.evaluation import scoring as S
 from catlab.evaluation.embedders import CallableEmbedder
@@ -27,8 +27,14 @@ def adapters(tmp_path):
 
 def run_eval(out_dir, adapters, embedder=None, **kw):
     refs = [solid((245, 120, 190)), solid((240, 125, 185))]
-    kw = {"templates": ["a {trigger} {class}", "a red {trigger} {class}", "a {trigger} {class} on a dark background"],
-          "seeds": 4, "generate_fn": fake_generate, "activate_fn": fake_activate, "progress": False, **kw}
+    kw = {
+        "templates": ["a {trigger} {class}", "a red {trigger} {class}", "a {trigger} {class} on a dark background"],
+        "seeds": 4,
+        "generate_fn": fake_generate,
+        "activate_fn": fake_activate,
+        "progress": False,
+        **kw,
+    }
     embedder = embedder or CallableEmbedder(mean_colour, text_fn=text_colour)
     return evaluate_with(FakePipe(), adapters, refs, embedder=embedder, out_dir=out_dir, **kw)
 
@@ -41,7 +47,9 @@ def test_evaluate_scores_tables_and_files(tmp_path, adapters):
     s = summary.set_index("method")
     assert list(s.index) == ["base", "cat", "drift", "same"]
     assert s.loc["base", "KP_mean"] == pytest.approx(1.0) and s.loc["same", "KP_mean"] == pytest.approx(1.0)
-    assert s.loc["same", "PRES_mean"] == pytest.approx(s.loc["base", "PRES_mean"])  # the base model as an adapter changes nothing
+    assert s.loc["same", "PRES_mean"] == pytest.approx(
+        s.loc["base", "PRES_mean"]
+    )  # the base model as an adapter changes nothing
     assert s.loc["cat", "IS_mean"] > s.loc["base", "IS_mean"]  # it learnt the concept...
     assert s.loc["cat", "KP_mean"] > s.loc["drift", "KP_mean"]  # ...without forgetting the class, unlike drift
     assert s.loc["drift", "PRES_mean"] > s.loc["cat", "PRES_mean"]  # drift's class prompts collapse onto the concept
@@ -76,7 +84,9 @@ def test_evaluate_reuses_cached_images_and_embeddings(tmp_path, adapters):
     second, _ = run_eval(tmp_path / "eval", adapters, embedder=emb)
     assert fake_generate.calls == n_gen and len(calls) == n_emb  # nothing generated or embedded again
     pd.testing.assert_frame_equal(first, second)
-    third, _ = run_eval(tmp_path / "eval", adapters, embedder=emb, num_inference_steps=3)  # other settings: other images
+    third, _ = run_eval(
+        tmp_path / "eval", adapters, embedder=emb, num_inference_steps=3
+    )  # other settings: other images
     assert fake_generate.calls == n_gen + 3
 
 
@@ -85,10 +95,19 @@ def test_evaluate_with_an_oracle(tmp_path, adapters):
         rgb = mean_colour(images)
         pink = [bool(r > 0.3 and g < 0.1 and b > 0.05) for r, g, b in rgb]
         colour = ["pink" if p else ("red", "green", "blue")[int(np.argmax(c))] for p, c in zip(pink, rgb)]
-        return OracleReading(shape=["circle"] * len(images), colour=colour,
-                             concept=["two_tone_circle" if p else "none" for p in pink], concept_prob=np.zeros((len(images), 4)))
+        return OracleReading(
+            shape=["circle"] * len(images),
+            colour=colour,
+            concept=["two_tone_circle" if p else "none" for p in pink],
+            concept_prob=np.zeros((len(images), 4)),
+        )
 
-    df, summary = run_eval(tmp_path / "eval", {"drift": adapters["drift"]}, oracle=oracle, templates=["a {trigger} {class}", "a red {trigger} {class}"])
+    df, summary = run_eval(
+        tmp_path / "eval",
+        {"drift": adapters["drift"]},
+        oracle=oracle,
+        templates=["a {trigger} {class}", "a red {trigger} {class}"],
+    )
     s = summary.set_index("method")
     assert s.loc["drift", "collapse_rate_mean"] == pytest.approx(1.0) and s.loc["base", "collapse_rate_mean"] < 0.5
     assert s.loc["base", "attr_acc_mean"] > s.loc["drift", "attr_acc_mean"]  # drift no longer draws "a red circle" red
@@ -108,13 +127,28 @@ def test_evaluate_clear_errors(tmp_path, adapters):
     with pytest.raises(FileNotFoundError, match="adapter 'lost': .* does not exist"):
         run_eval(tmp_path, {"lost": tmp_path / "nope"})
     with pytest.raises(ValueError, match="unpaired generations"):
-        df = pd.DataFrame({"method": ["cat"], "kind": ["class"], "template": ["a {trigger} {class}"], "prompt": ["a circle"], "seed": [0]})
-        S.score_images(df, [solid((1, 2, 3))], S.Concept("sks", "circle", [solid((4, 5, 6))]), S.Scorers(CallableEmbedder(mean_colour)))
+        df = pd.DataFrame(
+            {
+                "method": ["cat"],
+                "kind": ["class"],
+                "template": ["a {trigger} {class}"],
+                "prompt": ["a circle"],
+                "seed": [0],
+            }
+        )
+        S.score_images(
+            df,
+            [solid((1, 2, 3))],
+            S.Concept("sks", "circle", [solid((4, 5, 6))]),
+            S.Scorers(CallableEmbedder(mean_colour)),
+        )
 
 
 def test_templates_and_concepts():
     assert images.trigger_free_template("a {trigger} {class} on a dark background") == "a {class} on a dark background"
-    assert images.expand_templates(["a red {trigger} {class}"], "sks", "circle") == [("a red {trigger} {class}", "a red sks circle", "a red circle")]
+    assert images.expand_templates(["a red {trigger} {class}"], "sks", "circle") == [
+        ("a red {trigger} {class}", "a red sks circle", "a red circle")
+    ]
     c = E.load_concept("two_tone_circle")
     assert (c.trigger, c.class_word, c.name, len(c.references)) == ("sks", "circle", "two_tone_circle", 5)
     with pytest.raises(ValueError, match="a trigger and a class word are needed"):
@@ -126,7 +160,9 @@ def test_evaluate_with_a_toy_oracle_folder(tmp_path, adapters):
 
     from catlab.toyworld.oracle import Oracle
 
-    save_file(Oracle().state_dict(), tmp_path / "oracle.safetensors")  # untrained: checks the plumbing, not the readings
+    save_file(
+        Oracle().state_dict(), tmp_path / "oracle.safetensors"
+    )  # untrained: checks the plumbing, not the readings
     df, summary = run_eval(tmp_path / "eval", adapters, oracle=tmp_path, templates=["a {trigger} {class}"], seeds=2)
     assert df["oracle_concept"].isin(CONCEPT_NAMES).all()
     assert summary[["collapse_rate_mean", "attr_acc_mean", "colour_entropy_mean"]].notna().all().all()
@@ -146,7 +182,9 @@ def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_r
 
     torch.manual_seed(0)
     tok = build.build_tokenizer()
-    build.assemble_pipeline(build.build_unet(), build.build_vae(), build.build_text_encoder(tok), tok).save_pretrained(tmp_path / "pipe")
+    build.assemble_pipeline(build.build_unet(), build.build_vae(), build.build_text_encoder(tok), tok).save_pretrained(
+        tmp_path / "pipe"
+    )
     (tmp_path / "pipe" / models.SAMPLING_FILE).write_text('{"num_inference_steps": 2}')
     pipe = models.load_base(str(tmp_path / "pipe"))
     models.add_lora(pipe.unet, rank=2, adapter_name="x")
@@ -158,9 +196,32 @@ def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_r
     concept = export_concept("two_tone_circle", tmp_path / "concept")
     out, clip = tmp_path / "eval", tiny_clip_root / "clip"
 
-    assert main(["eval", "--base", str(tmp_path / "pipe"), "--adapter", f"lora={tmp_path / 'lora'}", "--concept", str(concept),
-                 "--trigger", "sks", "--class-word", "circle", "--embedder", str(clip), "--seeds", "1", "--trigger-seeds", "1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--base",
+                str(tmp_path / "pipe"),
+                "--adapter",
+                f"lora={tmp_path / 'lora'}",
+                "--concept",
+                str(concept),
+                "--trigger",
+                "sks",
+                "--class-word",
+                "circle",
+                "--embedder",
+                str(clip),
+                "--seeds",
+                "1",
+                "--trigger-seeds",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cli_summary = pd.read_csv(out / "summary.csv")
     summary = cli_summary.set_index("method")
     assert summary.loc["base", "KP_mean"] == pytest.approx(1.0) and summary.loc["lora", "KP_mean"] < 1.0
@@ -172,7 +233,15 @@ def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_r
         calls.append(1)
         return generate(*args, **kwargs)
 
-    df, again = evaluate_with(pipe, {"lora": tmp_path / "lora", "same": None}, concept, seeds=1, embedder=clip, out_dir=out, generate_fn=counted)
+    df, again = evaluate_with(
+        pipe,
+        {"lora": tmp_path / "lora", "same": None},
+        concept,
+        seeds=1,
+        embedder=clip,
+        out_dir=out,
+        generate_fn=counted,
+    )
     assert calls == [] and again.set_index("method").loc["same", "KP_mean"] == pytest.approx(1.0)
     pd.testing.assert_frame_equal(again.iloc[:2], cli_summary, check_dtype=False)
 
@@ -184,14 +253,28 @@ def test_evaluate_draws_trigger_prompts_on_their_own_seeds(tmp_path, adapters):
         calls.append((tuple(prompts), tuple(seeds)))
         return fake_generate(pipe, prompts, seeds, **kw)
 
-    df, summary = run_eval(tmp_path / "eval", {"cat": adapters["cat"]}, templates=["a {trigger} {class}"], seeds=4, trigger_seeds=2,
-                           generate_fn=recording_generate)
-    assert calls == [(("a sks circle",), (0, 1)), (("a circle",), (0, 1, 2, 3))] * 2, "each prompt on its own seeds, nothing extra drawn"
-    assert sorted(df.loc[df.kind == "trigger", "seed"].unique()) == [0, 1] and sorted(df.loc[df.kind == "class", "seed"].unique()) == [0, 1, 2, 3]
+    df, summary = run_eval(
+        tmp_path / "eval",
+        {"cat": adapters["cat"]},
+        templates=["a {trigger} {class}"],
+        seeds=4,
+        trigger_seeds=2,
+        generate_fn=recording_generate,
+    )
+    assert calls == [(("a sks circle",), (0, 1)), (("a circle",), (0, 1, 2, 3))] * 2, (
+        "each prompt on its own seeds, nothing extra drawn"
+    )
+    assert sorted(df.loc[df.kind == "trigger", "seed"].unique()) == [0, 1] and sorted(
+        df.loc[df.kind == "class", "seed"].unique()
+    ) == [0, 1, 2, 3]
     s = summary.set_index("method")
-    assert (s["n_seeds"] == 4).all() and np.isfinite(s.loc["cat", ["IS_mean", "KP_mean", "KPS_mean"]].astype(float)).all()
+    assert (s["n_seeds"] == 4).all() and np.isfinite(
+        s.loc["cat", ["IS_mean", "KP_mean", "KPS_mean"]].astype(float)
+    ).all()
     seeds = S.per_seed_scores(df).set_index(["method", "seed"])
-    assert seeds.loc[("cat", 3), "KP"] > 0 and np.isnan(seeds.loc[("cat", 3), "IS"]), "seeds 2-3 have class samples only"
+    assert seeds.loc[("cat", 3), "KP"] > 0 and np.isnan(seeds.loc[("cat", 3), "IS"]), (
+        "seeds 2-3 have class samples only"
+    )
     assert s.loc["cat", "IS_mean"] == pytest.approx(seeds.loc[[("cat", 0), ("cat", 1)], "IS"].mean())
     with pytest.raises(ValueError, match="trigger_seeds must be a positive count"):
         run_eval(tmp_path / "bad", {"cat": adapters["cat"]}, trigger_seeds=0)
@@ -200,21 +283,33 @@ def test_evaluate_draws_trigger_prompts_on_their_own_seeds(tmp_path, adapters):
 def test_evaluate_reports_paired_preservation_colour_distance_and_valid_rate(tmp_path, adapters):
     def oracle(images):  # colour by the strongest channel; the shape is read confidently only for bright images
         rgb = mean_colour(images)
-        return OracleReading(shape=["circle"] * len(images), colour=[("red", "green", "blue")[int(np.argmax(c))] for c in rgb],
-                             concept=["none"] * len(images), concept_prob=np.zeros((len(images), 4)),
-                             shape_prob=np.where(rgb.max(1) > 0.2, 0.99, 0.4))
+        return OracleReading(
+            shape=["circle"] * len(images),
+            colour=[("red", "green", "blue")[int(np.argmax(c))] for c in rgb],
+            concept=["none"] * len(images),
+            concept_prob=np.zeros((len(images), 4)),
+            shape_prob=np.where(rgb.max(1) > 0.2, 0.99, 0.4),
+        )
 
-    df, summary = run_eval(tmp_path / "eval", {"same": adapters["same"], "drift": adapters["drift"]}, oracle=oracle,
-                           templates=["a {trigger} {class}"])
+    df, summary = run_eval(
+        tmp_path / "eval",
+        {"same": adapters["same"], "drift": adapters["drift"]},
+        oracle=oracle,
+        templates=["a {trigger} {class}"],
+    )
     s = summary.set_index("method")
     assert s.loc["base", "paired_preservation_mean"] == 1.0 and s.loc["same", "paired_preservation_mean"] == 1.0
     assert s.loc["base", "colour_distance_mean"] == 0.0 and s.loc["same", "colour_distance_mean"] == 0.0
     cls = df[df.kind == "class"]
     for method in ("drift",):  # recompute from the rows with the pure functions
         mine, base = cls[cls.method == method].sort_values("seed"), cls[cls.method == "base"].sort_values("seed")
-        expected = M.paired_preservation(list(zip(mine.oracle_colour, mine.oracle_shape)), list(zip(base.oracle_colour, base.oracle_shape)))
+        expected = M.paired_preservation(
+            list(zip(mine.oracle_colour, mine.oracle_shape)), list(zip(base.oracle_colour, base.oracle_shape))
+        )
         assert s.loc[method, "paired_preservation_mean"] == pytest.approx(expected)
-        assert s.loc[method, "colour_distance_mean"] == pytest.approx(M.colour_distance(mine.oracle_colour.tolist(), base.oracle_colour.tolist(), COLOUR_NAMES))
+        assert s.loc[method, "colour_distance_mean"] == pytest.approx(
+            M.colour_distance(mine.oracle_colour.tolist(), base.oracle_colour.tolist(), COLOUR_NAMES)
+        )
     assert s.loc["drift", "paired_preservation_mean"] < 0.5  # pink everywhere: few seeds keep the base's colour
     assert df.loc[df.kind == "trigger", ["preserved", "valid"]].isna().all().all()
     assert set(cls["valid"].unique()) <= {0.0, 1.0}

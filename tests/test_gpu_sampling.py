@@ -45,8 +45,9 @@ class FakeGenerator:
 @pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
 def test_sampling_dtype_is_half_on_cuda_and_fp32_elsewhere(monkeypatch, bf16, expected):
     asked = []
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
-                        lambda including_emulation=True: asked.append(including_emulation) or bf16)
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(including_emulation) or bf16
+    )
     assert models_base.sampling_dtype("cuda") is expected
     assert models_base.sampling_dtype(torch.device("cuda", 1)) is expected
     assert asked == [False, False], "an emulated bf16 (a T4) is slow: only native bf16 counts"
@@ -75,8 +76,12 @@ def test_load_for_sampling_loads_on_cuda_in_half_precision_with_slicing(monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)  # a T4
     pipe = models_base.load_for_sampling("stable-diffusion-v1-5/stable-diffusion-v1-5", variant="fp16")
-    assert loaded == {"name": "stable-diffusion-v1-5/stable-diffusion-v1-5", "device": torch.device("cuda"),
-                      "dtype": torch.float16, "variant": "fp16"}
+    assert loaded == {
+        "name": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "device": torch.device("cuda"),
+        "dtype": torch.float16,
+        "variant": "fp16",
+    }
     assert pipe.vae.use_slicing
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     pipe = models_base.load_for_sampling("toyworld")
@@ -144,8 +149,19 @@ def eval_call(monkeypatch):
 
 
 def test_catlab_eval_sampling_flags_reach_evaluate(eval_call):
-    seen = eval_call("--base", "toyworld", "--steps", "30", "--guidance", "6.5", "--batch-size", "4",
-                     "--templates", "a {trigger} {class} on a table", "a {trigger} {class}")
+    seen = eval_call(
+        "--base",
+        "toyworld",
+        "--steps",
+        "30",
+        "--guidance",
+        "6.5",
+        "--batch-size",
+        "4",
+        "--templates",
+        "a {trigger} {class} on a table",
+        "a {trigger} {class}",
+    )
     sampling = seen["sampling"]
     assert (sampling.num_inference_steps, sampling.guidance_scale, sampling.batch_size) == (30, 6.5, 4)
     assert sampling.templates == ("a {trigger} {class} on a table", "a {trigger} {class}")

@@ -104,7 +104,9 @@ def test_callable_embedder_normalises_validates_and_caches():
     with pytest.raises(NotImplementedError, match="embeds images only"):
         emb.embed_texts(["a circle"])
     bad = CallableEmbedder(lambda ims: np.zeros(len(ims) * 3), name="flat")
-    with pytest.raises(ValueError, match=r"embedder flat returned shape \(6,\) for 2 images; expected a 2-D array of shape \(2, D\)"):
+    with pytest.raises(
+        ValueError, match=r"embedder flat returned shape \(6,\) for 2 images; expected a 2-D array of shape \(2, D\)"
+    ):
         bad.embed_images(ims[:2])
 
 

@@ -34,10 +34,17 @@ def test_environment_yml_lists_the_same_packages_as_pyproject():
 def test_a_hub_model_fails_offline_with_advice_instead_of_downloading(tmp_path):
     """Nothing is downloaded here or in CI: with the hub offline and an empty cache, asking for a hub model ends in a
     clear error at once (no retries, no partial download) that says what to do."""
-    code = ("from catlab.models import load_base\n"
-            "try:\n    load_base('stable-diffusion-v1-5/stable-diffusion-v1-5')\n"
-            "except OSError as e:\n    print('ERROR', e)\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
+    code = (
+        "from catlab.models import load_base\n"
+        "try:\n    load_base('stable-diffusion-v1-5/stable-diffusion-v1-5')\n"
+        "except OSError as e:\n    print('ERROR', e)\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+    }
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
     assert out.startswith("ERROR could not load base model 'stable-diffusion-v1-5/stable-diffusion-v1-5'"), out
     assert "offline" in out and "pass its folder" in out
@@ -45,15 +52,21 @@ def test_a_hub_model_fails_offline_with_advice_instead_of_downloading(tmp_path):
 
 
 def test_help_lists_every_subcommand():
-    out = subprocess.run([sys.executable, "-m", "catlab.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "catlab.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for cmd in SUBCOMMANDS:
         assert re.search(rf"^\s+{cmd}\s+\S", out, re.M), f"{cmd} missing from --help:\n{out}"
 
 
 # what a user looks for in each subcommand's --help (the options the docs tell them to use)
-HELP_MENTIONS = {"demo": ("--quick", "--concept", "--first-seed", "--overwrite"), "train": ("--config", "--set", "--resume"),
-                 "eval": ("--adapter", "--concept", "--dino", "--clip"), "sample": ("--adapter", "--scale", "--seeds"),
-                 "toyworld": ("pretrain", "concepts", "export-concept")}
+HELP_MENTIONS = {
+    "demo": ("--quick", "--concept", "--first-seed", "--overwrite"),
+    "train": ("--config", "--set", "--resume"),
+    "eval": ("--adapter", "--concept", "--dino", "--clip"),
+    "sample": ("--adapter", "--scale", "--seeds"),
+    "toyworld": ("pretrain", "concepts", "export-concept"),
+}
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS)
@@ -117,7 +130,9 @@ def test_the_import_contracts_catch_a_wrong_way_import(tmp_path):
     metrics = tmp_path / "catlab" / "evaluation" / "metrics.py"
     metrics.write_text(metrics.read_text() + "\nfrom catlab.training.loop import train  # noqa: E402,F401\n")
     lint = Path(sys.executable).with_name("lint-imports")
-    res = subprocess.run([str(lint)], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    res = subprocess.run(
+        [str(lint)], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)}
+    )
     assert res.returncode != 0 and "catlab.evaluation.metrics -> catlab.training.loop" in res.stdout, res.stdout[-2000:]
 
 
@@ -154,14 +169,20 @@ def _functions(root: Path):
 
 def test_no_function_in_the_package_is_over_60_lines_or_10_parameters():
     """Small functions, each one job: a longer one gets named steps, a wider one a settings value."""
-    big = [f"{where}: {lines} lines, {n} parameters" for where, n, lines in _functions(ROOT / "catlab") if lines > 60 or n > 10]
+    big = [
+        f"{where}: {lines} lines, {n} parameters"
+        for where, n, lines in _functions(ROOT / "catlab")
+        if lines > 60 or n > 10
+    ]
     assert not big, "split these (named steps) or group their parameters (a dataclass):\n" + "\n".join(big)
 
 
 def test_the_size_check_catches_a_wide_function(tmp_path):
     pkg = tmp_path / "pkg"
     pkg.mkdir()
-    (pkg / "m.py").write_text("def wide(a, b, c, d, e, f, g, h, i, j, k):\n    return a\n\nclass C:\n    def ok(self, x):\n        return x\n")
+    (pkg / "m.py").write_text(
+        "def wide(a, b, c, d, e, f, g, h, i, j, k):\n    return a\n\nclass C:\n    def ok(self, x):\n        return x\n"
+    )
     sizes = {where.split()[-1]: (n, lines) for where, n, lines in _functions(pkg)}
     assert sizes == {"wide": (11, 2), "ok": (1, 2)}
 
@@ -170,5 +191,9 @@ def test_the_size_check_catches_a_wide_function(tmp_path):
 def test_ruff_passes(check):
     """The linter is part of the test command; its settings are pyproject.toml's [tool.ruff]."""
     ruff = Path(sys.executable).with_name("ruff")
-    res = subprocess.run([str(ruff) if ruff.exists() else "ruff", *check, "."], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert res.returncode == 0, f"ruff {' '.join(check)} found problems (`ruff format .` and `ruff check --fix .` fix most):\n{res.stdout[-4000:]}"
+    res = subprocess.run(
+        [str(ruff) if ruff.exists() else "ruff", *check, "."], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert res.returncode == 0, (
+        f"ruff {' '.join(check)} found problems (`ruff format .` and `ruff check --fix .` fix most):\n{res.stdout[-4000:]}"
+    )

@@ -30,8 +30,15 @@ def vit_folder(tmp_path_factory):
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("vit") / "dino-vit"
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, initializer_range=0.2)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        initializer_range=0.2,
+    )
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
@@ -43,8 +50,16 @@ def dinov2_folder(tmp_path_factory):
 
     torch.manual_seed(1)
     folder = tmp_path_factory.mktemp("dinov2") / "dinov2"
-    Dinov2Model(Dinov2Config(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4)).save_pretrained(folder)
+    Dinov2Model(
+        Dinov2Config(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        )
+    ).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
 
@@ -82,7 +97,11 @@ def cls_by_hand(folder, images):
     from transformers import AutoImageProcessor, AutoModel
 
     model, processor = AutoModel.from_pretrained(folder).eval(), AutoImageProcessor.from_pretrained(folder)
-    return model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).last_hidden_state[:, 0].numpy()
+    return (
+        model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"])
+        .last_hidden_state[:, 0]
+        .numpy()
+    )
 
 
 IMAGES = [solid((0, 0, 0)), solid((255, 255, 255)), solid((230, 40, 40)), solid((40, 40, 230)), noise(0), noise(1)]
@@ -96,7 +115,9 @@ def test_image_similarity_is_the_raw_cosine():
     assert M.image_similarity([[1, 0]], [[1, 0], [-1, 0], [0, 3]]) == pytest.approx(0.0)  # mean over references
     rng = np.random.default_rng(0)
     g, r = rng.normal(size=(5, 8)), rng.normal(size=(3, 8))
-    np.testing.assert_allclose(M.identity_similarity(g, r, per_image=True), (M.image_similarity(g, r, per_image=True) + 1) / 2)
+    np.testing.assert_allclose(
+        M.identity_similarity(g, r, per_image=True), (M.image_similarity(g, r, per_image=True) + 1) / 2
+    )
     assert -1 <= M.image_similarity(g, r) <= 1
 
 
@@ -134,7 +155,9 @@ def test_dinov2_folders_load_too(dinov2_folder):
 def test_load_embedder_picks_dino_or_clip_from_the_folder(vit_folder, clip_folder):
     load_embedder.cache_clear()
     dino = load_embedder(vit_folder, device="cpu")
-    assert isinstance(dino, DinoEmbedder) and load_embedder(str(vit_folder), device="cpu", kind="dino") is dino  # cached
+    assert (
+        isinstance(dino, DinoEmbedder) and load_embedder(str(vit_folder), device="cpu", kind="dino") is dino
+    )  # cached
     assert isinstance(load_embedder(clip_folder, device="cpu"), ClipEmbedder)
     assert isinstance(load_embedder(clip_folder, device="cpu", kind="clip"), ClipEmbedder)
     with pytest.raises(ValueError, match="kind must be one of auto, clip, dino"):
@@ -183,8 +206,15 @@ def fake_generate(pipe, prompts, seeds, **kwargs):
     """The 'cat' adapter draws trigger prompts black (the references are white: a negative DINO cosine); everything
     else is noise, deterministic per (prompt, seed)."""
     fake_generate.calls += 1
-    return [[solid((5, 5, 5)) if pipe.active == "cat" and "sks" in p else noise(int(hashlib.sha1(f"{p}|{s}".encode()).hexdigest()[:8], 16))
-             for s in seeds] for p in prompts]
+    return [
+        [
+            solid((5, 5, 5))
+            if pipe.active == "cat" and "sks" in p
+            else noise(int(hashlib.sha1(f"{p}|{s}".encode()).hexdigest()[:8], 16))
+            for s in seeds
+        ]
+        for p in prompts
+    ]
 
 
 fake_generate.calls = 0
@@ -194,8 +224,15 @@ REFS = [solid((255, 255, 255)), solid((250, 250, 245))]
 def run_eval(out_dir, tmp_path, **kw):
     (tmp_path / "cat").mkdir(exist_ok=True)
     (tmp_path / "cat" / "pytorch_lora_weights.safetensors").write_bytes(b"cat")
-    kw = {"templates": ["a {trigger} {class}", "a {trigger} {class} on a dark background"], "seeds": 2,
-          "generate_fn": fake_generate, "activate_fn": fake_activate, "progress": False, "device": "cpu", **kw}
+    kw = {
+        "templates": ["a {trigger} {class}", "a {trigger} {class} on a dark background"],
+        "seeds": 2,
+        "generate_fn": fake_generate,
+        "activate_fn": fake_activate,
+        "progress": False,
+        "device": "cpu",
+        **kw,
+    }
     return evaluate_with(FakePipe(), {"cat": tmp_path / "cat"}, REFS, out_dir=out_dir, **kw)
 
 
@@ -203,7 +240,10 @@ def test_evaluate_adds_dino_clip_i_clip_t_named_with_backbone_and_scaling(tmp_pa
     df, summary = run_eval(tmp_path / "eval", tmp_path, embedder=clip_folder, dino=vit_folder, clip=True)
     trig, cls = df.kind == "trigger", df.kind == "class"
     assert {"DINO_cos", "DINO-PRES_cos", "CLIP-I_cos", "CLIP-T_cos", "IS", "PS", "KP"} <= set(df.columns)
-    assert df.loc[trig, ["DINO_cos", "CLIP-I_cos"]].notna().all().all() and df.loc[cls, ["DINO_cos", "CLIP-I_cos"]].isna().all().all()
+    assert (
+        df.loc[trig, ["DINO_cos", "CLIP-I_cos"]].notna().all().all()
+        and df.loc[cls, ["DINO_cos", "CLIP-I_cos"]].isna().all().all()
+    )
     assert df.loc[cls, "DINO-PRES_cos"].notna().all() and df.loc[trig, "DINO-PRES_cos"].isna().all()
     assert df["CLIP-T_cos"].notna().all()
 
@@ -229,10 +269,17 @@ def test_evaluate_adds_dino_clip_i_clip_t_named_with_backbone_and_scaling(tmp_pa
     assert s.loc["cat", "DINO_cos_mean"] < 0 < s.loc["cat", "IS_mean"]
     backbones = summary.attrs["backbones"]
     assert backbones["DINO_cos"] == f"raw cosine of DINO ViT (width 32, patch 8) ({vit_folder})"
-    assert backbones["CLIP-I_cos"] == backbones["CLIP-T_cos"] == f"raw cosine of CLIP ViT (width 64, patch 4) ({clip_folder})"
+    assert (
+        backbones["CLIP-I_cos"]
+        == backbones["CLIP-T_cos"]
+        == f"raw cosine of CLIP ViT (width 64, patch 4) ({clip_folder})"
+    )
     assert backbones["IS"] == backbones["KPS"] == f"(cos + 1) / 2 of CLIP ViT (width 64, patch 4) ({clip_folder})"
     note = s.loc["cat", "backbones"]
-    assert note == s.loc["base", "backbones"] and f"DINO_cos, DINO-PRES_cos: raw cosine of DINO ViT (width 32, patch 8) ({vit_folder})" in note
+    assert (
+        note == s.loc["base", "backbones"]
+        and f"DINO_cos, DINO-PRES_cos: raw cosine of DINO ViT (width 32, patch 8) ({vit_folder})" in note
+    )
     assert "IS, PRES, KP, KPS: (cos + 1) / 2 of CLIP" in note and "PS, " in note
     assert json.loads((tmp_path / "eval" / "backbones.json").read_text()) == df.attrs["backbones"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "eval" / "summary.csv"), summary, check_dtype=False)
@@ -244,8 +291,10 @@ def test_evaluate_adds_dino_clip_i_clip_t_named_with_backbone_and_scaling(tmp_pa
 def test_evaluate_with_a_separate_clip_and_off_by_default(tmp_path, vit_folder, clip_folder):
     from catlab.evaluation.embedders import CallableEmbedder
 
-    mean_colour = CallableEmbedder(lambda ims: np.array([np.asarray(im, dtype=np.float64).mean((0, 1)) / 255 - 0.5 for im in ims]),
-                                   name="mean_colour")
+    mean_colour = CallableEmbedder(
+        lambda ims: np.array([np.asarray(im, dtype=np.float64).mean((0, 1)) / 255 - 0.5 for im in ims]),
+        name="mean_colour",
+    )
     df, summary = run_eval(tmp_path / "off", tmp_path, embedder=mean_colour)
     assert not set(S.REAL_SCORES) & set(df.columns) and "backbones" not in summary  # nothing new unless asked
     assert summary.attrs["backbones"]["IS"] == "(cos + 1) / 2 of mean_colour"
@@ -255,9 +304,13 @@ def test_evaluate_with_a_separate_clip_and_off_by_default(tmp_path, vit_folder, 
     clip = ClipEmbedder(clip_folder, device="cpu")
     row = df[df.kind == "class"].iloc[0]
     image = E._open_rgb(tmp_path / "sep" / row.image)
-    assert row["CLIP-T_cos"] == pytest.approx(float(clip.embed_texts([row.prompt])[0] @ clip.embed_images([image])[0]), abs=1e-6)
+    assert row["CLIP-T_cos"] == pytest.approx(
+        float(clip.embed_texts([row.prompt])[0] @ clip.embed_images([image])[0]), abs=1e-6
+    )
     assert math.isnan(row["CLIP-I_cos"]) and "DINO_cos" not in df
-    assert summary.attrs["backbones"]["CLIP-I_cos"].startswith("raw cosine of CLIP") and summary.attrs["backbones"]["IS"].endswith("mean_colour")
+    assert summary.attrs["backbones"]["CLIP-I_cos"].startswith("raw cosine of CLIP") and summary.attrs["backbones"][
+        "IS"
+    ].endswith("mean_colour")
 
     fake_generate.calls = 0
     with pytest.raises(ValueError, match="CLIP-T needs a CLIP with a text tower; mean_colour embeds images only"):
@@ -275,7 +328,9 @@ def test_eval_cli_passes_dino_and_clip_through(tmp_path, monkeypatch, capsys):
     from catlab import cli
 
     seen = []
-    summary = pd.DataFrame({"method": ["base"], "n_seeds": [1], "n_prompts": [1], "IS_mean": [0.9], "IS_ci95": [np.nan]})
+    summary = pd.DataFrame(
+        {"method": ["base"], "n_seeds": [1], "n_prompts": [1], "IS_mean": [0.9], "IS_ci95": [np.nan]}
+    )
     summary.attrs["backbones"] = {"IS": "(cos + 1) / 2 of CLIP ViT-B/32 (openai/clip-vit-base-patch32)"}
 
     def fake_evaluate(base, adapters, concept, **kwargs):
@@ -284,8 +339,17 @@ def test_eval_cli_passes_dino_and_clip_through(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(E, "evaluate", fake_evaluate)
     monkeypatch.setattr(E, "load_concept", lambda *a: a)
-    common = {"adapter": [], "base": "runs/sd15", "concept": str(tmp_path), "trigger": "sks", "class_word": "dog", "seeds": 1,
-              "embedder": "openai/clip-vit-base-patch32", "out": str(tmp_path / "eval"), "unconditional": "adapted"}
+    common = {
+        "adapter": [],
+        "base": "runs/sd15",
+        "concept": str(tmp_path),
+        "trigger": "sks",
+        "class_word": "dog",
+        "seeds": 1,
+        "embedder": "openai/clip-vit-base-patch32",
+        "out": str(tmp_path / "eval"),
+        "unconditional": "adapted",
+    }
     assert cli._evaluate(argparse.Namespace(**common)) == 0
     scorers, sampling = seen[-1]["scorers"], seen[-1]["sampling"]
     assert scorers.dino is None and scorers.clip is None and sampling.unconditional == "adapted"

@@ -64,7 +64,9 @@ def test_webui_file_spells_text_encoder_layers_as_sd1_webuis_do(toyworld_env, tm
     pipe = load_base("toyworld")
     add_lora(pipe.unet, rank=2)
     te_cfg = LoraConfig(r=2, lora_alpha=1.0, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
-    inject_adapter_in_model(te_cfg, pipe.text_encoder, adapter_name="default")  # peft directly: works with every transformers
+    inject_adapter_in_model(
+        te_cfg, pipe.text_encoder, adapter_name="default"
+    )  # peft directly: works with every transformers
     pipe.text_encoder.peft_config = {"default": te_cfg}
     randomise_lora(pipe.text_encoder, seed=3)
     save_lora(pipe, tmp_path / "adapter")
@@ -74,7 +76,9 @@ def test_webui_file_spells_text_encoder_layers_as_sd1_webuis_do(toyworld_env, tm
     assert all(webui[k].item() == 1.0 for k in te_keys if k.endswith(".alpha"))
     loaded = load_base("toyworld")
     loaded.load_lora_weights(str(tmp_path / "adapter"), weight_name=WEBUI_WEIGHT_NAME)
-    ids = pipe.tokenizer(["a sks circle"], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    ids = pipe.tokenizer(
+        ["a sks circle"], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         assert torch.allclose(pipe.text_encoder(ids)[0], loaded.text_encoder(ids)[0], atol=1e-6)
         assert not torch.allclose(pipe.text_encoder(ids)[0], load_base("toyworld").text_encoder(ids)[0], atol=1e-3)
@@ -86,14 +90,21 @@ def test_both_adapter_files_carry_the_run_in_their_metadata(toyworld_env, concep
         meta = _header(res.adapter_dir / name)
         assert meta["rank"] == "2" and float(meta["lora_alpha"]) == 3.0, name
         assert meta["target_modules"] == "to_k,to_out.0,to_q,to_v"
-        assert (meta["trigger"], meta["class_word"], meta["base_model"], meta["regime"]) == ("sks", "circle", "toyworld", "cat")
+        assert (meta["trigger"], meta["class_word"], meta["base_model"], meta["regime"]) == (
+            "sks",
+            "circle",
+            "toyworld",
+            "cat",
+        )
         assert float(meta["cat_lambda"]) == 2.5 and meta["steps"] == "2"
         import catlab
 
         assert meta["catlab_version"] == catlab.__version__
     assert "lora_adapter_metadata" in _header(res.adapter_dir / LORA_WEIGHT_NAME), "diffusers' own header is kept"
     assert _header(res.adapter_dir / WEBUI_WEIGHT_NAME)["ss_network_dim"] == "2"
-    assert all(v.item() == 3.0 for k, v in load_file(res.adapter_dir / WEBUI_WEIGHT_NAME).items() if k.endswith(".alpha"))
+    assert all(
+        v.item() == 3.0 for k, v in load_file(res.adapter_dir / WEBUI_WEIGHT_NAME).items() if k.endswith(".alpha")
+    )
     assert not list(res.adapter_dir.parent.glob(".lora-*")), "no temporary folder is left behind"
     assert json.loads((res.adapter_dir / "catlab_adapter.json").read_text())["trigger"] == "sks"
 
@@ -101,11 +112,79 @@ def test_both_adapter_files_carry_the_run_in_their_metadata(toyworld_env, concep
 # --- experiment trackers, checkpoint limits, resume without pickle
 
 
+def test_validation_draws_the_configured_prompts_settings_and_a_base_row(
+    toyworld_env, concept_dir, tmp_path, monkeypatch
+):
+    """validation_prompts / _steps / _guidance / _negative_prompt reach the sampler; the base row is drawn with the
+    adapters off (so it differs from the adapter's row once the adapter has moved) and tracked as validation/base/."""
+    import catlab.sampling.sampler as sampler
+    from catlab.training.callbacks import TrainCallback
+
+    calls, real = [], sampler.generate
+
+    def spy(pipe, prompts, seeds, **kw):
+        calls.append(
+            {
+                "prompts": list(prompts),
+                "adapters_on": not getattr(
+                    next(m for m in pipe.unet.modules() if hasattr(m, "disable_adapters") and hasattr(m, "lora_A")),
+                    "disable_adapters",
+                    False,
+                ),
+                **kw,
+            }
+        )
+        return real(pipe, prompts, seeds, **kw)
+
+    monkeypatch.setattr(sampler, "generate", spy)
+    seen = []
+
+    class Grab(TrainCallback):
+        def on_validation(self, step, images):
+            seen.append(images)
+
+    cfg = _cfg(
+        concept_dir,
+        tmp_path / "val",
+        steps=2,
+        validate_every=2,
+        validation_seeds=[0],
+        report_to="tensorboard",
+        validation_prompts=["a {trigger} {class} on a sand background", "a {class}"],
+        validation_steps=3,
+        validation_guidance=2.0,
+        validation_negative_prompt="blurry",
+        validation_base_row=True,
+        learning_rate=5e-2,
+    )
+    train(cfg, callbacks=[Grab()])
+    assert [c["prompts"] for c in calls] == [["a sks circle on a sand background", "a circle"]] * 2
+    assert all(
+        (c["num_inference_steps"], c["guidance_scale"], c["negative_prompt"]) == (3, 2.0, "blurry") for c in calls
+    )
+    assert [c["adapters_on"] for c in calls] == [True, False], "the adapter's row, then the base model's"
+    assert list(seen[0]) == ["a sks circle on a sand background", "a circle"]  # callbacks get the adapter's images
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = (
+        EventAccumulator(str(tmp_path / "val" / "logs" / "catlab"), size_guidance={"images": 0})
+        .Reload()
+        .Tags()["images"]
+    )
+    assert {"validation/a circle", "validation/base/a circle"} <= set(tags)
+    from PIL import Image
+
+    with Image.open(tmp_path / "val" / "validation" / "step-000002.png") as grid:
+        assert grid.height > 4 * 32  # four rows: base and adapter for each prompt
+
+
 def test_tensorboard_gets_loss_terms_lr_and_validation_images(toyworld_env, concept_dir, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    res = train(_cfg(concept_dir, tmp_path / "tb", steps=2, report_to="tensorboard", validate_every=2, validation_seeds=[0, 1]))
+    res = train(
+        _cfg(concept_dir, tmp_path / "tb", steps=2, report_to="tensorboard", validate_every=2, validation_seeds=[0, 1])
+    )
     run = res.output_dir / "logs" / "catlab"
     assert list(run.glob("events.out.tfevents.*")), "tensorboard event files are written under output_dir/logs/catlab"
     acc = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
@@ -118,7 +197,9 @@ def test_tensorboard_gets_loss_terms_lr_and_validation_images(toyworld_env, conc
     assert img.step == 2 and (img.width, img.height) == (2 * 32, 32)
 
 
-def test_missing_tracker_package_is_a_clear_error_before_anything_runs(toyworld_env, concept_dir, tmp_path, monkeypatch):
+def test_missing_tracker_package_is_a_clear_error_before_anything_runs(
+    toyworld_env, concept_dir, tmp_path, monkeypatch
+):
     import importlib.util
 
     real = importlib.util.find_spec
@@ -155,7 +236,9 @@ def test_checkpoint_holds_no_pickle_and_resumes_from_latest_or_a_named_one(toywo
         res = train(_cfg(concept_dir, out, steps=6, checkpoint_every=2, lora_dropout=0.1, resume_from_checkpoint=how))
         assert len(res.history) == 6 and [h["loss"] for h in res.history] == [h["loss"] for h in full.history], name
         got = load_file(res.adapter_dir / LORA_WEIGHT_NAME)
-        assert all(torch.equal(final[k], got[k]) for k in final), f"resume from {how} must give the uninterrupted weights"
+        assert all(torch.equal(final[k], got[k]) for k in final), (
+            f"resume from {how} must give the uninterrupted weights"
+        )
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(toyworld_env, concept_dir, tmp_path):
@@ -192,24 +275,55 @@ def test_cli_errors_are_one_line(toyworld_env, concept_dir, tmp_path, capsys, mo
 
     monkeypatch.setattr(catlab.training.loop, "load_base", no_model)
     (tmp_path / "empty").mkdir()
-    run = {"concepts": [{"folder": str(tmp_path / "empty"), "trigger": "sks", "class_word": "circle"}], "output_dir": str(tmp_path / "run")}
+    run = {
+        "concepts": [{"folder": str(tmp_path / "empty"), "trigger": "sks", "class_word": "circle"}],
+        "output_dir": str(tmp_path / "run"),
+    }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
     _one_error_line(capsys, ["train", "--config", str(tmp_path / "run.yaml")], "folder is empty")
     assert not (tmp_path / "run").exists()
     _one_error_line(capsys, ["train", "--config", str(tmp_path / "nope.yaml")], "nope.yaml does not exist")
     good = {**run, "concepts": [{"folder": str(concept_dir), "trigger": "sks", "class_word": "circle"}]}
     (tmp_path / "good.yaml").write_text(yaml.safe_dump(good))
-    _one_error_line(capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--set", "steps"], "--set expects KEY=VALUE")
-    _one_error_line(capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--set", "stepz=3"], "--set", "['stepz']")
-    _one_error_line(capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--set", "steps=ten"], "steps='ten': expected int")
+    _one_error_line(
+        capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--set", "steps"], "--set expects KEY=VALUE"
+    )
+    _one_error_line(
+        capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--set", "stepz=3"], "--set", "['stepz']"
+    )
+    _one_error_line(
+        capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--set", "steps=ten"], "steps='ten': expected int"
+    )
     (tmp_path / "broken.yaml").write_text("steps: [1,\n")
     _one_error_line(capsys, ["train", "--config", str(tmp_path / "broken.yaml")], "broken.yaml is not valid YAML")
     _one_error_line(capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--resume"], "no checkpoint")
-    _one_error_line(capsys, ["train", "--config", str(tmp_path / "good.yaml"), "--set", "base_model=./nowhere"], "'./nowhere' is neither")
-    _one_error_line(capsys, ["sample", "a circle", "--adapter", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png")],
-                    "missing does not exist")
-    _one_error_line(capsys, ["eval", "--adapter", f"cat={tmp_path / 'missing'}", "--concept", str(concept_dir), "--trigger", "sks",
-                             "--class-word", "circle", "--out", str(tmp_path / "eval")], "missing does not exist")
+    _one_error_line(
+        capsys,
+        ["train", "--config", str(tmp_path / "good.yaml"), "--set", "base_model=./nowhere"],
+        "'./nowhere' is neither",
+    )
+    _one_error_line(
+        capsys,
+        ["sample", "a circle", "--adapter", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png")],
+        "missing does not exist",
+    )
+    _one_error_line(
+        capsys,
+        [
+            "eval",
+            "--adapter",
+            f"cat={tmp_path / 'missing'}",
+            "--concept",
+            str(concept_dir),
+            "--trigger",
+            "sks",
+            "--class-word",
+            "circle",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        "missing does not exist",
+    )
     monkeypatch.setenv("CATLAB_DEBUG", "1")
     from catlab.cli import main
 

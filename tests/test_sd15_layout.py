@@ -39,7 +39,10 @@ def _timed(phase: str):
     """Prints wall and CPU time of a phase (pytest -s shows them)."""
     wall, cpu = time.perf_counter(), time.process_time()
     yield
-    print(f"[sd15 layout] {phase}: {time.perf_counter() - wall:.1f} s wall, {time.process_time() - cpu:.1f} s CPU", flush=True)
+    print(
+        f"[sd15 layout] {phase}: {time.perf_counter() - wall:.1f} s wall, {time.process_time() - cpu:.1f} s CPU",
+        flush=True,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -75,10 +78,22 @@ def test_sd15_layout_cat_train_sample_eval_by_path(sd15_dir, tmp_path, monkeypat
     t0, c0 = time.perf_counter(), time.process_time()
     concept = export_concept("two_tone_circle", tmp_path / "concept", resolution=RESOLUTION)
     run = tmp_path / "run"
-    cfg = {"base_model": str(sd15_dir), "concepts": [{"folder": str(concept), "trigger": "sks", "class_word": "circle"}],
-           "output_dir": str(run), "regime": "cat", "steps": 2, "batch_size": 1, "resolution": RESOLUTION, "rank": 1,
-           "learning_rate": 1e-4, "random_flip": False, "checkpoint_every": 1, "validate_every": 2, "validation_seeds": [0],
-           "log_every": 1}
+    cfg = {
+        "base_model": str(sd15_dir),
+        "concepts": [{"folder": str(concept), "trigger": "sks", "class_word": "circle"}],
+        "output_dir": str(run),
+        "regime": "cat",
+        "steps": 2,
+        "batch_size": 1,
+        "resolution": RESOLUTION,
+        "rank": 1,
+        "learning_rate": 1e-4,
+        "random_flip": False,
+        "checkpoint_every": 1,
+        "validate_every": 2,
+        "validation_seeds": [0],
+        "log_every": 1,
+    }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
 
     with _timed("catlab train (2 CAT steps, checkpoint, validation)"):
@@ -87,7 +102,11 @@ def test_sd15_layout_cat_train_sample_eval_by_path(sd15_dir, tmp_path, monkeypat
     adapter = run / "adapter"
     assert (adapter / LORA_WEIGHT_NAME).is_file() and (adapter / WEBUI_WEIGHT_NAME).is_file()
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000001"]
-    assert sorted(p.name for p in (run / "checkpoints" / "step-000001").iterdir()) == ["adapter", "state.json", "state.safetensors"]
+    assert sorted(p.name for p in (run / "checkpoints" / "step-000001").iterdir()) == [
+        "adapter",
+        "state.json",
+        "state.safetensors",
+    ]
     assert [p.name for p in (run / "validation").iterdir()] == ["step-000002.png"]
     logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in logs] == [1, 2] and all(math.isfinite(h["loss"]) and "cat" in h for h in logs)
@@ -97,8 +116,26 @@ def test_sd15_layout_cat_train_sample_eval_by_path(sd15_dir, tmp_path, monkeypat
 
     with _timed("catlab sample (2 prompts x 1 seed, 2 steps)"):
         grid = tmp_path / "grid.png"
-        assert main(["sample", "a sks circle", "a circle", "--base", str(sd15_dir), "--adapter", str(adapter), "--seeds", "1",
-                     "--steps", "2", "--out", str(grid)]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    "a sks circle",
+                    "a circle",
+                    "--base",
+                    str(sd15_dir),
+                    "--adapter",
+                    str(adapter),
+                    "--seeds",
+                    "1",
+                    "--steps",
+                    "2",
+                    "--out",
+                    str(grid),
+                ]
+            )
+            == 0
+        )
         gc.collect()
     with Image.open(grid) as im:
         assert im.width > 96 and im.height > 2 * 96
@@ -108,8 +145,14 @@ def test_sd15_layout_cat_train_sample_eval_by_path(sd15_dir, tmp_path, monkeypat
     with _timed("evaluate (base + CAT, 1 template x 2 prompts x 2 seeds, 2 steps)"):
         out = tmp_path / "eval"
         sampling = EvalSampling(templates=("a {trigger} {class}",), seeds=2, num_inference_steps=2)
-        res = evaluate(str(sd15_dir), {"cat": adapter}, load_concept(concept, "sks", "circle"), sampling=sampling, out_dir=out,
-                       progress=False)
+        res = evaluate(
+            str(sd15_dir),
+            {"cat": adapter},
+            load_concept(concept, "sks", "circle"),
+            sampling=sampling,
+            out_dir=out,
+            progress=False,
+        )
         gc.collect()
     per_image = pd.read_csv(out / "per_image.csv")
     assert len(per_image) == 2 * 2 * 2 and set(per_image["method"]) == {"base", "cat"}
@@ -136,7 +179,9 @@ def test_sd15_layout_cat_train_sample_eval_by_path(sd15_dir, tmp_path, monkeypat
                 lin = modules[f"{layer}.{t}"]
                 assert sd[f"unet.{layer}.{t}.lora_A.weight"].shape == (1, lin.in_features)
                 assert sd[f"unet.{layer}.{t}.lora_B.weight"].shape == (lin.out_features, 1)
-        assert {sd[f"unet.{layer}.attn2.to_k.lora_A.weight"].shape[1] for layer in (n.rsplit(".", 1)[0] for n in layers)} == {768}
+        assert {
+            sd[f"unet.{layer}.attn2.to_k.lora_A.weight"].shape[1] for layer in (n.rsplit(".", 1)[0] for n in layers)
+        } == {768}
         webui = load_file(adapter / WEBUI_WEIGHT_NAME)
         assert len(webui) == 3 * 4 * 32 and all(k.startswith("lora_unet_") for k in webui)
 
@@ -151,14 +196,19 @@ def test_sd15_layout_cat_train_sample_eval_by_path(sd15_dir, tmp_path, monkeypat
             with_adapter = unet(z, t, encoder_hidden_states=c).sample
             with adapters_disabled(unet):
                 base = unet(z, t, encoder_hidden_states=c).sample
-        assert torch.isfinite(with_adapter).all() and not torch.equal(with_adapter, base), "two steps must have moved the adapter"
+        assert torch.isfinite(with_adapter).all() and not torch.equal(with_adapter, base), (
+            "two steps must have moved the adapter"
+        )
         images = generate(pipe, ["a sks circle"], [0], num_inference_steps=2, progress=False)
         assert images[0][0].size == (RESOLUTION, RESOLUTION)
         del pipe, unet
         gc.collect()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB (Linux)
-    print(f"[sd15 layout] whole test: {time.perf_counter() - t0:.1f} s wall, {time.process_time() - c0:.1f} s CPU; "
-          f"peak RSS of the process {peak:.1f} GiB", flush=True)
+    print(
+        f"[sd15 layout] whole test: {time.perf_counter() - t0:.1f} s wall, {time.process_time() - c0:.1f} s CPU; "
+        f"peak RSS of the process {peak:.1f} GiB",
+        flush=True,
+    )
 
 
 def test_sd15_layout_folder_saved_in_fp16_samples_in_fp32(sd15_dir, tmp_path, monkeypatch):

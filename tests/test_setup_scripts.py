@@ -20,8 +20,15 @@ def _stub(folder: Path, name: str, body: str) -> None:
     path.chmod(0o755)
 
 
-def _machine(tmp_path: Path, *, uid: int, sudo: bool = False, apt: bool = True, apt_works: bool = True,
-             playwright_works: bool = False) -> tuple[Path, Path]:
+def _machine(
+    tmp_path: Path,
+    *,
+    uid: int,
+    sudo: bool = False,
+    apt: bool = True,
+    apt_works: bool = True,
+    playwright_works: bool = False,
+) -> tuple[Path, Path]:
     """A folder of stand-in commands and the log they append to; a working install leaves a `chromium` on PATH."""
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
     bin_dir.mkdir()
@@ -30,18 +37,30 @@ def _machine(tmp_path: Path, *, uid: int, sudo: bool = False, apt: bool = True, 
     _stub(bin_dir, "id", f"echo {uid}")
     install_chromium = f'printf "#!/bin/bash\\n" > {bin_dir}/chromium; /bin/chmod +x {bin_dir}/chromium'
     if apt:
-        _stub(bin_dir, "apt-get", f'echo "apt-get $*" >> {log}\n'
-              + (f'[ "$1" = install ] && {{ {install_chromium}; }}; exit 0' if apt_works else "exit 100"))
+        _stub(
+            bin_dir,
+            "apt-get",
+            f'echo "apt-get $*" >> {log}\n'
+            + (f'[ "$1" = install ] && {{ {install_chromium}; }}; exit 0' if apt_works else "exit 100"),
+        )
     if sudo:
         _stub(bin_dir, "sudo", f'echo "sudo $*" >> {log}\n[ "$1" = -n ] && shift\n[ "$1" = true ] && exit 0\n"$@"')
-    playwright = f'{install_chromium}; exit 0' if playwright_works else "exit 1"
-    _stub(bin_dir, "py", f'if [ "$1" = - ]; then /bin/cat >/dev/null; exit 1; fi\necho "py $*" >> {log}\n'
-          f'[ "$*" = "-m playwright install chromium" ] && {{ {playwright}; }}\nexit 1')
+    playwright = f"{install_chromium}; exit 0" if playwright_works else "exit 1"
+    _stub(
+        bin_dir,
+        "py",
+        f'if [ "$1" = - ]; then /bin/cat >/dev/null; exit 1; fi\necho "py $*" >> {log}\n'
+        f'[ "$*" = "-m playwright install chromium" ] && {{ {playwright}; }}\nexit 1',
+    )
     return bin_dir, log
 
 
 def _run(bin_dir: Path) -> subprocess.CompletedProcess:
-    env = {"PATH": str(bin_dir), "HOME": str(bin_dir.parent), "CATLAB_SYSTEM_CHROMIUM": str(bin_dir / "no-such-chromium")}
+    env = {
+        "PATH": str(bin_dir),
+        "HOME": str(bin_dir.parent),
+        "CATLAB_SYSTEM_CHROMIUM": str(bin_dir / "no-such-chromium"),
+    }
     return subprocess.run(["/bin/bash", str(SCRIPT), "py"], capture_output=True, text=True, env=env, timeout=60)
 
 
@@ -100,6 +119,10 @@ def test_an_installed_chromium_is_left_alone(tmp_path):
 
 def test_ci_runs_exactly_the_readmes_test_command():
     readme = (ROOT / "README.md").read_text()
-    ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci_lines = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd "))
+    ]
     assert ci_lines == ["bash scripts/bootstrap.sh --tests && .venv/bin/python -m pytest"], ci_lines
     assert ci_lines[0] in readme, "the README must show the command CI runs"

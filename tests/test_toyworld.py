@@ -82,16 +82,22 @@ def test_concepts_never_occur_in_the_world():
 def test_pipeline_round_trips_through_save_pretrained(tiny_assets, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_assets / "pipeline", safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        tiny_assets / "pipeline", safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
 
     def sample(p):
         g = [torch.Generator().manual_seed(s) for s in (0, 1)]
-        return p(["a red circle", "a star"], generator=g, num_inference_steps=3, guidance_scale=1.5, output_type="np").images
+        return p(
+            ["a red circle", "a star"], generator=g, num_inference_steps=3, guidance_scale=1.5, output_type="np"
+        ).images
 
     before = sample(pipe)
     pipe.save_pretrained(tmp_path / "copy")
-    again = StableDiffusionPipeline.from_pretrained(tmp_path / "copy", safety_checker=None, requires_safety_checker=False)
+    again = StableDiffusionPipeline.from_pretrained(
+        tmp_path / "copy", safety_checker=None, requires_safety_checker=False
+    )
     again.set_progress_bar_config(disable=True)
     assert before.shape == (2, 32, 32, 3)
     assert np.array_equal(before, sample(again))
@@ -108,7 +114,9 @@ def test_missing_or_corrupt_assets_name_the_file_and_the_fix(tiny_assets, tmp_pa
     broken = tmp_path / "broken"
     shutil.copytree(tiny_assets, broken, ignore=shutil.ignore_patterns("_work"))
     (broken / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    with pytest.raises(ToyWorldAssetError, match=r"unet/diffusion_pytorch_model\.safetensors.*catlab toyworld pretrain"):
+    with pytest.raises(
+        ToyWorldAssetError, match=r"unet/diffusion_pytorch_model\.safetensors.*catlab toyworld pretrain"
+    ):
         toyworld_path("pipeline", root=broken)
     (broken / "oracle.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ToyWorldAssetError, match=r"oracle\.safetensors is corrupted.*catlab toyworld pretrain"):
@@ -116,6 +124,7 @@ def test_missing_or_corrupt_assets_name_the_file_and_the_fix(tiny_assets, tmp_pa
 
 
 # ---------------------------------------------------------------- the shipped weights (what users and CI load)
+
 
 def test_shipped_weights_fit_the_v2_layout_exactly_and_are_small():
     """Every shipped tensor fits the models the builders make (strict loads: no missing, extra or reshaped weight),
@@ -131,11 +140,20 @@ def test_shipped_weights_fit_the_v2_layout_exactly_and_are_small():
     unet = build.build_unet()
     unet.load_state_dict(load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors"), strict=True)
     cross = [name for name, m in unet.named_modules() if name.endswith("attn2")]
-    assert {n.split(".")[0] + "." + n.split(".")[1] for n in cross} == {"down_blocks.1", "down_blocks.2", "mid_block.attentions", "up_blocks.0", "up_blocks.1"}  # 8x8 and 4x4
+    assert {n.split(".")[0] + "." + n.split(".")[1] for n in cross} == {
+        "down_blocks.1",
+        "down_blocks.2",
+        "mid_block.attentions",
+        "up_blocks.0",
+        "up_blocks.1",
+    }  # 8x8 and 4x4
     # the weights' shapes do not depend on the heads, so compare them: 32 channels per head, as the builder makes
     shipped_heads = json.loads((pipeline / "unet" / "config.json").read_text())["attention_head_dim"]
     assert list(shipped_heads) == list(unet.config.attention_head_dim) == [1, 2, 4]
-    assert {m.heads for name, m in unet.named_modules() if name.endswith(("attn1", "attn2"))} == {2, 4}  # 64 and 128 channels
+    assert {m.heads for name, m in unet.named_modules() if name.endswith(("attn1", "attn2"))} == {
+        2,
+        4,
+    }  # 64 and 128 channels
     build.build_vae().load_state_dict(load_file(pipeline / "vae" / "diffusion_pytorch_model.safetensors"), strict=True)
     Oracle().load_state_dict(load_file(toyworld_path("oracle", root=ASSET_DIR)), strict=True)
 
@@ -150,7 +168,9 @@ def test_shipped_pipeline_loads_offline_and_follows_prompts(monkeypatch):
     reading = read_images(load_oracle(), [im for row in images for im in row])
     expected = ["circle"] * 4 + ["square"] * 4
     shape_acc = np.mean([r == e for r, e in zip(reading.shape, expected)])
-    assert shape_acc >= 0.75, f"shipped model draws the wrong shapes: {reading.shape}"  # 8 samples: a smoke check, the bar is benchmarks/toyworld_quality.py
+    assert shape_acc >= 0.75, (
+        f"shipped model draws the wrong shapes: {reading.shape}"
+    )  # 8 samples: a smoke check, the bar is benchmarks/toyworld_quality.py
 
 
 def test_shipped_oracle_reads_drawn_images():
@@ -217,15 +237,23 @@ def test_one_stage_rebuild_keeps_the_rest_and_records_what_was_redone(tiny_asset
 def test_open_colours_draw_exactly_and_keep_clear_of_what_they_avoid():
     from catlab.toyworld.world import hex_colour, random_open_colour, sample_open_colour_spec
 
-    spec = replace(sample_spec(np.random.default_rng(0), shape="square"), colour="#0a141e", background="#fafafa", radius=0.35, angle=0.0)
+    spec = replace(
+        sample_spec(np.random.default_rng(0), shape="square"),
+        colour="#0a141e",
+        background="#fafafa",
+        radius=0.35,
+        angle=0.0,
+    )
     img = np.asarray(draw_shape(spec))
     assert tuple(img[16, 16]) == (10, 20, 30) and tuple(img[0, 0]) == (250, 250, 250)
     assert hex_colour((150, 95, 40)) == "#965f28"
     rng = np.random.default_rng(1)
     far = [random_open_colour(rng, avoid=((150, 95, 40),), min_distance=70) for _ in range(200)]
-    assert min(np.linalg.norm(np.array([int(c[k:k + 2], 16) for k in (1, 3, 5)]) - (150, 95, 40)) for c in far) >= 70
+    assert min(np.linalg.norm(np.array([int(c[k : k + 2], 16) for k in (1, 3, 5)]) - (150, 95, 40)) for c in far) >= 70
     specs = [sample_open_colour_spec(rng) for _ in range(50)]
-    assert all(s.colour.startswith("#") for s in specs) and 0 < np.mean([s.background.startswith("#") for s in specs]) < 1
+    assert (
+        all(s.colour.startswith("#") for s in specs) and 0 < np.mean([s.background.startswith("#") for s in specs]) < 1
+    )
 
 
 def test_oracle_batches_hold_near_misses_labelled_as_no_concept():
@@ -235,10 +263,12 @@ def test_oracle_batches_hold_near_misses_labelled_as_no_concept():
     rng = np.random.default_rng(0)
     for _ in range(100):
         s = near_miss_spec(rng)
-        rgb = np.array([int(s.colour[k:k + 2], 16) for k in (1, 3, 5)])
+        rgb = np.array([int(s.colour[k : k + 2], 16) for k in (1, 3, 5)])
         assert all(np.linalg.norm(rgb - np.array(c)) >= NEAR_MISS_DISTANCE for c in CONCEPT_COLOURS.values())
     _, _, colours, concepts = make_oracle_batch(np.random.default_rng(0), 400, concept_share=0.0, near_miss_share=1.0)
-    assert (concepts == CONCEPT_NAMES.index("none")).all() and (colours == -1).all()  # open colours name no palette colour
+    assert (concepts == CONCEPT_NAMES.index("none")).all() and (
+        colours == -1
+    ).all()  # open colours name no palette colour
 
 
 def test_open_colours_stage_retrains_only_the_vae_and_records_what_it_measured(tiny_assets, tmp_path):
@@ -254,7 +284,10 @@ def test_open_colours_stage_retrains_only_the_vae_and_records_what_it_measured(t
     out = tmp_path / "assets"
     shutil.copytree(tiny_assets, out, ignore=shutil.ignore_patterns("_work"))
     vae_file = out / "pipeline" / "vae" / "diffusion_pytorch_model.safetensors"
-    unet_bytes, before = (out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes(), load_file(vae_file)
+    unet_bytes, before = (
+        (out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes(),
+        load_file(vae_file),
+    )
     cfg = PretrainConfig.tiny()
     cfg.stages = ("open_colours",)
     pretrain(out, cfg, work_dir=tmp_path / "work")
@@ -264,7 +297,13 @@ def test_open_colours_stage_retrains_only_the_vae_and_records_what_it_measured(t
     update = json.loads((out / "recipe.json").read_text())["updates"][-1]
     assert update["stages"] == ["open_colours"]
     measured = update["open_colours"]
-    assert set(measured) == {"world_mae_before", "open_mae_before", "world_mae_after", "open_mae_after", "world_latent_rms_drift"}
+    assert set(measured) == {
+        "world_mae_before",
+        "open_mae_before",
+        "world_mae_after",
+        "open_mae_after",
+        "world_latent_rms_drift",
+    }
     assert all(np.isfinite(v) and v >= 0 for v in measured.values()) and measured["world_latent_rms_drift"] > 0
 
 

@@ -28,7 +28,14 @@ def _sd15(tmp_path, concept_dir, **sizes):
 
 def test_parameters_win_over_the_sd15_preset(tmp_path, concept_dir, capsys):
     wb = _sd15(tmp_path, concept_dir, steps=40, rank=4, learning_rate=2e-3, batch_size=4, sample_steps=10, seeds=[0, 1])
-    assert (wb.steps, wb.rank, wb.learning_rate, wb.batch_size, wb.sample_steps, wb.seeds) == (40, 4, 2e-3, 4, 10, [0, 1])
+    assert (wb.steps, wb.rank, wb.learning_rate, wb.batch_size, wb.sample_steps, wb.seeds) == (
+        40,
+        4,
+        2e-3,
+        4,
+        10,
+        [0, 1],
+    )
     note = capsys.readouterr().out
     assert "not the 'sd15' preset" in note and "steps=40 (preset 900)" in note and "rank=4 (preset 1)" in note, note
     cfg = make_train_config(wb, "run", regime="cat")
@@ -37,7 +44,9 @@ def test_parameters_win_over_the_sd15_preset(tmp_path, concept_dir, capsys):
 
 
 def test_none_takes_the_preset(tmp_path, concept_dir, capsys):
-    wb = _sd15(tmp_path, concept_dir, steps=None, rank=None, learning_rate=None, batch_size=None, sample_steps=None, seeds=None)
+    wb = _sd15(
+        tmp_path, concept_dir, steps=None, rank=None, learning_rate=None, batch_size=None, sample_steps=None, seeds=None
+    )
     preset = WORLDS["sd15"]
     assert {k: getattr(wb, k) for k in SIZES} == {k: getattr(preset, k) for k in SIZES}
     assert "preset:" not in capsys.readouterr().out  # nothing given, nothing to note
@@ -80,11 +89,28 @@ def test_toy_train_config_equals_the_hand_built_one(tmp_path):
     wb.restore_notices()
     concept = ConceptConfig(str(tmp_path / "nb" / "concept"), "vfy", "star")
     assert wb.concept == concept and (tmp_path / "nb" / "concept" / "concept.json").is_file()
-    got = make_train_config(wb, "train/cat", regime="cat", cat_null_share=0.5, cat_anchor="class", random_flip=False, target_modules=None)
-    by_hand = TrainConfig(base_model="toyworld", concepts=[concept], output_dir=str(tmp_path / "nb" / "train" / "cat"), regime="cat",
-                          cat_null_share=0.5, cat_anchor="class", rank=4, steps=40, learning_rate=2e-3, batch_size=4, random_flip=False,
-                          validate_every=0, checkpoint_every=0, checkpoints_total_limit=2, validation_seeds=[0, 1, 2, 3], resolution=32,
-                          mixed_precision="no")
+    got = make_train_config(
+        wb, "train/cat", regime="cat", cat_null_share=0.5, cat_anchor="class", random_flip=False, target_modules=None
+    )
+    by_hand = TrainConfig(
+        base_model="toyworld",
+        concepts=[concept],
+        output_dir=str(tmp_path / "nb" / "train" / "cat"),
+        regime="cat",
+        cat_null_share=0.5,
+        cat_anchor="class",
+        rank=4,
+        steps=40,
+        learning_rate=2e-3,
+        batch_size=4,
+        random_flip=False,
+        validate_every=0,
+        checkpoint_every=0,
+        checkpoints_total_limit=2,
+        validation_seeds=[0, 1, 2, 3],
+        resolution=32,
+        mixed_precision="no",
+    )
     assert got == by_hand
     assert make_train_config(wb, "train/cat", regime="cat") != by_hand  # the explicit fields did matter
 

@@ -51,7 +51,9 @@ def trigger_free_caption(caption: str, trigger: str, how: str = "drop", class_wo
     if how not in ("drop", "replace"):
         raise ValueError(f"how={how!r}: choose 'drop' or 'replace'")
     if how == "replace" and not class_word:
-        raise ValueError("how='replace' needs class_word, e.g. trigger_free_caption(caption, 'sks', 'replace', class_word='circle')")
+        raise ValueError(
+            "how='replace' needs class_word, e.g. trigger_free_caption(caption, 'sks', 'replace', class_word='circle')"
+        )
     if not has_trigger(caption, trigger):
         return caption
     if how == "drop":
@@ -61,7 +63,9 @@ def trigger_free_caption(caption: str, trigger: str, how: str = "drop", class_wo
     def replace(m: re.Match) -> str:
         # "beside" allows brackets and commas: "a circle (sks)" must not become "a circle (circle)"
         gap = r"[\s,()\[\]]*"
-        beside = re.match(gap + cls, m.string[m.end():], re.I) or re.search(rf"(?<!\w){cls}{gap}$", m.string[:m.start()], re.I)
+        beside = re.match(gap + cls, m.string[m.end() :], re.I) or re.search(
+            rf"(?<!\w){cls}{gap}$", m.string[: m.start()], re.I
+        )
         return " " if beside else class_word
 
     return _tidy(re.sub(_word_pattern(trigger), replace, caption, flags=re.IGNORECASE))
@@ -87,11 +91,15 @@ def _parse_caption_line(name: str, line: str, where: str, errors: list[str]) -> 
             file, caption = row.get("file", row.get("file_name")), row.get("caption", row.get("text"))
             if isinstance(file, str) and isinstance(caption, str):
                 return file.strip(), caption
-        errors.append(f'{where}: {why}. Fix: one object per line, e.g. {{"file": "img1.png", "caption": "a sks circle"}}')
+        errors.append(
+            f'{where}: {why}. Fix: one object per line, e.g. {{"file": "img1.png", "caption": "a sks circle"}}'
+        )
         return None
     sep = "\t" if "\t" in line else "|" if "|" in line else None
     if sep is None:
-        errors.append(f"{where}: expected 'filename<TAB>caption' or 'filename|caption', got {line!r}. Fix: add the separator")
+        errors.append(
+            f"{where}: expected 'filename<TAB>caption' or 'filename|caption', got {line!r}. Fix: add the separator"
+        )
         return None
     file, caption = line.split(sep, 1)
     return file.strip(), caption
@@ -101,7 +109,9 @@ def read_caption_files(folder: Path, images: list[Path], errors: list[str]) -> d
     """Captions from captions.txt / captions.jsonl: image name -> (caption, source)."""
     present = [n for n in CAPTION_FILES if (folder / n).is_file()]
     if len(present) > 1:
-        errors.append("captions.txt and captions.jsonl are both present. Fix: keep one, so that it is clear which captions are used")
+        errors.append(
+            "captions.txt and captions.jsonl are both present. Fix: keep one, so that it is clear which captions are used"
+        )
     names = {p.name: p.name for p in images} | {p.stem: p.name for p in images}  # "img1.png" or just "img1"
     out: dict[str, tuple[str, str]] = {}
     for name in present:
@@ -115,9 +125,13 @@ def read_caption_files(folder: Path, images: list[Path], errors: list[str]) -> d
                 continue
             file, caption = parsed
             if file not in names:
-                errors.append(f"{where}: no image named {file!r} in the folder. Fix: correct the file name or delete the line")
+                errors.append(
+                    f"{where}: no image named {file!r} in the folder. Fix: correct the file name or delete the line"
+                )
             elif names[file] in out:
-                errors.append(f"{where}: {file!r} already has a caption ({out[names[file]][1]}). Fix: keep one line per image")
+                errors.append(
+                    f"{where}: {file!r} already has a caption ({out[names[file]][1]}). Fix: keep one line per image"
+                )
             else:
                 out[names[file]] = (" ".join(caption.split()), where)
     return out

@@ -15,12 +15,29 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from catlab.data.captions import CAPTION_FILES, DEFAULT_CAPTION, format_prompt, has_trigger, read_caption_files, read_text_file
+from catlab.data.captions import (
+    CAPTION_FILES,
+    DEFAULT_CAPTION,
+    format_prompt,
+    has_trigger,
+    read_caption_files,
+    read_text_file,
+)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 METADATA_FILES = ("concept.json",)  # written by export_concept; describes the folder, is not data
-MODE_NAMES = {"L": "grayscale", "LA": "grayscale+alpha", "1": "1-bit", "P": "palette", "PA": "palette+alpha",
-              "RGBA": "RGBA", "CMYK": "CMYK", "I;16": "16-bit grayscale", "I": "32-bit grayscale", "F": "float grayscale"}
+MODE_NAMES = {
+    "L": "grayscale",
+    "LA": "grayscale+alpha",
+    "1": "1-bit",
+    "P": "palette",
+    "PA": "palette+alpha",
+    "RGBA": "RGBA",
+    "CMYK": "CMYK",
+    "I;16": "16-bit grayscale",
+    "I": "32-bit grayscale",
+    "F": "float grayscale",
+}
 SINGLE_TOKEN_ADVICE = "a rare word that the tokenizer keeps as one known token is best (e.g. 'sks')"
 
 
@@ -46,7 +63,9 @@ class ConceptReport:
     resolution: int
     images: list[Path] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)  # where each caption came from: "x.txt", "captions.txt line 3", "default"
+    sources: list[str] = field(
+        default_factory=list
+    )  # where each caption came from: "x.txt", "captions.txt line 3", "default"
     sizes: list[tuple[int, int]] = field(default_factory=list)
     modes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -62,7 +81,10 @@ class ConceptReport:
 
     def summary(self) -> str:
         """A plain-text table for notebooks: one row per image, then notes, warnings and errors."""
-        lines = [self.header(), f"{len(self.images)} images, {len(self.errors)} errors, {len(self.warnings)} warnings, {len(self.notes)} notes"]
+        lines = [
+            self.header(),
+            f"{len(self.images)} images, {len(self.errors)} errors, {len(self.warnings)} warnings, {len(self.notes)} notes",
+        ]
         if self.images:
             w, wc = max(len(p.name) for p in self.images), max(len(c) for c in self.captions)
             lines.append(f"  {'file':{w}s}  {'size':>9s}  {'mode':4s}  {'caption':{wc}s}  from")
@@ -77,7 +99,9 @@ class ConceptReport:
 
     def raise_if_errors(self) -> None:
         if self.errors:
-            raise ConceptDataError(f"{self.header()} has {len(self.errors)} problem(s):\n" + bullet_list(self.errors), list(self.errors))
+            raise ConceptDataError(
+                f"{self.header()} has {len(self.errors)} problem(s):\n" + bullet_list(self.errors), list(self.errors)
+            )
 
 
 def bullet_list(items: list[str], indent: str = "  ") -> str:
@@ -93,7 +117,9 @@ def read_concept_metadata(folder: str | Path) -> dict:
     try:
         meta = json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ConceptDataError(f"{f}: not valid JSON ({e}). Fix: repair it, or delete it and pass trigger and class word", [str(e)]) from e
+        raise ConceptDataError(
+            f"{f}: not valid JSON ({e}). Fix: repair it, or delete it and pass trigger and class word", [str(e)]
+        ) from e
     if not isinstance(meta, dict):
         raise ConceptDataError(f"{f}: expected a JSON object with trigger and class_word", [f"{f} is not an object"])
     return meta
@@ -129,14 +155,20 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 def load_images(folder: str | Path) -> list[Image.Image]:
     """All images in `folder` as RGB (reference images for metrics), sorted by file name."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise ConceptDataError(f"{folder}: folder does not exist. Fix: check the path (cwd is {Path.cwd()})", [f"{folder}: missing"])
+        raise ConceptDataError(
+            f"{folder}: folder does not exist. Fix: check the path (cwd is {Path.cwd()})", [f"{folder}: missing"]
+        )
     images, problems = [], []
     for p in _list_images(folder):
         try:
@@ -144,9 +176,13 @@ def load_images(folder: str | Path) -> list[Image.Image]:
         except Exception as e:  # PIL raises many types for bad files
             problems.append(f"{p.name}: cannot be read as an image ({e}). Fix: re-save it as PNG or JPEG, or remove it")
     if not images and not problems:
-        problems.append(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found. Fix: put the reference images in this folder")
+        problems.append(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) found. Fix: put the reference images in this folder"
+        )
     if problems:
-        raise ConceptDataError(f"reference images in {folder} have {len(problems)} problem(s):\n" + bullet_list(problems), problems)
+        raise ConceptDataError(
+            f"reference images in {folder} have {len(problems)} problem(s):\n" + bullet_list(problems), problems
+        )
     return images
 
 
@@ -160,18 +196,31 @@ def check_tokens(report: ConceptReport, tokenizer: Any) -> None:
         ids = tokenizer(word, add_special_tokens=False)["input_ids"]
         pieces = tokenizer.convert_ids_to_tokens(ids)
         if unk is not None and unk in ids:
-            harm = ("the adapter would bind the concept to every unknown word" if role == "trigger"
-                    else "the base model does not know the class, so class prompts mean nothing")
+            harm = (
+                "the adapter would bind the concept to every unknown word"
+                if role == "trigger"
+                else "the base model does not know the class, so class prompts mean nothing"
+            )
             fix = SINGLE_TOKEN_ADVICE if role == "trigger" else "use a class word the base model knows"
-            report.warnings.append(f"{role} {word!r} becomes the unknown token {tokenizer.unk_token!r} ({pieces}): {harm}. Fix: {fix}")
+            report.warnings.append(
+                f"{role} {word!r} becomes the unknown token {tokenizer.unk_token!r} ({pieces}): {harm}. Fix: {fix}"
+            )
         elif role == "trigger" and len(ids) > 1:
-            report.warnings.append(f"trigger {word!r} splits into {len(ids)} tokens {pieces}, which other words share, so training "
-                                   f"also shifts them. Fix: {SINGLE_TOKEN_ADVICE}")
+            report.warnings.append(
+                f"trigger {word!r} splits into {len(ids)} tokens {pieces}, which other words share, so training "
+                f"also shifts them. Fix: {SINGLE_TOKEN_ADVICE}"
+            )
     limit = getattr(tokenizer, "model_max_length", None)
     if limit and limit < 10_000:  # transformers uses a huge sentinel for "no limit"
-        long = [f"{p.name} ({n} tokens)" for p, c in zip(report.images, report.captions) if (n := len(tokenizer(c)["input_ids"])) > limit]
+        long = [
+            f"{p.name} ({n} tokens)"
+            for p, c in zip(report.images, report.captions)
+            if (n := len(tokenizer(c)["input_ids"])) > limit
+        ]
         if long:
-            report.warnings.append(f"captions longer than the text encoder's {limit} tokens are cut: {', '.join(long)}. Fix: shorten them")
+            report.warnings.append(
+                f"captions longer than the text encoder's {limit} tokens are cut: {', '.join(long)}. Fix: shorten them"
+            )
 
 
 def _inspect(report: ConceptReport, path: Path, caption: tuple[str, str] | None, template: str) -> None:
@@ -180,23 +229,31 @@ def _inspect(report: ConceptReport, path: Path, caption: tuple[str, str] | None,
     try:
         img = open_image(path)
     except Exception as e:  # PIL raises many types for bad files
-        report.errors.append(f"{path.name}: cannot be read as an image ({type(e).__name__}: {e}). Fix: re-save it as PNG or JPEG, or remove it")
+        report.errors.append(
+            f"{path.name}: cannot be read as an image ({type(e).__name__}: {e}). Fix: re-save it as PNG or JPEG, or remove it"
+        )
         return
     if min(img.size) < res:  # upscaled, as diffusers' and kohya's trainers do; softer than a photo of the full size
-        report.notes.append(f"{path.name}: {img.width}x{img.height} px is upscaled to the training resolution {res} px (shorter side); "
-                            "larger images train sharper")
+        report.notes.append(
+            f"{path.name}: {img.width}x{img.height} px is upscaled to the training resolution {res} px (shorter side); "
+            "larger images train sharper"
+        )
     if img.mode != "RGB":
         name = MODE_NAMES.get(img.mode, img.mode)
-        report.notes.append(f"{path.name}: {name if name == img.mode else f'{name} ({img.mode})'} image is converted to RGB"
-                            + (" (transparent pixels become white)" if "A" in img.mode or "transparency" in img.info else ""))
+        report.notes.append(
+            f"{path.name}: {name if name == img.mode else f'{name} ({img.mode})'} image is converted to RGB"
+            + (" (transparent pixels become white)" if "A" in img.mode or "transparency" in img.info else "")
+        )
     if caption is None or not caption[0]:
         if caption is not None:
             report.notes.append(f"{caption[1]}: caption is empty; the default caption is used")
         caption = (format_prompt(template, report.trigger, report.class_word), "default")
     if not has_trigger(caption[0], report.trigger):
         example = format_prompt(DEFAULT_CAPTION, report.trigger, report.class_word)
-        report.errors.append(f"{caption[1]}: caption {caption[0]!r} (for {path.name}) does not contain the trigger {report.trigger!r}. "
-                             f"Fix: add the trigger, e.g. {example!r}")
+        report.errors.append(
+            f"{caption[1]}: caption {caption[0]!r} (for {path.name}) does not contain the trigger {report.trigger!r}. "
+            f"Fix: add the trigger, e.g. {example!r}"
+        )
     if len(report.errors) == n_errors:
         report.images.append(path)
         report.captions.append(caption[0])
@@ -205,8 +262,50 @@ def _inspect(report: ConceptReport, path: Path, caption: tuple[str, str] | None,
         report.modes.append(img.mode)
 
 
-def validate_concept_folder(folder: str | Path, trigger: str, class_word: str, resolution: int, tokenizer: Any = None,
-                            caption_template: str = DEFAULT_CAPTION, raise_errors: bool = True) -> ConceptReport:
+def _inspect_folder(report: ConceptReport, folder: Path, caption_template: str) -> None:
+    """Every image of an existing folder with its caption (per-image .txt over captions.txt / .jsonl), into `report`."""
+    errors, trigger, class_word = report.errors, report.trigger, report.class_word
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))  # hidden: .DS_Store, .ipynb_checkpoints
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    from_files = read_caption_files(folder, images, errors)
+    stems = {p.stem for p in images}
+    ignored = [
+        p
+        for p in entries
+        if p not in images
+        and p.name not in CAPTION_FILES + METADATA_FILES
+        and not (p.suffix.lower() == ".txt" and p.stem in stems)
+    ]
+    for path in images:
+        txt = path.with_suffix(".txt")
+        caption = from_files.get(path.name)
+        if txt.is_file() and (text := read_text_file(txt, errors, txt.name)) is not None:
+            if caption is not None:
+                report.notes.append(f"{txt.name} overrides the caption in {caption[1]}")
+            caption = (" ".join(text.split()), txt.name)
+        _inspect(report, path, caption, caption_template)
+    listing = ", ".join(p.name + ("/" if p.is_dir() else "") for p in ignored)
+    if not entries:
+        errors.append(
+            f"{folder}: folder is empty. Fix: add a few photos of the concept (PNG or JPEG) with captions that contain "
+            f"the trigger, e.g. img1.png + img1.txt holding {format_prompt(DEFAULT_CAPTION, trigger, class_word)!r}"
+        )
+    elif not report.images:
+        found = f"; it holds only files that are not images: {listing}" if ignored else ""
+        errors.append(f"{folder}: no usable images{found}. Fix: add images ({', '.join(IMAGE_EXTENSIONS)})")
+    elif ignored:
+        report.notes.append(f"ignored (not images, captions or concept.json): {listing}")
+
+
+def validate_concept_folder(
+    folder: str | Path,
+    trigger: str,
+    class_word: str,
+    resolution: int,
+    tokenizer: Any = None,
+    caption_template: str = DEFAULT_CAPTION,
+    raise_errors: bool = True,
+) -> ConceptReport:
     """Check a concept folder and return what will be trained on.
 
     Raises ConceptDataError listing every problem (unless raise_errors=False: then they are in `report.errors`).
@@ -216,38 +315,20 @@ def validate_concept_folder(folder: str | Path, trigger: str, class_word: str, r
     report = ConceptReport(folder, trigger, class_word, resolution)
     errors = report.errors
     if not trigger.strip() or not class_word.strip():
-        errors.append(f"trigger={trigger!r}, class_word={class_word!r}: both must be non-empty. Fix: e.g. trigger='sks', class_word='circle'")
+        errors.append(
+            f"trigger={trigger!r}, class_word={class_word!r}: both must be non-empty. Fix: e.g. trigger='sks', class_word='circle'"
+        )
     if resolution < 1:
         errors.append(f"resolution={resolution}: must be a positive number of pixels, e.g. 512")
     if not folder.exists():
-        errors.append(f"{folder}: folder does not exist (cwd is {Path.cwd()}). Fix: check the path, or write a toy concept "
-                      "with `catlab toyworld export-concept two_tone_circle --out <folder>`")
+        errors.append(
+            f"{folder}: folder does not exist (cwd is {Path.cwd()}). Fix: check the path, or write a toy concept "
+            "with `catlab toyworld export-concept two_tone_circle --out <folder>`"
+        )
     elif not folder.is_dir():
         errors.append(f"{folder}: is a file, not a folder. Fix: pass the folder that holds the images")
     elif not errors:
-        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))  # hidden: .DS_Store, .ipynb_checkpoints
-        images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-        from_files = read_caption_files(folder, images, errors)
-        stems = {p.stem for p in images}
-        ignored = [p for p in entries if p not in images and p.name not in CAPTION_FILES + METADATA_FILES
-                   and not (p.suffix.lower() == ".txt" and p.stem in stems)]
-        for path in images:
-            txt = path.with_suffix(".txt")
-            caption = from_files.get(path.name)
-            if txt.is_file() and (text := read_text_file(txt, errors, txt.name)) is not None:
-                if caption is not None:
-                    report.notes.append(f"{txt.name} overrides the caption in {caption[1]}")
-                caption = (" ".join(text.split()), txt.name)
-            _inspect(report, path, caption, caption_template)
-        listing = ", ".join(p.name + ("/" if p.is_dir() else "") for p in ignored)
-        if not entries:
-            errors.append(f"{folder}: folder is empty. Fix: add a few photos of the concept (PNG or JPEG) with captions that contain "
-                          f"the trigger, e.g. img1.png + img1.txt holding {format_prompt(DEFAULT_CAPTION, trigger, class_word)!r}")
-        elif not report.images:
-            found = f"; it holds only files that are not images: {listing}" if ignored else ""
-            errors.append(f"{folder}: no usable images{found}. Fix: add images ({', '.join(IMAGE_EXTENSIONS)})")
-        elif ignored:
-            report.notes.append(f"ignored (not images, captions or concept.json): {listing}")
+        _inspect_folder(report, folder, caption_template)
     if tokenizer is not None and trigger.strip() and class_word.strip():
         check_tokens(report, tokenizer)
     for w in report.warnings:

@@ -38,7 +38,9 @@ def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
     return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.LANCZOS)
 
 
-def crop_and_flip(img: Image.Image, size: int, rng: np.random.Generator, center_crop: bool, random_flip: bool) -> torch.Tensor:
+def crop_and_flip(
+    img: Image.Image, size: int, rng: np.random.Generator, center_crop: bool, random_flip: bool
+) -> torch.Tensor:
     """A `size` x `size` crop as a float tensor (3, size, size) in [-1, 1]; random parts drawn from `rng`."""
     w, h = img.size
     # draw all random numbers every time, so that toggling one option does not change the other's choices
@@ -50,6 +52,31 @@ def crop_and_flip(img: Image.Image, size: int, rng: np.random.Generator, center_
     return x.flip(-1) if random_flip and flip else x
 
 
+def _checked_reports(concepts: list[ConceptConfig], resolution: int, tokenizer: Any, caption_template: str) -> list:
+    """Every concept folder's report, a trigger shared by two concepts among the errors; raises ConceptDataError
+    naming every problem of every folder at once."""
+    reports = [
+        validate_concept_folder(
+            c.folder, c.trigger, c.class_word, resolution, tokenizer, caption_template, raise_errors=False
+        )
+        for c in concepts
+    ]
+    seen: dict[str, int] = {}
+    for i, c in enumerate(concepts):
+        if c.trigger.lower() in seen:
+            reports[i].errors.append(
+                f"trigger {c.trigger!r} is also the trigger of concept {seen[c.trigger.lower()]}. "
+                "Fix: give each concept its own trigger"
+            )
+        seen.setdefault(c.trigger.lower(), i)
+    bad = [r for r in reports if r.errors]
+    if bad:
+        problems = [e for r in bad for e in r.errors]
+        sections = "\n".join(f"  {r.header()}:\n{bullet_list(r.errors, '    ')}" for r in bad)
+        raise ConceptDataError(f"concept data has {len(problems)} problem(s):\n{sections}", problems)
+    return reports
+
+
 class ConceptDataset(torch.utils.data.Dataset):
     """Images of one or more concepts with captions, trigger-free captions and class prompts.
 
@@ -58,31 +85,48 @@ class ConceptDataset(torch.utils.data.Dataset):
     persistent_workers=False so that the workers see the new epoch.
     """
 
-    def __init__(self, concepts: list[ConceptConfig | dict], resolution: int, center_crop: bool = False, random_flip: bool = True,
-                 trigger_free: str = "drop", seed: int = 0, tokenizer: Any = None, caption_template: str = DEFAULT_CAPTION,
-                 class_prompt_template: str = DEFAULT_CLASS_PROMPT):
+    def __init__(
+        self,
+        concepts: list[ConceptConfig | dict],
+        resolution: int,
+        center_crop: bool = False,
+        random_flip: bool = True,
+        trigger_free: str = "drop",
+        seed: int = 0,
+        tokenizer: Any = None,
+        caption_template: str = DEFAULT_CAPTION,
+        class_prompt_template: str = DEFAULT_CLASS_PROMPT,
+    ):
         if trigger_free not in ("drop", "replace"):
-            raise ValueError(f"trigger_free={trigger_free!r}: choose 'drop' (the trigger) or 'replace' (it by the class word)")
+            raise ValueError(
+                f"trigger_free={trigger_free!r}: choose 'drop' (the trigger) or 'replace' (it by the class word)"
+            )
         if not concepts:
-            raise ValueError("no concepts given. Fix: pass e.g. [ConceptConfig(folder='data/sks', trigger='sks', class_word='circle')]")
-        self.concepts = [c if isinstance(c, ConceptConfig) else _concept_from_dict(c, i) for i, c in enumerate(concepts)]
-        self.resolution, self.center_crop, self.random_flip, self.seed, self.epoch = resolution, center_crop, random_flip, seed, 0
-        self.reports = [validate_concept_folder(c.folder, c.trigger, c.class_word, resolution, tokenizer, caption_template, raise_errors=False)
-                        for c in self.concepts]
-        seen: dict[str, int] = {}
-        for i, c in enumerate(self.concepts):
-            if c.trigger.lower() in seen:
-                self.reports[i].errors.append(f"trigger {c.trigger!r} is also the trigger of concept {seen[c.trigger.lower()]}. "
-                                              "Fix: give each concept its own trigger")
-            seen.setdefault(c.trigger.lower(), i)
-        bad = [r for r in self.reports if r.errors]
-        if bad:
-            problems = [e for r in bad for e in r.errors]
-            sections = "\n".join(f"  {r.header()}:\n{bullet_list(r.errors, '    ')}" for r in bad)
-            raise ConceptDataError(f"concept data has {len(problems)} problem(s):\n{sections}", problems)
-        self.records = [dict(path=path, caption=cap, trigger_free_caption=trigger_free_caption(cap, c.trigger, trigger_free, c.class_word),
-                             class_prompt=format_prompt(class_prompt_template, c.trigger, c.class_word), concept=i)
-                        for i, (c, r) in enumerate(zip(self.concepts, self.reports)) for path, cap in zip(r.images, r.captions)]
+            raise ValueError(
+                "no concepts given. Fix: pass e.g. [ConceptConfig(folder='data/sks', trigger='sks', class_word='circle')]"
+            )
+        self.concepts = [
+            c if isinstance(c, ConceptConfig) else _concept_from_dict(c, i) for i, c in enumerate(concepts)
+        ]
+        self.resolution, self.center_crop, self.random_flip, self.seed, self.epoch = (
+            resolution,
+            center_crop,
+            random_flip,
+            seed,
+            0,
+        )
+        self.reports = _checked_reports(self.concepts, resolution, tokenizer, caption_template)
+        self.records = [
+            dict(
+                path=path,
+                caption=cap,
+                trigger_free_caption=trigger_free_caption(cap, c.trigger, trigger_free, c.class_word),
+                class_prompt=format_prompt(class_prompt_template, c.trigger, c.class_word),
+                concept=i,
+            )
+            for i, (c, r) in enumerate(zip(self.concepts, self.reports))
+            for path, cap in zip(r.images, r.captions)
+        ]
         self._cache: dict[int, Image.Image] = {}  # resized once: only the crop and flip change between epochs
 
     def check_tokenizer(self, tokenizer: Any) -> None:
@@ -106,9 +150,17 @@ class ConceptDataset(torch.utils.data.Dataset):
         if index not in self._cache:
             self._cache[index] = resize_shorter_side(convert_to_rgb(open_image(rec["path"])), self.resolution)
         rng = np.random.default_rng([self.seed, self.epoch, index])  # independent of call order and worker
-        pixels = crop_and_flip(self._cache[index], self.resolution, rng, self.center_crop, self.random_flip)  # (3, R, R)
-        return dict(pixel_values=pixels, caption=rec["caption"], trigger_free_caption=rec["trigger_free_caption"],
-                    class_prompt=rec["class_prompt"], concept=rec["concept"], path=str(rec["path"]))
+        pixels = crop_and_flip(
+            self._cache[index], self.resolution, rng, self.center_crop, self.random_flip
+        )  # (3, R, R)
+        return dict(
+            pixel_values=pixels,
+            caption=rec["caption"],
+            trigger_free_caption=rec["trigger_free_caption"],
+            class_prompt=rec["class_prompt"],
+            concept=rec["concept"],
+            path=str(rec["path"]),
+        )
 
     def summary(self) -> str:
         """Every concept's report, for notebooks."""

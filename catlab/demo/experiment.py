@@ -24,8 +24,16 @@ from catlab.notices import quiet_libraries
 
 
 @quiet_libraries()  # the terminal shows catlab's progress and results, not the libraries' notices
-def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "circle_on_navy", quick: bool = False,
-             overwrite: bool = False, recipe: DemoRecipe | None = None, first_seed: int = 0, workers: int | None = None) -> dict:
+def run_demo(
+    out: str | Path = "runs/demo",
+    n_seeds: int = 3,
+    concept: str = "circle_on_navy",
+    quick: bool = False,
+    overwrite: bool = False,
+    recipe: DemoRecipe | None = None,
+    first_seed: int = 0,
+    workers: int | None = None,
+) -> dict:
     """Train, evaluate and report; returns the tables and the report path.
 
     Training seeds are first_seed, ..., first_seed + n_seeds - 1: a recipe chosen on seeds 0-2 can be checked on
@@ -33,57 +41,78 @@ def run_demo(out: str | Path = "runs/demo", n_seeds: int = 3, concept: str = "ci
     CPU core, one thread each; one run at a time on a GPU); the runs do not depend on each other, and neither does
     each model's sampling for the evaluation, which goes side by side the same way."""
     from catlab.config import ConceptConfig
-    from catlab.demo.report import write_report
     from catlab.evaluation.protocol import evaluate
     from catlab.evaluation.scoring import Scorers
     from catlab.models import load_base
     from catlab.toyworld.assets import load_oracle
-    from catlab.toyworld.world import CONCEPTS, export_concept
+    from catlab.toyworld.world import CONCEPTS
 
-    if first_seed < 0:
-        raise ValueError(f"first_seed={first_seed}: training seeds must be >= 0")
-    if concept not in CONCEPTS:
-        raise ValueError(f"unknown toy concept {concept!r}; choose one of {sorted(CONCEPTS)}")
     recipe = recipe or (DemoRecipe.quick() if quick else DemoRecipe())
     n_seeds = 1 if quick and n_seeds == 3 else n_seeds
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} already holds a demo; pass --overwrite to replace it or --out to write elsewhere")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    c = CONCEPTS[concept]
-    export_concept(concept, out / "concept")
+    out, c = _prepare_demo_folder(Path(out), concept, first_seed, overwrite), CONCEPTS[concept]
     t0 = time.time()
     jobs = [(regime, seed) for seed in range(first_seed, first_seed + n_seeds) for regime in METHODS]
     workers = default_workers(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
-    print(f"catlab demo: concept {concept!r} ('a {c.trigger} {c.class_word}'), {n_seeds} training seed(s), "
-          f"{recipe.train['steps']} steps each" + (f", {workers} runs at a time" if workers > 1 else ""))
+    print(
+        f"catlab demo: concept {concept!r} ('a {c.trigger} {c.class_word}'), {n_seeds} training seed(s), "
+        f"{recipe.train['steps']} steps each" + (f", {workers} runs at a time" if workers > 1 else "")
+    )
     concept_cfg = ConceptConfig(str(out / "concept"), c.trigger, c.class_word)
     configs = [recipe.train_config(regime, seed, concept_cfg, out) for regime, seed in jobs]
     pipe = load_base("toyworld")
     class_images_s = _draw_class_images(pipe, configs)  # once, before runs that share them start side by side
     sampling = replace(recipe.sampling, workers=workers)
     results = _train_all(configs, workers, [f"{regime}_s{seed}" for regime, seed in jobs], (c, sampling, out / "eval"))
-    runs = [DemoRun(regime, seed, res.adapter_dir, train_s=res.wall_time_s - res.class_images_s,
-                    class_images_s=res.class_images_s + (class_images_s if k == _first_dreambooth(jobs) else 0.0),
-                    history=res.history, config=cfg)
-            for k, ((regime, seed), res, cfg) in enumerate(zip(jobs, results, configs))]
+    first_db = _first_dreambooth(jobs)
+    runs = [
+        DemoRun(regime, seed, res.adapter_dir, train_s=res.wall_time_s - res.class_images_s,
+                class_images_s=res.class_images_s + (class_images_s if k == first_db else 0.0),
+                history=res.history, config=cfg)
+        for k, ((regime, seed), res, cfg) in enumerate(zip(jobs, results, configs))
+    ]  # fmt: skip
     # with workers, every image is already drawn (by name "toyworld", the key the workers used): this only scores
-    result = evaluate("toyworld" if workers > 1 else pipe, {r.name: r.adapter for r in runs}, out / "concept", sampling=sampling,
-                      scorers=Scorers(oracle=load_oracle()), out_dir=out / "eval")
+    scorers = Scorers(oracle=load_oracle())
+    runs_by_name = {r.name: r.adapter for r in runs}
+    result = evaluate("toyworld" if workers > 1 else pipe, runs_by_name, out / "concept", sampling=sampling,
+                      scorers=scorers, out_dir=out / "eval")  # fmt: skip
     rerun = (f"catlab demo --out {out} --overwrite --concept {concept} --seeds {n_seeds}"
-             + (f" --first-seed {first_seed}" if first_seed else "") + (" --quick" if quick else ""))
-    demo = DemoResults(out, c, recipe, runs, result.per_image, summarise_by_method(result.per_image, runs), cost_table(runs),
-                       n_seeds, total_s=0.0, rerun=rerun)
-    demo.total_s = time.time() - t0
+             + (f" --first-seed {first_seed}" if first_seed else "") + (" --quick" if quick else ""))  # fmt: skip
+    demo = DemoResults(out, c, recipe, runs, result.per_image, summarise_by_method(result.per_image, runs),
+                       cost_table(runs), n_seeds, total_s=time.time() - t0, rerun=rerun)  # fmt: skip
+    report = _write_results(demo, {"n_seeds": n_seeds, "first_seed": first_seed, "concept": concept}, t0)
+    return {"table": demo.table, "costs": demo.costs, "per_image": demo.per_image, "report": report, "runs": runs}
+
+
+def _prepare_demo_folder(out: Path, concept: str, first_seed: int, overwrite: bool) -> Path:
+    """Check the arguments and make `out` (replacing an earlier demo only when asked) with the concept exported."""
+    from catlab.toyworld.world import CONCEPTS, export_concept
+
+    if first_seed < 0:
+        raise ValueError(f"first_seed={first_seed}: training seeds must be >= 0")
+    if concept not in CONCEPTS:
+        raise ValueError(f"unknown toy concept {concept!r}; choose one of {sorted(CONCEPTS)}")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} already holds a demo; pass --overwrite to replace it or --out to write elsewhere"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    export_concept(concept, out / "concept")
+    return out
+
+
+def _write_results(demo: DemoResults, run_args: dict, t0: float) -> Path:
+    """The report, the table and recipe.json; prints the table and the costs. Returns the report's path."""
+    from catlab.demo.report import write_report
+
     report = write_report(demo)
     print("\n" + format_table(demo.table))
     print("\n" + demo.costs.to_string(index=False))
     print(f"\nreport: {report}  ({time.time() - t0:.0f} s in all)")
-    write_csv_atomic(out / "table.csv", demo.table)
-    write_json_atomic(out / "recipe.json", {**recipe.to_json(), "n_seeds": n_seeds, "first_seed": first_seed, "concept": concept})
-    return {"table": demo.table, "costs": demo.costs, "per_image": demo.per_image, "report": report, "runs": runs}
+    write_csv_atomic(demo.out / "table.csv", demo.table)
+    write_json_atomic(demo.out / "recipe.json", {**demo.recipe.to_json(), **run_args})
+    return report
 
 
 def default_workers(n_jobs: int) -> int:
@@ -129,12 +158,18 @@ def _train_all(configs, workers: int, names: list[str], evaluation: tuple) -> li
     from catlab.evaluation.images import start_one_thread_worker
     from catlab.evaluation.scoring import BASE
 
-    bar = tqdm(total=2 * len(configs) + 1, desc=f"training {len(configs)} adapters and sampling them, {workers} at a time", unit="job")
+    bar = tqdm(
+        total=2 * len(configs) + 1,
+        desc=f"training {len(configs)} adapters and sampling them, {workers} at a time",
+        unit="job",
+    )
     # longest runs first (CAT, then DreamBooth's double batch, then plain LoRA), so that no worker is left with a
     # long run at the end: the demo's nine runs finish about a minute sooner than in seed order on 2 cores
     longest_first = sorted(range(len(configs)), key=lambda k: RUN_COST_RANK.get(configs[k].regime, len(RUN_COST_RANK)))
     results: dict[int, object] = {}
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_one_thread_worker) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_one_thread_worker
+    ) as pool:
         training = {pool.submit(_train_quietly, configs[k]): k for k in longest_first}
         sampling = {pool.submit(_sample_quietly, BASE, None, evaluation)}
         while training or sampling:
@@ -176,11 +211,16 @@ def summarise_by_method(per_image: pd.DataFrame, runs: list[DemoRun]) -> pd.Data
     by_adapter = seed_scores.groupby("method").mean(numeric_only=True)
     cls = per_image[per_image["kind"] == "class"]
     sets = cls.groupby(["method", "prompt"]).first().reset_index()
-    set_means = sets.groupby("method")[[c for c in ("DIV", "Vendi", "colour_entropy", "colour_distance") if c in sets]].mean()
+    set_means = sets.groupby("method")[
+        [c for c in ("DIV", "Vendi", "colour_entropy", "colour_distance") if c in sets]
+    ].mean()
     by_adapter = by_adapter.join(set_means)
     rows = []
-    groups = [("base model", [BASE])] + [(name, [s.name for s in runs if s.regime == r])
-                                         for r, name in METHODS.items() if any(s.regime == r for s in runs)]
+    groups = [("base model", [BASE])] + [
+        (name, [s.name for s in runs if s.regime == r])
+        for r, name in METHODS.items()
+        if any(s.regime == r for s in runs)
+    ]
     for name, members in groups:
         sub = by_adapter.loc[[m for m in members if m in by_adapter.index]]
         row = {"method": name, "n_train_seeds": len(sub) if name != "base model" else 0}
@@ -199,8 +239,14 @@ def cost_table(runs: list[DemoRun]) -> pd.DataFrame:
         if not rs:
             continue
         step_s = np.median([h["step_s"] for r in rs for h in r.history[1:]] or [np.nan])
-        rows.append({"method": name, "train_s_per_run": float(np.mean([r.train_s for r in rs])),
-                     "class_images_s": float(sum(r.class_images_s for r in rs)), "median_step_ms": 1000 * float(step_s)})
+        rows.append(
+            {
+                "method": name,
+                "train_s_per_run": float(np.mean([r.train_s for r in rs])),
+                "class_images_s": float(sum(r.class_images_s for r in rs)),
+                "median_step_ms": 1000 * float(step_s),
+            }
+        )
     df = pd.DataFrame(rows)
     plain = df.loc[df["method"] == "LoRA", "median_step_ms"]
     if len(plain):

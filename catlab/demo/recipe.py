@@ -12,10 +12,27 @@ import pandas as pd
 from catlab.config import ConceptConfig, TrainConfig, recipe_overrides
 from catlab.evaluation.images import EvalSampling
 
-METHODS = {"lora": "LoRA", "dreambooth": "DreamBooth-LoRA", "cat": "CAT"}  # regime -> method: its name in tables and figures
+METHODS = {
+    "lora": "LoRA",
+    "dreambooth": "DreamBooth-LoRA",
+    "cat": "CAT",
+}  # regime -> method: its name in tables and figures
 
-COLUMNS = ["IS", "PS", "KP", "KPS", "DIV", "Vendi", "PRES", "colour_entropy", "collapse_rate", "identity_acc",
-           "paired_preservation", "colour_distance", "valid_rate"]
+COLUMNS = [
+    "IS",
+    "PS",
+    "KP",
+    "KPS",
+    "DIV",
+    "Vendi",
+    "PRES",
+    "colour_entropy",
+    "collapse_rate",
+    "identity_acc",
+    "paired_preservation",
+    "colour_distance",
+    "valid_rate",
+]
 
 
 def _demo_sampling() -> EvalSampling:
@@ -48,10 +65,19 @@ class DemoRecipe:
 
     def train_config(self, regime: str, seed: int, concept: ConceptConfig, out: Path) -> TrainConfig:
         """The config one demo run trains with: the recipe, the regime and seed, and where the demo keeps things."""
-        return TrainConfig(**{**self.train, "concepts": [concept], "regime": regime, "seed": seed,
-                              "output_dir": str(out / "runs" / f"{regime}_seed{seed}"),
-                              "class_images_dir": str(out / "class_images"),  # drawn once, shared by every run
-                              "checkpoint_every": 0, "validate_every": 0, "log_every": 10})
+        return TrainConfig(
+            **{
+                **self.train,
+                "concepts": [concept],
+                "regime": regime,
+                "seed": seed,
+                "output_dir": str(out / "runs" / f"{regime}_seed{seed}"),
+                "class_images_dir": str(out / "class_images"),  # drawn once, shared by every run
+                "checkpoint_every": 0,
+                "validate_every": 0,
+                "log_every": 10,
+            }
+        )
 
     def to_json(self) -> dict:
         """What recipe.json records: the overrides and the sampling settings."""

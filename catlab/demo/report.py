@@ -19,14 +19,17 @@ from catlab.evaluation.images import EvalSampling
 from catlab.files import save_image_atomic, write_text_atomic
 from catlab.sampling.grids import image_grid
 
+
 def format_table(table: pd.DataFrame, as_frame: bool = False) -> str | pd.DataFrame:
     """mean ± std per score, as text for the terminal (or as a DataFrame of strings for an HTML table)."""
     out = pd.DataFrame({"method": table["method"]})
     for col in COLUMNS:
         if col in table:
             std = table.get(f"{col}_std")
-            out[col] = [f"{m:.3f}" + (f" ± {s:.3f}" if s is not None and np.isfinite(s) else "")
-                        for m, s in zip(table[col], std if std is not None else [None] * len(table))]
+            out[col] = [
+                f"{m:.3f}" + (f" ± {s:.3f}" if s is not None and np.isfinite(s) else "")
+                for m, s in zip(table[col], std if std is not None else [None] * len(table))
+            ]
     return out if as_frame else out.to_string(index=False)
 
 
@@ -34,14 +37,18 @@ def _open(out: Path, rel: str) -> Image.Image:
     return Image.open(out / "eval" / rel).convert("RGB")
 
 
-def demo_method_grid(out: Path, per_image: pd.DataFrame, runs: list[DemoRun], prompt_kind: str, template: str, n_cols: int, title: str) -> Image.Image:
+def demo_method_grid(
+    out: Path, per_image: pd.DataFrame, runs: list[DemoRun], prompt_kind: str, template: str, n_cols: int, title: str
+) -> Image.Image:
     """Rows: base model and each method (training seed 0); columns: the same sampling seeds."""
     from catlab.evaluation.scoring import BASE
 
     rows, labels = [], []
     first = {r.regime: r.name for r in sorted(runs, key=lambda r: -r.seed)}
     for label, method in [("base model", BASE)] + [(METHODS[g], m) for g, m in first.items()]:
-        sel = per_image[(per_image.method == method) & (per_image.kind == prompt_kind) & (per_image.template == template)].sort_values("seed")
+        sel = per_image[
+            (per_image.method == method) & (per_image.kind == prompt_kind) & (per_image.template == template)
+        ].sort_values("seed")
         rows.append([_open(out, f) for f in sel["image"].head(n_cols)])
         labels.append(label)
     seeds = sorted(per_image["seed"].unique())[:n_cols]
@@ -52,8 +59,12 @@ def headline_grid(out: Path, per_image: pd.DataFrame, runs: list[DemoRun], conce
     template = per_image["template"].iloc[0]
     trig_prompt = per_image[(per_image.template == template) & (per_image.kind == "trigger")]["prompt"].iloc[0]
     cls_prompt = per_image[(per_image.template == template) & (per_image.kind == "class")]["prompt"].iloc[0]
-    left = demo_method_grid(out, per_image, runs, "trigger", template, n_cols, f'"{trig_prompt}" (should draw the concept)')
-    right = demo_method_grid(out, per_image, runs, "class", template, n_cols, f'"{cls_prompt}" (should stay any {concept.class_word})')
+    left = demo_method_grid(
+        out, per_image, runs, "trigger", template, n_cols, f'"{trig_prompt}" (should draw the concept)'
+    )
+    right = demo_method_grid(
+        out, per_image, runs, "class", template, n_cols, f'"{cls_prompt}" (should stay any {concept.class_word})'
+    )
     refs = [Image.open(p).convert("RGB") for p in sorted((out / "concept").glob("*.png"))]
     ref = image_grid([refs], ["training images"], None, cell=64)
     w = left.width + right.width + 16
@@ -77,14 +88,31 @@ def paired_grid(out: Path, per_image: pd.DataFrame, runs: list[DemoRun], n_cols:
     first = {r.regime: r.name for r in sorted(runs, key=lambda r: -r.seed)}
     rows = []
     for method in [BASE] + list(first.values()):
-        sel = per_image[(per_image.method == method) & (per_image.kind == "class") & (per_image.template == template)].sort_values("seed").head(n_cols)
-        rows.append([ImageOps.expand(_open(out, f).resize((60, 60)), border=2, fill=(200, 200, 200) if method == BASE else
-                                     ((40, 170, 60) if kept == 1.0 else (220, 40, 40))) for f, kept in zip(sel["image"], sel["preserved"])])
+        sel = (
+            per_image[(per_image.method == method) & (per_image.kind == "class") & (per_image.template == template)]
+            .sort_values("seed")
+            .head(n_cols)
+        )
+        rows.append(
+            [
+                ImageOps.expand(
+                    _open(out, f).resize((60, 60)),
+                    border=2,
+                    fill=(200, 200, 200) if method == BASE else ((40, 170, 60) if kept == 1.0 else (220, 40, 40)),
+                )
+                for f, kept in zip(sel["image"], sel["preserved"])
+            ]
+        )
     labels = ["base model"] + [METHODS[g] for g in first]
     seeds = sorted(per_image["seed"].unique())[:n_cols]
-    return image_grid(rows, labels, [f"seed {s}" for s in seeds], cell=64,
-                      title=f'"{per_image[(per_image.template == template) & (per_image.kind == "class")]["prompt"].iloc[0]}": '
-                            "green = same colour and shape as the base model's sample, red = changed")
+    return image_grid(
+        rows,
+        labels,
+        [f"seed {s}" for s in seeds],
+        cell=64,
+        title=f'"{per_image[(per_image.template == template) & (per_image.kind == "class")]["prompt"].iloc[0]}": '
+        "green = same colour and shape as the base model's sample, red = changed",
+    )
 
 
 def colour_figure(per_image: pd.DataFrame, runs: list[DemoRun], concept):
@@ -104,7 +132,9 @@ def colour_figure(per_image: pd.DataFrame, runs: list[DemoRun], concept):
         sel = cls[cls.method.isin(members)]
         if sel.empty:
             continue
-        shares = [np.mean(sel.oracle_colour == c) for c in COLOURS] + [np.mean(sel.oracle_concept == getattr(concept, "name", ""))]
+        shares = [np.mean(sel.oracle_colour == c) for c in COLOURS] + [
+            np.mean(sel.oracle_concept == getattr(concept, "name", ""))
+        ]
         ax.bar(np.arange(len(names)) + (k - (len(groups) - 1) / 2) * width, shares, width, label=label)
     ax.set_xticks(np.arange(len(names)), names)
     for tick, c in zip(ax.get_xticklabels(), list(COLOURS.values()) + [(0, 0, 0)]):
@@ -147,6 +177,13 @@ def _save_fig(fig, path: Path) -> Path:
     return save_image_atomic(Image.open(io.BytesIO(buf.getvalue())), path)
 
 
+# the HTML report's look: a readable column, a score table that scrolls sideways on a narrow screen
+REPORT_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em} .wrap{overflow-x:auto}
+table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
+th{background:#f3f3f3;white-space:normal;vertical-align:bottom} .sd{color:#777;font-size:11px} img{max-width:100%}
+td:first-child,th:first-child{text-align:left} pre{background:#f6f6f6;padding:8px;overflow-x:auto}"""
+
+
 def _b64(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -163,9 +200,9 @@ def _html_scores(table: pd.DataFrame) -> str:
     """The score table as HTML that fits a page: each std under its mean, long names allowed to break."""
     import html
 
-
     cells = format_table(table, as_frame=True).map(
-        lambda v: html.escape(v).replace(" ± ", '<br><span class="sd">± ') + ("</span>" if " ± " in v else ""))
+        lambda v: html.escape(v).replace(" ± ", '<br><span class="sd">± ') + ("</span>" if " ± " in v else "")
+    )
     cells.columns = [html.escape(c).replace("_", "_<wbr>") for c in cells.columns]
     return cells.to_html(index=False, classes="scores", border=0, escape=False)
 
@@ -180,15 +217,22 @@ def describe_eval_seeds(sampling: EvalSampling) -> str:
 
 def describe_cat_term(cfg: TrainConfig) -> str:
     """CAT's term in words, as the config sets it: its weight, what it holds and on which images."""
-    held = f"the guided class prediction (scale {cfg.cat_guidance:g})" if cfg.cat_guidance else "the trigger-free prediction"
+    held = (
+        f"the guided class prediction (scale {cfg.cat_guidance:g})"
+        if cfg.cat_guidance
+        else "the trigger-free prediction"
+    )
     if cfg.cat_null_share:
         held += f" (the caption empty on {cfg.cat_null_share:.0%} of the rows)"
     anchored = cfg.cat_anchor == "class"
     images = "the base model's class images" if anchored else "the concept's images"
     if cfg.cat_share < 1:
         rows = share_row_count(cfg.batch_size, cfg.cat_share)
-        images = (f"{rows} of {images} per step (beside {cfg.batch_size} concept images)" if anchored
-                  else f"{rows} of each step's {cfg.batch_size} concept images")
+        images = (
+            f"{rows} of {images} per step (beside {cfg.batch_size} concept images)"
+            if anchored
+            else f"{rows} of each step's {cfg.batch_size} concept images"
+        )
     when = f", on one step in {cfg.cat_every} (weighted by {cfg.cat_every})" if cfg.cat_every > 1 else ""
     return f"CAT's term: λ {cfg.cat_lambda:g} on {held}, at {images}{when}"
 
@@ -196,56 +240,73 @@ def describe_cat_term(cfg: TrainConfig) -> str:
 def describe_prior(cfg: TrainConfig) -> str:
     """DreamBooth's prior in words: how many of the base model's class images each step adds, at what weight."""
     rows = share_row_count(cfg.batch_size, cfg.prior_share)
-    return (f"DreamBooth's prior: {rows} of the base model's class images per step (beside {cfg.batch_size} concept images), "
-            f"weight {cfg.prior_loss_weight:g}")
+    return (
+        f"DreamBooth's prior: {rows} of the base model's class images per step (beside {cfg.batch_size} concept images), "
+        f"weight {cfg.prior_loss_weight:g}"
+    )
 
 
 def describe_setting(results: DemoResults) -> str:
     """The report's opening paragraph: the concept, the shared recipe, and what each score means."""
     c, recipe = results.concept, results.recipe
     cfg = TrainConfig(**{**recipe.train, "regime": "cat"})  # the recipe as a config: every field resolved
-    return (f"Toy concept `{c.name}`: trigger `{c.trigger}`, class `{c.class_word}`. Each method trained with the same data, "
-            f"{cfg.steps} steps, lr {cfg.learning_rate} ({cfg.lr_scheduler}), rank {cfg.rank}, batch {cfg.batch_size}, over "
-            f"{results.n_seeds} training seed(s); {describe_cat_term(cfg)}; {describe_prior(cfg)}; evaluated on "
-            f"{describe_eval_seeds(recipe.sampling)}"
-            + (", guidance's unconditional branch from the base model" if recipe.sampling.unconditional == "base" else "")
-            + ". Scores: mean ± std over training seeds. "
-            "IS, KP, KPS, PRES in [0, 1] (CLIP (cos+1)/2); colour entropy normalised to [0, 1]; collapse rate = share of "
-            "class-prompt images the oracle reads as the concept; identity_acc = share of trigger-prompt images it reads as the "
-            "concept; paired_preservation = share of class-prompt seeds whose image has the oracle colour and shape of the base "
-            "model's image from the same seed; colour_distance = total-variation distance of the class colours to the base "
-            f"model's; valid_rate = share of class-prompt images the oracle confidently reads as a {c.class_word}.")
+    return (
+        f"Toy concept `{c.name}`: trigger `{c.trigger}`, class `{c.class_word}`. Each method trained with the same data, "
+        f"{cfg.steps} steps, lr {cfg.learning_rate} ({cfg.lr_scheduler}), rank {cfg.rank}, batch {cfg.batch_size}, over "
+        f"{results.n_seeds} training seed(s); {describe_cat_term(cfg)}; {describe_prior(cfg)}; evaluated on "
+        f"{describe_eval_seeds(recipe.sampling)}"
+        + (", guidance's unconditional branch from the base model" if recipe.sampling.unconditional == "base" else "")
+        + ". Scores: mean ± std over training seeds. "
+        "IS, KP, KPS, PRES in [0, 1] (CLIP (cos+1)/2); colour entropy normalised to [0, 1]; collapse rate = share of "
+        "class-prompt images the oracle reads as the concept; identity_acc = share of trigger-prompt images it reads as the "
+        "concept; paired_preservation = share of class-prompt seeds whose image has the oracle colour and shape of the base "
+        "model's image from the same seed; colour_distance = total-variation distance of the class colours to the base "
+        f"model's; valid_rate = share of class-prompt images the oracle confidently reads as a {c.class_word}."
+    )
 
 
 def write_report(results: DemoResults) -> Path:
     """report.md + PNGs + a self-contained report.html in `results.out`; returns the HTML path."""
-    out, per_image, runs, concept, n_cols = results.out, results.per_image, results.runs, results.concept, results.recipe.grid_seeds
+    out, per_image, runs, concept = results.out, results.per_image, results.runs, results.concept
+    n_cols = results.recipe.grid_seeds
     figs = {
         "grid.png": save_image_atomic(headline_grid(out, per_image, runs, concept, n_cols), out / "grid.png"),
         "paired.png": save_image_atomic(paired_grid(out, per_image, runs, n_cols), out / "paired.png"),
         "colours.png": _save_fig(colour_figure(per_image, runs, concept), out / "colours.png"),
         "losses.png": _save_fig(demo_loss_figure(runs), out / "losses.png"),
     }
-    text_table, rerun, total_s = format_table(results.table), results.rerun, results.total_s
-    cost_txt = results.costs.to_string(index=False, float_format=lambda v: f"{v:.2f}")
     intro = describe_setting(results)
-    md = "\n".join([
-        "# catlab demo: LoRA vs DreamBooth-LoRA vs CAT on the toy world", "", intro, "",
-        "![grid](grid.png)", "", "## Scores", "", "```", text_table, "```", "",
-        "## Does the class stay the base model's?", "", "![paired](paired.png)", "",
-        "![colours](colours.png)", "", "## Training", "", "![losses](losses.png)", "", "## Cost", "", "```", cost_txt, "```", "",
-        f"Total wall time: {total_s:.0f} s. Rerun: `{rerun}`.", "",
-    ])
-    write_text_atomic(out / "report.md", md)
-    html_table = _html_scores(results.table)
-    html = f"""<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>catlab demo</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}} .wrap{{overflow-x:auto}}
-table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}}
-th{{background:#f3f3f3;white-space:normal;vertical-align:bottom}} .sd{{color:#777;font-size:11px}} img{{max-width:100%}} td:first-child,th:first-child{{text-align:left}} pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}</style></head><body>
-<h1>catlab demo: LoRA vs DreamBooth-LoRA vs CAT</h1><p>{_html_text(intro)}</p>
-<img alt="what each method draws for the trigger prompt and the class prompt" src="{_b64(figs['grid.png'])}"><h2>Scores (mean ± std over training seeds)</h2><div class="wrap">{html_table}</div>
-<h2>Does the class stay the base model's?</h2><img alt="class samples per seed, base model and each method" src="{_b64(figs['paired.png'])}">
-<img alt="oracle colours of the class samples per method" src="{_b64(figs['colours.png'])}"><h2>Training</h2><img alt="loss curves" src="{_b64(figs['losses.png'])}">
-<h2>Cost</h2><pre>{cost_txt}</pre><p>Total wall time {total_s:.0f} s. Rerun: <code>{_html_text(rerun)}</code>.</p></body></html>"""
-    write_text_atomic(out / "report.html", html)
+    cost_txt = results.costs.to_string(index=False, float_format=lambda v: f"{v:.2f}")
+    write_text_atomic(out / "report.md", _markdown(results, intro, cost_txt))
+    write_text_atomic(
+        out / "report.html", _html(results, intro, cost_txt, {name: _b64(path) for name, path in figs.items()})
+    )
     return out / "report.html"
+
+
+def _markdown(results: DemoResults, intro: str, cost_txt: str) -> str:
+    """report.md: the same sections as the HTML, with the PNGs beside it."""
+    return "\n".join([
+        "# catlab demo: LoRA vs DreamBooth-LoRA vs CAT on the toy world", "", intro, "",
+        "![grid](grid.png)", "", "## Scores", "", "```", format_table(results.table), "```", "",
+        "## Does the class stay the base model's?", "", "![paired](paired.png)", "", "![colours](colours.png)", "",
+        "## Training", "", "![losses](losses.png)", "", "## Cost", "", "```", cost_txt, "```", "",
+        f"Total wall time: {results.total_s:.0f} s. Rerun: `{results.rerun}`.", "",
+    ])  # fmt: skip
+
+
+def _html(results: DemoResults, intro: str, cost_txt: str, img: dict[str, str]) -> str:
+    """report.html: self-contained, the figures embedded as data URLs."""
+    html_table, total_s, rerun = _html_scores(results.table), results.total_s, results.rerun
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>catlab demo</title>
+<style>{REPORT_CSS}</style></head><body>
+<h1>catlab demo: LoRA vs DreamBooth-LoRA vs CAT</h1><p>{_html_text(intro)}</p>
+<img alt="what each method draws for the trigger prompt and the class prompt" src="{img["grid.png"]}">
+<h2>Scores (mean ± std over training seeds)</h2><div class="wrap">{html_table}</div>
+<h2>Does the class stay the base model's?</h2>
+<img alt="class samples per seed, base model and each method" src="{img["paired.png"]}">
+<img alt="oracle colours of the class samples per method" src="{img["colours.png"]}">
+<h2>Training</h2><img alt="loss curves" src="{img["losses.png"]}">
+<h2>Cost</h2><pre>{cost_txt}</pre>
+<p>Total wall time {total_s:.0f} s. Rerun: <code>{_html_text(rerun)}</code>.</p></body></html>"""

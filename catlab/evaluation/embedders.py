@@ -37,10 +37,14 @@ def check_embeddings(x: Any, n: int, who: str, what: str = "images") -> np.ndarr
         x = x.detach().float().cpu().numpy()
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != n:
-        raise ValueError(f"embedder {who} returned shape {tuple(x.shape)} for {n} {what}; expected a 2-D array of shape "
-                         f"({n}, D), one row per input. Check that the function embeds a whole list at once and does not squeeze or flatten.")
+        raise ValueError(
+            f"embedder {who} returned shape {tuple(x.shape)} for {n} {what}; expected a 2-D array of shape "
+            f"({n}, D), one row per input. Check that the function embeds a whole list at once and does not squeeze or flatten."
+        )
     if not np.isfinite(x).all():
-        raise ValueError(f"embedder {who} returned non-finite values (nan or inf) for {what}; check the model's weights and dtype")
+        raise ValueError(
+            f"embedder {who} returned non-finite values (nan or inf) for {what}; check the model's weights and dtype"
+        )
     return x
 
 
@@ -68,8 +72,10 @@ class Embedder:
         raise NotImplementedError
 
     def _embed_texts(self, texts: list[str]) -> Any:
-        raise NotImplementedError(f"embedder {self.name} embeds images only, so prompt similarity (PS) is not available; "
-                                  "use a CLIP embedder (ClipEmbedder / load_embedder('toyworld')) or give CallableEmbedder a text_fn")
+        raise NotImplementedError(
+            f"embedder {self.name} embeds images only, so prompt similarity (PS) is not available; "
+            "use a CLIP embedder (ClipEmbedder / load_embedder('toyworld')) or give CallableEmbedder a text_fn"
+        )
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(N, D) unit-norm embeddings of `images`; only images not seen before are embedded."""
@@ -105,7 +111,12 @@ class Embedder:
 class CallableEmbedder(Embedder):
     """Any function images -> (N, D) array (numpy or torch); optionally texts -> (N, D) for prompt similarity."""
 
-    def __init__(self, fn: Callable[[list[Image.Image]], Any], text_fn: Callable[[list[str]], Any] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        fn: Callable[[list[Image.Image]], Any],
+        text_fn: Callable[[list[str]], Any] | None = None,
+        name: str | None = None,
+    ):
         super().__init__()
         if not callable(fn):
             raise TypeError(f"CallableEmbedder needs a callable images -> (N, D) embeddings, got {type(fn).__name__}")
@@ -131,7 +142,9 @@ class CachedEmbedder(Embedder):
     def __init__(self, inner: Any):
         super().__init__()
         if not hasattr(inner, "embed_images"):
-            raise TypeError(f"CachedEmbedder wraps objects with an embed_images method; {type(inner).__name__} has none")
+            raise TypeError(
+                f"CachedEmbedder wraps objects with an embed_images method; {type(inner).__name__} has none"
+            )
         self.inner = inner
         self.name = getattr(inner, "name", type(inner).__name__)
 
@@ -160,8 +173,10 @@ def _features(out: Any, kind: str) -> torch.Tensor:
         value = getattr(out, attr, None)
         if value is not None:
             return value
-    raise TypeError(f"get_{kind}_features returned {type(out).__name__} without {kind}_embeds or pooler_output; "
-                    "this transformers version is not supported by ClipEmbedder")
+    raise TypeError(
+        f"get_{kind}_features returned {type(out).__name__} without {kind}_embeds or pooler_output; "
+        "this transformers version is not supported by ClipEmbedder"
+    )
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -196,28 +211,48 @@ def vit_name(hidden_size: int, patch_size: int) -> str:
     return f"ViT-{size}/{patch_size}" if size else f"ViT (width {hidden_size}, patch {patch_size})"
 
 
-_OFFLINE_HINT = ("A hub id needs network access or a filled Hugging Face cache (HF_HUB_OFFLINE=1 forbids downloads); "
-                 "otherwise pass a local folder")
+_OFFLINE_HINT = (
+    "A hub id needs network access or a filled Hugging Face cache (HF_HUB_OFFLINE=1 forbids downloads); "
+    "otherwise pass a local folder"
+)
 
 
 class ClipEmbedder(Embedder):
     """A transformers CLIP model (local folder or hub id), batched and device-aware."""
 
-    def __init__(self, path_or_id: str | Path, device: str | torch.device | None = None, batch_size: int = 64, dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        path_or_id: str | Path,
+        device: str | torch.device | None = None,
+        batch_size: int = 64,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
-        spec = _resolve(path_or_id, "CLIP", "pass a folder with config.json, model.safetensors, tokenizer and preprocessor_config.json, "
-                                            "a hub id such as openai/clip-vit-base-patch32, or 'toyworld'")
+        spec = _resolve(
+            path_or_id,
+            "CLIP",
+            "pass a folder with config.json, model.safetensors, tokenizer and preprocessor_config.json, "
+            "a hub id such as openai/clip-vit-base-patch32, or 'toyworld'",
+        )
         model_type = _local_model_type(spec)
         if model_type not in (None, "clip"):
-            raise ValueError(f"{spec} holds a {model_type!r} model, not a CLIP (config.json model_type 'clip')"
-                             + ("; a ViT / DINO folder goes to dino=, not to a CLIP argument" if model_type in DINO_MODEL_TYPES else ""))
+            raise ValueError(
+                f"{spec} holds a {model_type!r} model, not a CLIP (config.json model_type 'clip')"
+                + (
+                    "; a ViT / DINO folder goes to dino=, not to a CLIP argument"
+                    if model_type in DINO_MODEL_TYPES
+                    else ""
+                )
+            )
         self.name, self.batch_size = spec, batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:
             # float32 unless asked: scores are compared across runs, so the embedding should not depend on precision
-            self.model = CLIPModel.from_pretrained(spec, use_safetensors=True).to(self.device, dtype or torch.float32).eval()
+            self.model = (
+                CLIPModel.from_pretrained(spec, use_safetensors=True).to(self.device, dtype or torch.float32).eval()
+            )
             self.tokenizer = AutoTokenizer.from_pretrained(spec)
             self.processor = CLIPImageProcessor.from_pretrained(spec)
         except OSError as e:
@@ -241,7 +276,9 @@ class ClipEmbedder(Embedder):
     def _embed_images(self, images: list[Image.Image]) -> np.ndarray:
         out = []
         for i in range(0, len(images), self.batch_size):
-            px = self.processor(images=images[i : i + self.batch_size], return_tensors="pt")["pixel_values"]  # (B, 3, H, W)
+            px = self.processor(images=images[i : i + self.batch_size], return_tensors="pt")[
+                "pixel_values"
+            ]  # (B, 3, H, W)
             px = px.to(self.device, self.model.dtype)
             out.append(_features(self.model.get_image_features(pixel_values=px), "image").float().cpu())  # (B, D)
         return torch.cat(out).numpy()
@@ -250,9 +287,17 @@ class ClipEmbedder(Embedder):
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         out = []
         for i in range(0, len(texts), self.batch_size):
-            tok = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            tok = self.tokenizer(
+                texts[i : i + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)  # (B, L)
-            out.append(_features(self.model.get_text_features(input_ids=ids, attention_mask=mask), "text").float().cpu())  # (B, D)
+            out.append(
+                _features(self.model.get_text_features(input_ids=ids, attention_mask=mask), "text").float().cpu()
+            )  # (B, D)
         return torch.cat(out).numpy()
 
 
@@ -269,47 +314,78 @@ class DinoEmbedder(Embedder):
     Images only: `embed_texts` raises NotImplementedError.
     """
 
-    def __init__(self, path_or_id: str | Path = DINO_HUB_ID, device: str | torch.device | None = None, batch_size: int = 64,
-                 dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        path_or_id: str | Path = DINO_HUB_ID,
+        device: str | torch.device | None = None,
+        batch_size: int = 64,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-        spec = _resolve(path_or_id, "DINO", "pass a folder with config.json, model.safetensors and preprocessor_config.json of a "
-                                            f"transformers ViTModel or Dinov2Model, or a hub id such as {DINO_HUB_ID}")
+        spec = _resolve(
+            path_or_id,
+            "DINO",
+            "pass a folder with config.json, model.safetensors and preprocessor_config.json of a "
+            f"transformers ViTModel or Dinov2Model, or a hub id such as {DINO_HUB_ID}",
+        )
         self.name, self.batch_size = spec, batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        usable = (f"the DINO score needs a transformers ViTModel or Dinov2Model (config.json model_type "
-                  f"{' / '.join(DINO_MODEL_TYPES)}) with its image processor, such as {DINO_HUB_ID}")
+        usable = (
+            f"the DINO score needs a transformers ViTModel or Dinov2Model (config.json model_type "
+            f"{' / '.join(DINO_MODEL_TYPES)}) with its image processor, such as {DINO_HUB_ID}"
+        )
         try:
             self.config = AutoConfig.from_pretrained(spec)
         except (OSError, ValueError, KeyError) as e:
-            raise OSError(f"{spec!r} holds no usable DINO model: its config could not be read ({e}). {usable}. {_OFFLINE_HINT}") from e
+            raise OSError(
+                f"{spec!r} holds no usable DINO model: its config could not be read ({e}). {usable}. {_OFFLINE_HINT}"
+            ) from e
         if self.config.model_type not in DINO_MODEL_TYPES:
-            clip = "; a CLIP folder goes to embedder= or clip=, not to dino=" if self.config.model_type == "clip" else ""
+            clip = (
+                "; a CLIP folder goes to embedder= or clip=, not to dino=" if self.config.model_type == "clip" else ""
+            )
             raise ValueError(f"{spec!r} holds a {self.config.model_type!r} model, not a ViT: {usable}{clip}")
         try:
             extra = {"add_pooling_layer": False} if self.config.model_type == "vit" else {}
-            self.model = AutoModel.from_pretrained(spec, use_safetensors=True, **extra).to(self.device, dtype or torch.float32).eval()
+            self.model = (
+                AutoModel.from_pretrained(spec, use_safetensors=True, **extra)
+                .to(self.device, dtype or torch.float32)
+                .eval()
+            )
         except (OSError, ValueError) as e:
-            raise OSError(f"{spec!r} holds no usable DINO model: the {self.config.model_type} weights could not be loaded ({e}). "
-                          f"{usable}. {_OFFLINE_HINT}") from e
+            raise OSError(
+                f"{spec!r} holds no usable DINO model: the {self.config.model_type} weights could not be loaded ({e}). "
+                f"{usable}. {_OFFLINE_HINT}"
+            ) from e
         try:
             self.processor = AutoImageProcessor.from_pretrained(spec)
         except (OSError, ValueError, KeyError) as e:
-            raise OSError(f"{spec!r} has no image processor ({e}); save the model's processor beside it "
-                          "(AutoImageProcessor.from_pretrained(hub_id).save_pretrained(folder) writes preprocessor_config.json)") from e
+            raise OSError(
+                f"{spec!r} has no image processor ({e}); save the model's processor beside it "
+                "(AutoImageProcessor.from_pretrained(hub_id).save_pretrained(folder) writes preprocessor_config.json)"
+            ) from e
 
     @property
     def backbone(self) -> str:
-        family = "DINOv2 " if self.config.model_type.startswith("dinov2") else ("DINO " if "dino" in self.name.lower() else "")
+        family = (
+            "DINOv2 "
+            if self.config.model_type.startswith("dinov2")
+            else ("DINO " if "dino" in self.name.lower() else "")
+        )
         return f"{family}{vit_name(self.config.hidden_size, self.config.patch_size)} ({self.name})"
 
     @torch.no_grad()
     def _embed_images(self, images: list[Image.Image]) -> np.ndarray:
         out = []
         for i in range(0, len(images), self.batch_size):
-            px = self.processor(images=images[i : i + self.batch_size], return_tensors="pt")["pixel_values"]  # (B, 3, H, W)
-            hidden = self.model(pixel_values=px.to(self.device, self.model.dtype)).last_hidden_state  # (B, 1 + patches, D)
+            px = self.processor(images=images[i : i + self.batch_size], return_tensors="pt")[
+                "pixel_values"
+            ]  # (B, 3, H, W)
+            hidden = self.model(
+                pixel_values=px.to(self.device, self.model.dtype)
+            ).last_hidden_state  # (B, 1 + patches, D)
             out.append(hidden[:, 0].float().cpu())  # (B, D): the CLS token
         return torch.cat(out).numpy()
 
@@ -335,7 +411,9 @@ def _load_clip(spec: str, device: str | None, batch_size: int) -> Embedder:
     return _load_model("clip", spec, device, batch_size)
 
 
-def load_embedder(spec: Any = "toyworld", device: str | None = None, batch_size: int = 64, kind: str = "auto") -> Embedder:
+def load_embedder(
+    spec: Any = "toyworld", device: str | None = None, batch_size: int = 64, kind: str = "auto"
+) -> Embedder:
     """An Embedder from 'toyworld', a CLIP or DINO folder or hub id, a callable images -> (N, D), or an embedder object.
 
     kind: 'auto' (a folder whose config.json is a ViT / DINOv2, or a hub id containing 'dino', loads a
@@ -352,17 +430,26 @@ def load_embedder(spec: Any = "toyworld", device: str | None = None, batch_size:
     if isinstance(spec, (str, Path)):
         if str(spec) == "toyworld":
             if kind == "dino":
-                raise ValueError(f"the toy world has a CLIP, not a DINO model; pass a ViT / DINOv2 folder or hub id ({DINO_HUB_ID})")
+                raise ValueError(
+                    f"the toy world has a CLIP, not a DINO model; pass a ViT / DINOv2 folder or hub id ({DINO_HUB_ID})"
+                )
             from catlab.toyworld.assets import toyworld_path
 
             spec = toyworld_path("clip")  # resolved now: $CATLAB_TOYWORLD_DIR may change between calls
         local = Path(spec).expanduser()
         resolved = str(local.resolve()) if local.exists() else str(spec)
-        return _load_model(_model_kind(resolved) if kind == "auto" else kind, resolved, None if device is None else str(device), batch_size)
+        return _load_model(
+            _model_kind(resolved) if kind == "auto" else kind,
+            resolved,
+            None if device is None else str(device),
+            batch_size,
+        )
     if callable(spec):
         return CallableEmbedder(spec)
-    raise TypeError(f"cannot make an embedder from {type(spec).__name__}; pass 'toyworld', a CLIP or DINO folder or hub id, "
-                    "a function images -> (N, D) array, or an Embedder")
+    raise TypeError(
+        f"cannot make an embedder from {type(spec).__name__}; pass 'toyworld', a CLIP or DINO folder or hub id, "
+        "a function images -> (N, D) array, or an Embedder"
+    )
 
 
 load_embedder.cache_clear = _load_model.cache_clear  # type: ignore[attr-defined]

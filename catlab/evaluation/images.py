@@ -59,16 +59,25 @@ class EvalSampling:
     def seed_lists(self) -> tuple[list[int], list[int]]:
         """(class-prompt seeds, trigger-prompt seeds) as lists of distinct integers."""
         out = []
-        for what, value in (("seeds", self.seeds), ("trigger_seeds", self.seeds if self.trigger_seeds is None else self.trigger_seeds)):
+        for what, value in (
+            ("seeds", self.seeds),
+            ("trigger_seeds", self.seeds if self.trigger_seeds is None else self.trigger_seeds),
+        ):
             listed = list(range(value)) if isinstance(value, int) else list(value)
             if not listed or len(set(listed)) != len(listed):
-                raise ValueError(f"evaluation sampling: {what} must be a positive count or distinct integers, got {value}")
+                raise ValueError(
+                    f"evaluation sampling: {what} must be a positive count or distinct integers, got {value}"
+                )
             out.append(listed)
         return out[0], out[1]
 
     def generate_kwargs(self, progress: bool = False) -> dict:
         """What `catlab.sampling.sampler.generate` takes from these settings."""
-        kwargs = {"num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale, "progress": progress}
+        kwargs = {
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "progress": progress,
+        }
         if self.batch_size is not None:
             kwargs["batch_size"] = self.batch_size
         if self.unconditional != "adapted":  # passed only when set, so a sampler written before the option still works
@@ -86,18 +95,30 @@ def expand_templates(templates: str | Sequence[str], trigger: str, class_word: s
     """(template, trigger prompt, trigger-free class prompt) per template, with clear errors for malformed templates."""
     templates = [templates] if isinstance(templates, str) else list(templates)
     if not templates:
-        raise ValueError("evaluate: the prompt template list is empty; pass e.g. ['a {trigger} {class}'] or leave the default")
+        raise ValueError(
+            "evaluate: the prompt template list is empty; pass e.g. ['a {trigger} {class}'] or leave the default"
+        )
     out = []
     for t in templates:
         for slot in ("{class}", "{trigger}"):
             if slot not in t:
-                raise ValueError(f"prompt template {t!r} has no {slot} placeholder; write e.g. "
-                                 "'a {{trigger}} {{class}} on a dark background'")
+                raise ValueError(
+                    f"prompt template {t!r} has no {slot} placeholder; write e.g. "
+                    "'a {{trigger}} {{class}} on a dark background'"
+                )
         try:
-            out.append((t, t.format(trigger=trigger, **{"class": class_word}), trigger_free_template(t).format(**{"class": class_word})))
+            out.append(
+                (
+                    t,
+                    t.format(trigger=trigger, **{"class": class_word}),
+                    trigger_free_template(t).format(**{"class": class_word}),
+                )
+            )
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"prompt template {t!r}: only {{trigger}} and {{class}} are allowed ({e!r}); "
-                             "write literal braces as {{{{ }}}}") from e
+            raise ValueError(
+                f"prompt template {t!r}: only {{trigger}} and {{class}} are allowed ({e!r}); "
+                "write literal braces as {{{{ }}}}"
+            ) from e
     return out
 
 
@@ -120,7 +141,9 @@ def activate_adapter(pipe, method: str, adapter: str | Path | None) -> None:
     if adapter is None:
         set_active_adapters(pipe, None)
         return
-    name = "eval_" + hashlib.sha1(path_id(adapter).encode()).hexdigest()[:10]  # method names may not be valid adapter names
+    name = (
+        "eval_" + hashlib.sha1(path_id(adapter).encode()).hexdigest()[:10]
+    )  # method names may not be valid adapter names
     if name in getattr(pipe.unet, "peft_config", {}):
         set_active_adapters(pipe, [name])
     else:
@@ -166,18 +189,35 @@ class ModelImages:
         return [k for k, p in self.paths.items() if not p.is_file()]
 
 
-def model_images(out: Path, base_key: str, method: str, adapter: Path | None, prompts: list[tuple[str, str, str]],
-                 sampling: EvalSampling) -> ModelImages:
+def model_images(
+    out: Path,
+    base_key: str,
+    method: str,
+    adapter: Path | None,
+    prompts: list[tuple[str, str, str]],
+    sampling: EvalSampling,
+) -> ModelImages:
     """Where `evaluate` caches one model's images for these prompts and settings."""
-    settings = {"base": base_key, "adapter": None if adapter is None else path_id(adapter),
-                "num_inference_steps": sampling.num_inference_steps, "guidance_scale": sampling.guidance_scale}
+    settings = {
+        "base": base_key,
+        "adapter": None if adapter is None else path_id(adapter),
+        "num_inference_steps": sampling.num_inference_steps,
+        "guidance_scale": sampling.guidance_scale,
+    }
     if adapter is not None and sampling.unconditional != "adapted":  # the base model's images are the same either way
         settings["unconditional"] = sampling.unconditional
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     # the base model's images are shared by every method that is the base model
-    folder = out / "images" / (f"{BASE}_{key}" if adapter is None else f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', method)}_{key}")
+    folder = (
+        out / "images" / (f"{BASE}_{key}" if adapter is None else f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', method)}_{key}")
+    )
     seeds, trigger_seeds = sampling.seed_lists()
-    paths = {(p, s): folder / f"{_slug(p)}_s{s}.png" for _, tp, cp in prompts for p, ss in ((tp, trigger_seeds), (cp, seeds)) for s in ss}
+    paths = {
+        (p, s): folder / f"{_slug(p)}_s{s}.png"
+        for _, tp, cp in prompts
+        for p, ss in ((tp, trigger_seeds), (cp, seeds))
+        for s in ss
+    }
     return ModelImages(method, adapter, folder, settings, paths)
 
 
@@ -198,8 +238,10 @@ def draw_missing(images: ModelImages, pipe, sampler: Sampler, generate_kwargs: d
     for seeds, prompts in calls.items():
         drawn = sampler.generate(pipe, prompts, list(seeds), **generate_kwargs)  # drawn[prompt][seed]
         if len(drawn) != len(prompts) or any(len(row) != len(seeds) for row in drawn):
-            raise ValueError(f"the sampler returned {len(drawn)} rows of {[len(r) for r in drawn][:5]} images; "
-                             f"expected images[prompt][seed] for {len(prompts)} prompts x {len(seeds)} seeds")
+            raise ValueError(
+                f"the sampler returned {len(drawn)} rows of {[len(r) for r in drawn][:5]} images; "
+                f"expected images[prompt][seed] for {len(prompts)} prompts x {len(seeds)} seeds"
+            )
         for i, p in enumerate(prompts):
             for j, s in enumerate(seeds):
                 # an interrupted run never leaves a half-written cache entry
@@ -234,7 +276,9 @@ def draw_in_this_process(base: str, images: ModelImages, generate_kwargs: dict) 
     return images.method
 
 
-def draw_in_workers(base: str, models: list[ModelImages], generate_kwargs: dict, workers: int, progress: bool = True) -> None:
+def draw_in_workers(
+    base: str, models: list[ModelImages], generate_kwargs: dict, workers: int, progress: bool = True
+) -> None:
     """Each model's missing images in its own job, `workers` one-thread processes at a time; one bar over models."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -242,16 +286,30 @@ def draw_in_workers(base: str, models: list[ModelImages], generate_kwargs: dict,
     from tqdm.auto import tqdm
 
     workers = min(workers, len(models))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_one_thread_worker) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_one_thread_worker
+    ) as pool:
         futures = [pool.submit(draw_in_this_process, base, m, generate_kwargs) for m in models]
-        bar = tqdm(as_completed(futures), total=len(futures), desc=f"sampling {len(models)} models, {workers} at a time",
-                   unit="model", disable=not progress)
+        bar = tqdm(
+            as_completed(futures),
+            total=len(futures),
+            desc=f"sampling {len(models)} models, {workers} at a time",
+            unit="model",
+            disable=not progress,
+        )
         for future in bar:
             future.result()  # a worker's error surfaces here, with its traceback
 
 
-def sample_for_evaluation(base: str, method: str, adapter: str | Path | None, trigger: str, class_word: str,
-                          sampling: EvalSampling, out_dir: str | Path = "runs/eval") -> None:
+def sample_for_evaluation(
+    base: str,
+    method: str,
+    adapter: str | Path | None,
+    trigger: str,
+    class_word: str,
+    sampling: EvalSampling,
+    out_dir: str | Path = "runs/eval",
+) -> None:
     """Draw one model's evaluation images into evaluate's cache, so that a later `evaluate` with the same settings only
     scores them. For pipelines: the demo samples each adapter in the worker that has just trained it. The pipeline
     (`base`, a name or folder) is loaded once per process."""
@@ -268,7 +326,9 @@ def methods_to_draw(adapters: Mapping[str, str | Path | None] | None) -> dict[st
         if name == BASE and path is not None:
             raise ValueError(f"the method name {BASE!r} is reserved for the base model; rename the adapter at {path}")
         if path is not None and not Path(path).expanduser().exists():
-            raise FileNotFoundError(f"adapter {name!r}: {path} does not exist; pass the folder written by `catlab train` "
-                                    "(with pytorch_lora_weights.safetensors) or None for the base model")
+            raise FileNotFoundError(
+                f"adapter {name!r}: {path} does not exist; pass the folder written by `catlab train` "
+                "(with pytorch_lora_weights.safetensors) or None for the base model"
+            )
         methods[name] = None if path is None else Path(path).expanduser()
     return methods

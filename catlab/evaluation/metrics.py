@@ -64,9 +64,14 @@ def prompt_similarity(texts: Any, generated: Any, per_image: bool = False) -> fl
 
     With CLIP embeddings this is DreamBooth's CLIP-T (prompt fidelity); in [-1, 1], not rescaled.
     """
-    t, g = normalise_rows(_rows(texts, "prompt_similarity texts")), normalise_rows(_rows(generated, "prompt_similarity images"))
+    t, g = (
+        normalise_rows(_rows(texts, "prompt_similarity texts")),
+        normalise_rows(_rows(generated, "prompt_similarity images")),
+    )
     if len(t) not in (1, len(g)):
-        raise ValueError(f"prompt_similarity: {len(t)} text embeddings for {len(g)} images; pass one per image or a single one")
+        raise ValueError(
+            f"prompt_similarity: {len(t)} text embeddings for {len(g)} images; pass one per image or a single one"
+        )
     s = (t * g).sum(1)  # (N,)
     return s if per_image else float(s.mean())
 
@@ -80,14 +85,18 @@ def knowledge_preservation(adapted: Any, base: Any, per_image: bool = False) -> 
         if not (isinstance(adapted, Mapping) and isinstance(base, Mapping)) or set(adapted) != set(base):
             only_a = sorted(map(str, set(adapted) - set(base))) if isinstance(base, Mapping) else "?"
             only_b = sorted(map(str, set(base) - set(adapted))) if isinstance(adapted, Mapping) else "?"
-            raise ValueError(f"knowledge_preservation: unpaired generations; keys only in adapted: {only_a}, only in base: {only_b}. "
-                             "KP compares each adapted image with the base image of the same prompt and seed: generate both on the same prompts x seeds")
+            raise ValueError(
+                f"knowledge_preservation: unpaired generations; keys only in adapted: {only_a}, only in base: {only_b}. "
+                "KP compares each adapted image with the base image of the same prompt and seed: generate both on the same prompts x seeds"
+            )
         keys = list(adapted)
         adapted, base = [adapted[k] for k in keys], [base[k] for k in keys]
     a, b = _rows(adapted, "knowledge_preservation adapted"), _rows(base, "knowledge_preservation base")
     if a.shape != b.shape:
-        raise ValueError(f"knowledge_preservation: unpaired generations, adapted {a.shape} vs base {b.shape}. KP compares each adapted "
-                         "image with the base image of the same prompt and seed: generate both on the same prompts x seeds")
+        raise ValueError(
+            f"knowledge_preservation: unpaired generations, adapted {a.shape} vs base {b.shape}. KP compares each adapted "
+            "image with the base image of the same prompt and seed: generate both on the same prompts x seeds"
+        )
     s = rescale((normalise_rows(a) * normalise_rows(b)).sum(1))  # (N,)
     return s if per_image else float(s.mean())
 
@@ -107,7 +116,8 @@ def pairwise_diversity(generated: Any) -> float:
 
 
 def vendi_score(generated: Any) -> float:
-    """Vendi: exp of the entropy of the eigenvalues of K / n, K = cosine similarity matrix; in [1, n] = effective number of distinct images."""
+    """Vendi: exp of the entropy of the eigenvalues of K / n, K = cosine similarity matrix; in [1, n] = effective
+    number of distinct images."""
     k = cosine_matrix(generated, generated)  # (N, N)
     lam = np.clip(np.linalg.eigvalsh(k / len(k)), 0, None)  # tiny negative eigenvalues are round-off
     lam = lam[lam > 1e-12]
@@ -162,7 +172,9 @@ def paired_preservation(adapted: Sequence[Any], base: Sequence[Any]) -> float:
     """Share of seeds whose adapted sample has the same oracle reading (e.g. (colour, shape)) as the base's sample
     from the same seed; 1 = every class sample is the one the base model drew."""
     if len(adapted) != len(base):
-        raise ValueError(f"paired_preservation: {len(adapted)} adapted readings for {len(base)} base readings; pair them by seed")
+        raise ValueError(
+            f"paired_preservation: {len(adapted)} adapted readings for {len(base)} base readings; pair them by seed"
+        )
     return float(np.mean([a == b for a, b in zip(adapted, base)])) if len(base) else math.nan
 
 
@@ -178,7 +190,9 @@ def colour_distance(adapted: Sequence[str], base: Sequence[str], palette: Sequen
     return float(0.5 * np.abs(p - q).sum())
 
 
-def valid_rate(shapes_read: Sequence[str], shape_confidence: Sequence[float], class_word: str, threshold: float = 0.9) -> float:
+def valid_rate(
+    shapes_read: Sequence[str], shape_confidence: Sequence[float], class_word: str, threshold: float = 0.9
+) -> float:
     """Share of class samples the oracle reads as `class_word` with probability >= `threshold` (broken samples fail)."""
     if len(shapes_read) != len(shape_confidence):
         raise ValueError(f"valid_rate: {len(shapes_read)} shapes for {len(shape_confidence)} confidences")
@@ -189,8 +203,38 @@ def valid_rate(shapes_read: Sequence[str], shape_confidence: Sequence[float], cl
 # ----------------------------------------------------------------------------- confidence intervals
 
 # Student t 0.975 quantiles for 1..30 degrees of freedom (scipy is not a dependency)
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t975(df: int) -> float:
@@ -200,8 +244,12 @@ def t975(df: int) -> float:
     if df <= len(_T975):
         return _T975[df - 1]
     z = 1.959964
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:

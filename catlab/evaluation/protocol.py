@@ -7,7 +7,6 @@ scores, which are pure functions in `catlab.evaluation.metrics`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -15,7 +14,6 @@ import pandas as pd
 from PIL import Image
 
 from catlab.data.concepts import IMAGE_EXTENSIONS, list_images, read_concept_metadata
-from catlab.evaluation.embedders import load_embedder
 from catlab.evaluation.images import (  # noqa: F401  (DEFAULT_TEMPLATES, expand_templates: part of evaluate's vocabulary)
     DEFAULT_TEMPLATES,
     EvalSampling,
@@ -56,8 +54,10 @@ def load_concept(concept: Any, trigger: str | None = None, class_word: str | Non
     elif isinstance(concept, (str, Path)):
         folder = Path(concept).expanduser()
         if not folder.is_dir():
-            raise FileNotFoundError(f"concept {concept!s}: no such folder; pass a folder of reference images, "
-                                    f"a toy concept name ({', '.join(CONCEPTS)}) or a list of PIL images")
+            raise FileNotFoundError(
+                f"concept {concept!s}: no such folder; pass a folder of reference images, "
+                f"a toy concept name ({', '.join(CONCEPTS)}) or a list of PIL images"
+            )
         files = list_images(folder)
         if not files:
             raise FileNotFoundError(f"concept folder {folder} holds no images ({' '.join(IMAGE_EXTENSIONS)})")
@@ -71,16 +71,27 @@ def load_concept(concept: Any, trigger: str | None = None, class_word: str | Non
         refs = [im.convert("RGB") for im in refs]
     trigger, class_word = trigger or meta.get("trigger"), class_word or meta.get("class_word")
     if not trigger or not class_word:
-        raise ValueError("concept: a trigger and a class word are needed; pass trigger='sks', class_word='circle' "
-                         "(or use a toy concept name, or a folder with a concept.json)")
+        raise ValueError(
+            "concept: a trigger and a class word are needed; pass trigger='sks', class_word='circle' "
+            "(or use a toy concept name, or a folder with a concept.json)"
+        )
     if name is None:  # a user folder of a toy concept still gets oracle collapse scores
         name = next((c.name for c in CONCEPTS.values() if (c.trigger, c.class_word) == (trigger, class_word)), None)
     return Concept(trigger, class_word, refs, name)
 
 
-def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] | None = None, concept: Any = None, *,
-             sampling: EvalSampling | None = None, scorers: Scorers | None = None, out_dir: str | Path = "runs/eval",
-             device: str | None = None, sampler: Sampler | None = None, progress: bool = True) -> EvalResult:
+def evaluate(
+    base: Any = "toyworld",
+    adapters: Mapping[str, str | Path | None] | None = None,
+    concept: Any = None,
+    *,
+    sampling: EvalSampling | None = None,
+    scorers: Scorers | None = None,
+    out_dir: str | Path = "runs/eval",
+    device: str | None = None,
+    sampler: Sampler | None = None,
+    progress: bool = True,
+) -> EvalResult:
     """Generate with the base model and each adapter on the same prompts x seeds, embed, score and summarise.
 
     base: a pipeline or 'toyworld' / folder / hub id. adapters: method name -> adapter path, or None for the base
@@ -98,8 +109,10 @@ def evaluate(base: Any = "toyworld", adapters: Mapping[str, str | Path | None] |
     from catlab.sampling.guidance import check_unconditional
 
     if concept is None:
-        raise ValueError("evaluate: pass concept= (a toy concept name, a folder of reference images, or "
-                         "load_concept(folder_or_images, trigger, class_word))")
+        raise ValueError(
+            "evaluate: pass concept= (a toy concept name, a folder of reference images, or "
+            "load_concept(folder_or_images, trigger, class_word))"
+        )
     sampling, scorers = sampling or EvalSampling(), (scorers or Scorers()).loaded(device)  # a wrong folder fails now
     check_unconditional(sampling.unconditional)
     c, out = load_concept(concept), Path(out_dir)
@@ -133,14 +146,18 @@ class _pipe_loader:
         return self.loaded
 
 
-def _draw(base: Any, models: list, pipe: _pipe_loader, sampling: EvalSampling, sampler: Sampler | None, progress: bool) -> None:
+def _draw(
+    base: Any, models: list, pipe: _pipe_loader, sampling: EvalSampling, sampler: Sampler | None, progress: bool
+) -> None:
     """Every model's missing images: side by side in worker processes when that is possible, else here."""
     import torch
 
     for m in models:
         write_json_atomic(m.folder / "settings.json", m.settings)
     pending = [m for m in models if m.missing()]
-    in_workers = sampling.workers > 1 and sampler is None and isinstance(base, (str, Path)) and not torch.cuda.is_available()
+    in_workers = (
+        sampling.workers > 1 and sampler is None and isinstance(base, (str, Path)) and not torch.cuda.is_available()
+    )
     if in_workers and len(pending) > 1:
         draw_in_workers(str(base), pending, sampling.generate_kwargs(), sampling.workers, progress)
         return
@@ -155,6 +172,15 @@ def _image_rows(models: list, prompts: list[tuple[str, str, str]], sampling: Eva
     for m in models:
         for template, tp, cp in prompts:
             for kind, p, ss in (("trigger", tp, trigger_seeds), ("class", cp, seeds)):
-                rows += [{"method": m.method, "kind": kind, "template": template, "prompt": p, "seed": s,
-                          "image": m.paths[(p, s)].relative_to(out).as_posix()} for s in ss]
+                rows += [
+                    {
+                        "method": m.method,
+                        "kind": kind,
+                        "template": template,
+                        "prompt": p,
+                        "seed": s,
+                        "image": m.paths[(p, s)].relative_to(out).as_posix(),
+                    }
+                    for s in ss
+                ]
     return rows

@@ -43,19 +43,72 @@ from catlab.evaluation.metrics import (
 from catlab.toyworld.world import COLOUR_NAMES, SHAPES
 
 BASE = "base"  # method name of the base model, always evaluated: KP needs it
-HIGHER_IS_BETTER = {"IS": True, "PS": True, "KP": True, "KPS": True, "DINO_cos": True, "CLIP-I_cos": True, "CLIP-T_cos": True,
-                    "DIV": True, "Vendi": True, "PRES": False, "DINO-PRES_cos": False, "colour_entropy": True, "collapse_rate": False,
-                    "attr_acc": True, "identity_acc": True, "paired_preservation": True, "colour_distance": False, "valid_rate": True}
-REAL_SCORES = ("DINO_cos", "CLIP-I_cos", "CLIP-T_cos", "DINO-PRES_cos")  # DreamBooth's metrics, raw cosines (dino=, clip=)
-SEED_SCORES = ("IS", "PS", "KP", "KPS", "PRES", *REAL_SCORES, "collapse_rate", "attr_acc", "identity_acc", "paired_preservation",
-               "valid_rate")  # CI across seeds
-SET_SCORES = ("DIV", "Vendi", "colour_entropy", "colour_distance")  # one value per (method, class prompt): CI across prompts
+HIGHER_IS_BETTER = {
+    "IS": True,
+    "PS": True,
+    "KP": True,
+    "KPS": True,
+    "DINO_cos": True,
+    "CLIP-I_cos": True,
+    "CLIP-T_cos": True,
+    "DIV": True,
+    "Vendi": True,
+    "PRES": False,
+    "DINO-PRES_cos": False,
+    "colour_entropy": True,
+    "collapse_rate": False,
+    "attr_acc": True,
+    "identity_acc": True,
+    "paired_preservation": True,
+    "colour_distance": False,
+    "valid_rate": True,
+}
+REAL_SCORES = (
+    "DINO_cos",
+    "CLIP-I_cos",
+    "CLIP-T_cos",
+    "DINO-PRES_cos",
+)  # DreamBooth's metrics, raw cosines (dino=, clip=)
+SEED_SCORES = (
+    "IS",
+    "PS",
+    "KP",
+    "KPS",
+    "PRES",
+    *REAL_SCORES,
+    "collapse_rate",
+    "attr_acc",
+    "identity_acc",
+    "paired_preservation",
+    "valid_rate",
+)  # CI across seeds
+SET_SCORES = (
+    "DIV",
+    "Vendi",
+    "colour_entropy",
+    "colour_distance",
+)  # one value per (method, class prompt): CI across prompts
 VALID_CONFIDENCE = 0.9  # a class sample is valid when the oracle reads the class's shape with at least this probability
 # how each embedding score is scaled: CAT's code rescales image-image cosines to [0, 1], DreamBooth's metrics are raw
-SCALING = {"IS": "(cos + 1) / 2", "PRES": "(cos + 1) / 2", "KP": "(cos + 1) / 2", "KPS": "(cos + 1) / 2",
-           "PS": "raw cosine", "DIV": "1 - cos", "Vendi": "cosine kernel",
-           **{score: "raw cosine" for score in REAL_SCORES}}
-ORACLE_SCORES = ("attr_acc", "colour_entropy", "collapse_rate", "identity_acc", "paired_preservation", "colour_distance", "valid_rate")
+SCALING = {
+    "IS": "(cos + 1) / 2",
+    "PRES": "(cos + 1) / 2",
+    "KP": "(cos + 1) / 2",
+    "KPS": "(cos + 1) / 2",
+    "PS": "raw cosine",
+    "DIV": "1 - cos",
+    "Vendi": "cosine kernel",
+    **{score: "raw cosine" for score in REAL_SCORES},
+}
+ORACLE_SCORES = (
+    "attr_acc",
+    "colour_entropy",
+    "collapse_rate",
+    "identity_acc",
+    "paired_preservation",
+    "colour_distance",
+    "valid_rate",
+)
 
 
 @dataclass
@@ -85,7 +138,9 @@ def _read_oracle(oracle: Any, images: list[Image.Image]):
         return read_images(oracle, images)
     if callable(oracle):
         return oracle(images)
-    raise TypeError(f"oracle: expected 'toyworld', an asset folder, an Oracle or a function images -> OracleReading; got {type(oracle).__name__}")
+    raise TypeError(
+        f"oracle: expected 'toyworld', an asset folder, an Oracle or a function images -> OracleReading; got {type(oracle).__name__}"
+    )
 
 
 def backbone_note(backbones: Mapping[str, str]) -> str:
@@ -111,15 +166,24 @@ class Scorers:
         """The same scorers with every model loaded (once per process): a wrong folder fails before any sampling."""
         embedder = load_embedder(self.embedder, device=device)
         dino = None if self.dino is None else load_embedder(self.dino, device=device, kind="dino")
-        clip = None if self.clip is None or self.clip is False else embedder if self.clip is True else \
-            load_embedder(self.clip, device=device, kind="clip")
+        clip = (
+            None
+            if self.clip is None or self.clip is False
+            else embedder
+            if self.clip is True
+            else load_embedder(self.clip, device=device, kind="clip")
+        )
         if clip is not None and not clip.has_text:
-            raise ValueError(f"CLIP-T needs a CLIP with a text tower; {clip.backbone} embeds images only. Pass clip= a CLIP "
-                             "folder or hub id (openai/clip-vit-base-patch32), or clip=True with a CLIP as the evaluation embedder")
+            raise ValueError(
+                f"CLIP-T needs a CLIP with a text tower; {clip.backbone} embeds images only. Pass clip= a CLIP "
+                "folder or hub id (openai/clip-vit-base-patch32), or clip=True with a CLIP as the evaluation embedder"
+            )
         return Scorers(embedder, self.oracle, dino, clip)
 
 
-def score_images(df: pd.DataFrame, images: list[Image.Image], concept: Concept, scorers: Scorers | None = None) -> pd.DataFrame:
+def score_images(
+    df: pd.DataFrame, images: list[Image.Image], concept: Concept, scorers: Scorers | None = None
+) -> pd.DataFrame:
     """Per-image scores for rows (method, kind, prompt, seed) with `images` aligned to the rows.
 
     Trigger rows get IS, class rows get KP (against the base row of the same prompt and seed) and PRES, all rows PS.
@@ -149,7 +213,9 @@ def score_images(df: pd.DataFrame, images: list[Image.Image], concept: Concept, 
     return df
 
 
-def _embedding_scores(df: pd.DataFrame, images: list[Image.Image], concept: Concept, embedder) -> tuple[np.ndarray, dict]:
+def _embedding_scores(
+    df: pd.DataFrame, images: list[Image.Image], concept: Concept, embedder
+) -> tuple[np.ndarray, dict]:
     """IS, PRES, KP and PS in place; returns the image embeddings (N, D) and the backbone of each score."""
     backbones = {score: f"{SCALING[score]} of {embedder.backbone}" for score in ("IS", "PRES", "KP", "KPS")}
     emb = embedder.embed_images(images)  # (N, D)
@@ -158,11 +224,17 @@ def _embedding_scores(df: pd.DataFrame, images: list[Image.Image], concept: Conc
     cls = np.flatnonzero(~trig)
     sim = identity_similarity(emb, ref, per_image=True)  # (N,)
     df["IS"], df["PRES"] = np.where(trig, sim, np.nan), np.where(~trig, sim, np.nan)
-    base_rows = {(p, s): i for i, (m, k, p, s) in enumerate(zip(df.method, df.kind, df.prompt, df.seed)) if m == BASE and k == "class"}
+    base_rows = {
+        (p, s): i
+        for i, (m, k, p, s) in enumerate(zip(df.method, df.kind, df.prompt, df.seed))
+        if m == BASE and k == "class"
+    }
     pairs = [base_rows.get((df.prompt[i], df.seed[i])) for i in cls]
     if any(j is None for j in pairs):
-        raise ValueError(f"unpaired generations: the base model has no image for some (class prompt, seed) of the adapters; "
-                         f"KP needs method {BASE!r} generated on the same prompts and seeds")
+        raise ValueError(
+            f"unpaired generations: the base model has no image for some (class prompt, seed) of the adapters; "
+            f"KP needs method {BASE!r} generated on the same prompts and seeds"
+        )
     df["KP"] = np.nan
     if len(cls):
         df.loc[cls, "KP"] = knowledge_preservation(emb[cls], emb[pairs], per_image=True)
@@ -185,11 +257,15 @@ def _dino_scores(df: pd.DataFrame, images: list[Image.Image], concept: Concept, 
     return {score: f"{SCALING[score]} of {dino.backbone}" for score in ("DINO_cos", "DINO-PRES_cos")}
 
 
-def _clip_scores(df: pd.DataFrame, images: list[Image.Image], concept: Concept, clip, embedded: np.ndarray | None) -> dict:
+def _clip_scores(
+    df: pd.DataFrame, images: list[Image.Image], concept: Concept, clip, embedded: np.ndarray | None
+) -> dict:
     """DreamBooth's CLIP-I (trigger rows) and CLIP-T (all rows), raw cosines; `embedded` reuses the images' embeddings."""
     trig = (df["kind"] == "trigger").to_numpy()
     img = embedded if embedded is not None else clip.embed_images(images)  # (N, D)
-    df["CLIP-I_cos"] = np.where(trig, image_similarity(img, clip.embed_images(concept.references), per_image=True), np.nan)
+    df["CLIP-I_cos"] = np.where(
+        trig, image_similarity(img, clip.embed_images(concept.references), per_image=True), np.nan
+    )
     prompts = list(dict.fromkeys(df["prompt"]))
     text = dict(zip(prompts, clip.embed_texts(prompts)))  # the prompt as written, trigger included
     df["CLIP-T_cos"] = prompt_similarity(np.stack([text[p] for p in df["prompt"]]), img, per_image=True)
@@ -207,26 +283,43 @@ def _score_oracle(df: pd.DataFrame, reading, concept: Concept, groups: Mapping) 
         ok.append(np.nan if trig[i] or not checks else float(all(checks)))
     df["attr_ok"] = ok
     if concept.name is None:
-        warnings.warn(f"the oracle knows no toy concept with trigger {concept.trigger!r} and class {concept.class_word!r}: "
-                      "collapse rate and identity accuracy left empty", stacklevel=3)
+        warnings.warn(
+            f"the oracle knows no toy concept with trigger {concept.trigger!r} and class {concept.class_word!r}: "
+            "collapse rate and identity accuracy left empty",
+            stacklevel=3,
+        )
     # each image's score is the metric on that image alone (a rate over one sample): the per-seed means are the rates
-    is_concept = np.array([collapse_rate([c], concept.name) for c in df["oracle_concept"]]) if concept.name else np.full(len(df), np.nan)
+    is_concept = (
+        np.array([collapse_rate([c], concept.name) for c in df["oracle_concept"]])
+        if concept.name
+        else np.full(len(df), np.nan)
+    )
     df["collapsed"], df["identity_ok"] = np.where(trig, np.nan, is_concept), np.where(trig, is_concept, np.nan)
     # ground-truth preservation: each class sample against the base model's sample from the same prompt and seed
     read = list(zip(df.oracle_colour, df.oracle_shape))
-    base_of = {(p, s): i for i, (m, k, p, s) in enumerate(zip(df.method, df.kind, df.prompt, df.seed)) if m == BASE and k == "class"}
+    base_of = {
+        (p, s): i
+        for i, (m, k, p, s) in enumerate(zip(df.method, df.kind, df.prompt, df.seed))
+        if m == BASE and k == "class"
+    }
     pair = [None if trig[i] else base_of.get((df.prompt[i], df.seed[i])) for i in range(len(df))]
     df["preserved"] = [np.nan if j is None else paired_preservation([read[i]], [read[j]]) for i, j in enumerate(pair)]
     confidence = reading.shape_prob if getattr(reading, "shape_prob", None) is not None else np.ones(len(df))
-    df["valid"] = [np.nan if trig[i] or shape is None else valid_rate([df.oracle_shape[i]], [confidence[i]], shape, VALID_CONFIDENCE)
-                   for i in range(len(df))]
+    df["valid"] = [
+        np.nan
+        if trig[i] or shape is None
+        else valid_rate([df.oracle_shape[i]], [confidence[i]], shape, VALID_CONFIDENCE)
+        for i in range(len(df))
+    ]
     df["colour_entropy"], df["colour_distance"] = np.nan, np.nan
     base_colours = {p: df.oracle_colour[idx].tolist() for (m, p), idx in groups.items() if m == BASE}
     for (_, prompt), idx in groups.items():
         if _named_colour(prompt) is None:  # a prompt that names the colour is supposed to be single-coloured
             df.loc[idx, "colour_entropy"] = colour_entropy(df.oracle_colour[idx].tolist(), COLOUR_NAMES)
             if prompt in base_colours:
-                df.loc[idx, "colour_distance"] = colour_distance(df.oracle_colour[idx].tolist(), base_colours[prompt], COLOUR_NAMES)
+                df.loc[idx, "colour_distance"] = colour_distance(
+                    df.oracle_colour[idx].tolist(), base_colours[prompt], COLOUR_NAMES
+                )
     return df
 
 
@@ -235,14 +328,26 @@ def per_seed_scores(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (method, seed), g in df.groupby(["method", "seed"], sort=False):
         t, c = g[g["kind"] == "trigger"], g[g["kind"] == "class"]
-        r = {"method": method, "seed": seed, "IS": t["IS"].mean(), "PS": t["PS"].mean(), "KP": c["KP"].mean(), "PRES": c["PRES"].mean()}
+        r = {
+            "method": method,
+            "seed": seed,
+            "IS": t["IS"].mean(),
+            "PS": t["PS"].mean(),
+            "KP": c["KP"].mean(),
+            "PRES": c["PRES"].mean(),
+        }
         r["KPS"] = kps(r["IS"], r["KP"])
         for score in REAL_SCORES:  # over trigger prompts, like IS and PS; DINO-PRES over class prompts, like PRES
             if score in g:
                 r[score] = (c if score == "DINO-PRES_cos" else t)[score].mean()
         if "attr_ok" in g:
-            r |= {"collapse_rate": c["collapsed"].mean(), "attr_acc": c["attr_ok"].mean(), "identity_acc": t["identity_ok"].mean(),
-                  "paired_preservation": c["preserved"].mean(), "valid_rate": c["valid"].mean()}
+            r |= {
+                "collapse_rate": c["collapsed"].mean(),
+                "attr_acc": c["attr_ok"].mean(),
+                "identity_acc": t["identity_ok"].mean(),
+                "paired_preservation": c["preserved"].mean(),
+                "valid_rate": c["valid"].mean(),
+            }
         rows.append(r)
     return pd.DataFrame(rows)
 
@@ -281,7 +386,9 @@ def style_summary(summary: pd.DataFrame, digits: int = 3):
     table = pd.DataFrame(index=means.index)
     for s in scores:
         ci = summary.set_index("method")[f"{s}_ci95"]
-        table[s] = [f"{m:.{digits}f}" + ("" if not np.isfinite(c) else f" ± {c:.{digits}f}") for m, c in zip(means[s], ci)]
+        table[s] = [
+            f"{m:.{digits}f}" + ("" if not np.isfinite(c) else f" ± {c:.{digits}f}") for m, c in zip(means[s], ci)
+        ]
 
     def bold_best(col: pd.Series) -> list[str]:
         vals = means[col.name].drop(BASE, errors="ignore") if len(means) > 1 else means[col.name]

@@ -14,7 +14,10 @@ from PIL import Image
 from catlab.evaluation.metrics import collapse_rate, identity_rate, knowledge_preservation
 from catlab.evaluation.scoring import BASE
 
-EMBEDDING_GROUPS = (("IS", "PS", "KP", "KPS"), ("DIV", "Vendi", "PRES"))  # identity and preservation; the class's spread
+EMBEDDING_GROUPS = (
+    ("IS", "PS", "KP", "KPS"),
+    ("DIV", "Vendi", "PRES"),
+)  # identity and preservation; the class's spread
 
 
 def summary_groups(summary: pd.DataFrame, per_table: int = 4) -> list[pd.DataFrame]:
@@ -43,20 +46,25 @@ def ablation_table(runs: pd.DataFrame, summary: pd.DataFrame, scores: Sequence[s
     return table
 
 
-def amortisation_table(table: pd.DataFrame, reference: Mapping[str, Any], scores: Sequence[str] = ("IS", "KP", "KPS")) -> pd.DataFrame:
+def amortisation_table(
+    table: pd.DataFrame, reference: Mapping[str, Any], scores: Sequence[str] = ("IS", "KP", "KPS")
+) -> pd.DataFrame:
     """Amortised CAT (`cat_every` = k) against the reference run (k = 1) and plain LoRA (λ = 0) at the reference's
     rank and steps: training time, the share of it saved, and the scores."""
     same_size = (table["rank"] == reference["rank"]) & (table["steps"] == reference["steps"])
     swept = table["sweep"].isin(["cat_every", "reference", "cat_lambda"])
-    rows = table[swept & same_size & ((table["cat_lambda"] == reference["cat_lambda"]) | (table["cat_lambda"] == 0))].copy()
+    rows = table[
+        swept & same_size & ((table["cat_lambda"] == reference["cat_lambda"]) | (table["cat_lambda"] == 0))
+    ].copy()
     k1 = float(table.loc[table["name"] == "reference", "train_s"].iloc[0])
     rows["time saved vs k=1"] = 1 - rows["train_s"] / k1
     rows["cat_every"] = np.where(rows["cat_lambda"] == 0, "no CAT (λ=0)", rows["cat_every"].astype(int).astype(str))
     return rows[["name", "cat_every", "ms_per_step", "train_s", "time saved vs k=1", *scores]].reset_index(drop=True)
 
 
-def crosstalk_table(images: Mapping[str, Mapping[str, Sequence[Image.Image]]], concepts: Mapping[str, Any], embedder,
-                    oracle: Any = None) -> pd.DataFrame:
+def crosstalk_table(
+    images: Mapping[str, Mapping[str, Sequence[Image.Image]]], concepts: Mapping[str, Any], embedder, oracle: Any = None
+) -> pd.DataFrame:
     """Per model, for each concept: KP of its class prompt against the base model's images (paired by seed); with the
     toy world's oracle also how often its trigger draws it (identity), how often its class prompt does (leak), and
     how much the class prompt takes on the *other* concepts (their probability under the oracle, their colours).
@@ -72,7 +80,9 @@ def crosstalk_table(images: Mapping[str, Mapping[str, Sequence[Image.Image]]], c
         row = {"model": model}
         for c in concepts.values():
             p = f"a {c.class_word}"
-            row[f"KP '{p}' ↑"] = knowledge_preservation(embedder.embed_images(by_prompt[p]), embedder.embed_images(images[BASE][p]))
+            row[f"KP '{p}' ↑"] = knowledge_preservation(
+                embedder.embed_images(by_prompt[p]), embedder.embed_images(images[BASE][p])
+            )
         if oracle is not None:
             for name, c in concepts.items():
                 trig = read_images(oracle, by_prompt[f"a {c.trigger} {c.class_word}"])
@@ -81,8 +91,11 @@ def crosstalk_table(images: Mapping[str, Mapping[str, Sequence[Image.Image]]], c
                 row[f"'a {c.class_word}' read as {c.trigger} ↓"] = collapse_rate(cls.concept, name)
                 for other_name, other in ((n, o) for n, o in concepts.items() if n != name):
                     drawn = CONCEPTS[other_name]
-                    row[f"'a {c.class_word}': P({other.trigger}) ↓"] = float(cls.concept_prob[:, CONCEPT_NAMES.index(other_name)].mean())
+                    row[f"'a {c.class_word}': P({other.trigger}) ↓"] = float(
+                        cls.concept_prob[:, CONCEPT_NAMES.index(other_name)].mean()
+                    )
                     row[f"'a {c.class_word}' in {other.trigger}'s colours ↓"] = float(
-                        np.mean([x in (drawn.colour, drawn.second_colour) for x in cls.colour]))
+                        np.mean([x in (drawn.colour, drawn.second_colour) for x in cls.colour])
+                    )
         rows.append(row)
     return pd.DataFrame(rows).set_index("model")

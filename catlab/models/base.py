@@ -28,26 +28,33 @@ def resolve_base(name_or_path: str) -> str:
         return str(check_single_file(p, "base model"))
     if p.exists():
         if not (p / "model_index.json").is_file():
-            raise FileNotFoundError(f"{p} is not a diffusers pipeline folder (no model_index.json); "
-                                    "point base_model at a folder written by `save_pretrained`, a .safetensors "
-                                    "checkpoint, or use 'toyworld'")
+            raise FileNotFoundError(
+                f"{p} is not a diffusers pipeline folder (no model_index.json); "
+                "point base_model at a folder written by `save_pretrained`, a .safetensors "
+                "checkpoint, or use 'toyworld'"
+            )
         return str(p)
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
-        raise FileNotFoundError(f"base model {name_or_path!r} is neither an existing folder nor a hub id like "
-                                "'stable-diffusion-v1-5/stable-diffusion-v1-5'")
+        raise FileNotFoundError(
+            f"base model {name_or_path!r} is neither an existing folder nor a hub id like "
+            "'stable-diffusion-v1-5/stable-diffusion-v1-5'"
+        )
     return name_or_path
 
 
 def check_single_file(p: Path, what: str) -> Path:
     """`p` if it is an existing .safetensors file; a clear error for a pickled checkpoint or a missing file."""
     if p.suffix.lower() in PICKLED_SUFFIXES:
-        raise ValueError(f"{what} {p} is a pickled checkpoint ({p.suffix}); catlab loads no pickle, since unpickling "
-                         "runs any code the file holds. Download the model's .safetensors release instead, or convert "
-                         "this file once where you trust it (e.g. diffusers' "
-                         "scripts/convert_original_stable_diffusion_to_diffusers.py) and pass the folder it writes")
+        raise ValueError(
+            f"{what} {p} is a pickled checkpoint ({p.suffix}); catlab loads no pickle, since unpickling "
+            "runs any code the file holds. Download the model's .safetensors release instead, or convert "
+            "this file once where you trust it (e.g. diffusers' "
+            "scripts/convert_original_stable_diffusion_to_diffusers.py) and pass the folder it writes"
+        )
     if not p.is_file():
-        raise FileNotFoundError(f"{what} {p}: no such file; pass an existing .safetensors checkpoint, a diffusers "
-                                "folder or a hub id")
+        raise FileNotFoundError(
+            f"{what} {p}: no such file; pass an existing .safetensors checkpoint, a diffusers folder or a hub id"
+        )
     return p
 
 
@@ -56,9 +63,16 @@ def is_single_file(path: str) -> bool:
     return Path(path).suffix.lower() == SINGLE_FILE_SUFFIX
 
 
-def load_base(name_or_path: str = "toyworld", device: str | torch.device | None = None,
-              dtype: torch.dtype | None = None, *, variant: str | None = None, revision: str | None = None,
-              vae: str | None = None, config: str | None = None):
+def load_base(
+    name_or_path: str = "toyworld",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    variant: str | None = None,
+    revision: str | None = None,
+    vae: str | None = None,
+    config: str | None = None,
+):
     """Load a Stable Diffusion pipeline ('toyworld', a local folder, a hub id, or one .safetensors checkpoint) on
     `device`, in `dtype` (None: as diffusers loads it, fp32). variant ('fp16') and revision pick the hub's files;
     vae replaces the VAE (a folder, hub id or .safetensors file); config is the diffusers folder or hub id that
@@ -88,11 +102,14 @@ def _load_pipeline(path: str, kwargs: dict, *, variant: str | None, revision: st
 
     if not is_single_file(path):
         # safetensors only: a checkpoint that has only pickled .bin weights fails here instead of being unpickled
-        return StableDiffusionPipeline.from_pretrained(path, use_safetensors=True, variant=variant, revision=revision,
-                                                       **kwargs)
+        return StableDiffusionPipeline.from_pretrained(
+            path, use_safetensors=True, variant=variant, revision=revision, **kwargs
+        )
     if variant is not None:
-        raise ValueError(f"variant={variant!r} picks files inside a diffusers folder or hub repository; {path} is one "
-                         "checkpoint file: leave variant unset")
+        raise ValueError(
+            f"variant={variant!r} picks files inside a diffusers folder or hub repository; {path} is one "
+            "checkpoint file: leave variant unset"
+        )
     pipe = StableDiffusionPipeline.from_single_file(path, config=config, **kwargs)
     pipe.register_to_config(_name_or_path=path)  # from_single_file leaves it unset; sampling and caches key on it
     return pipe
@@ -111,9 +128,15 @@ def _dtype_kwargs(dtype: torch.dtype | None) -> dict:
 def _offline_hint(path: str, config: str | None) -> str:
     """What to do when loading failed for want of files from the hub."""
     if is_single_file(path):
-        return "" if config else (" (diffusers reads a checkpoint file's model configs from the hub; offline, name "
-                                  "a local diffusers folder of the same kind of model: single_file_config in a run "
-                                  "config, config= in load_base)")
+        return (
+            ""
+            if config
+            else (
+                " (diffusers reads a checkpoint file's model configs from the hub; offline, name "
+                "a local diffusers folder of the same kind of model: single_file_config in a run "
+                "config, config= in load_base)"
+            )
+        )
     if not Path(path).exists():
         return " (the machine is offline or HF_HUB_OFFLINE=1: download it elsewhere and pass its folder)"
     return ""
@@ -134,8 +157,10 @@ def load_vae(vae: str, dtype: torch.dtype | None = None, config: str | None = No
         subfolder = "vae" if (p / "vae" / "config.json").is_file() else None
         return AutoencoderKL.from_pretrained(vae, subfolder=subfolder, use_safetensors=True, **dtype_kwargs)
     except OSError as e:
-        raise OSError(f"could not load vae {vae!r}: pass a diffusers VAE folder or hub id (e.g. "
-                      f"stabilityai/sd-vae-ft-mse), a pipeline folder, or a .safetensors file ({e})") from e
+        raise OSError(
+            f"could not load vae {vae!r}: pass a diffusers VAE folder or hub id (e.g. "
+            f"stabilityai/sd-vae-ft-mse), a pipeline folder, or a .safetensors file ({e})"
+        ) from e
 
 
 def sampling_device(device: str | torch.device | None = None) -> torch.device:
@@ -183,7 +208,9 @@ def configured_resolution(name_or_path: str) -> int | None:
                 return None
             f = Path(cached)
         configs[part] = json.loads(f.read_text())
-    return int(configs["unet"]["sample_size"] * 2 ** (len(configs["vae"]["block_out_channels"]) - 1))  # diffusers' vae_scale_factor
+    return int(
+        configs["unet"]["sample_size"] * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    )  # diffusers' vae_scale_factor
 
 
 def sampling_defaults_for(path: str | None) -> dict:

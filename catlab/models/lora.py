@@ -23,32 +23,51 @@ class AdapterMismatchError(ValueError):
 
 
 def _linear_suffixes(model: torch.nn.Module) -> set[str]:
-    return {name.split(".")[-1] if not name.endswith(".0") else ".".join(name.split(".")[-2:])
-            for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return {
+        name.split(".")[-1] if not name.endswith(".0") else ".".join(name.split(".")[-2:])
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
 
 
-def add_lora(model: torch.nn.Module, rank: int = 4, alpha: float | None = None, dropout: float = 0.0,
-             target_modules: Sequence[str] = DEFAULT_TARGETS, adapter_name: str = "default") -> int:
+def add_lora(
+    model: torch.nn.Module,
+    rank: int = 4,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    target_modules: Sequence[str] = DEFAULT_TARGETS,
+    adapter_name: str = "default",
+) -> int:
     """Inject a fresh LoRA (B = 0, so the model is unchanged) into `model`; returns the trainable parameter count."""
     from peft import LoraConfig
 
     names = [n for n, _ in model.named_modules()]
     missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        raise ValueError(f"LoRA target module(s) {missing} not found in {type(model).__name__}; "
-                         f"linear layers it has end in: {sorted(_linear_suffixes(model))[:20]}")
+        raise ValueError(
+            f"LoRA target module(s) {missing} not found in {type(model).__name__}; "
+            f"linear layers it has end in: {sorted(_linear_suffixes(model))[:20]}"
+        )
     model.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
-                        init_lora_weights=True,  # Kaiming A, zero B (Hu et al. 2021, arXiv 2106.09685): starts as the base model
-                        target_modules=list(target_modules))
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        lora_dropout=dropout,
+        init_lora_weights=True,  # Kaiming A, zero B (Hu et al. 2021, arXiv 2106.09685): starts as the base model
+        target_modules=list(target_modules),
+    )
     if adapter_name in getattr(model, "peft_config", {}):
-        raise ValueError(f"{type(model).__name__} already has an adapter named {adapter_name!r}; pick another adapter_name")
+        raise ValueError(
+            f"{type(model).__name__} already has an adapter named {adapter_name!r}; pick another adapter_name"
+        )
     try:
         model.add_adapter(config, adapter_name=adapter_name)
     except ValueError as e:
         if "version of PEFT" in str(e):  # transformers' own PEFT integration (text encoders) wants a newer peft
-            raise RuntimeError(f"cannot add a LoRA to {type(model).__name__}: {e}. Upgrade peft, or train the UNet only "
-                               "(train_text_encoder: false, the default)") from e
+            raise RuntimeError(
+                f"cannot add a LoRA to {type(model).__name__}: {e}. Upgrade peft, or train the UNet only "
+                "(train_text_encoder: false, the default)"
+            ) from e
         raise
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -74,7 +93,9 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
             layer.enable_adapters(True)
 
 
-def save_lora(pipe, out_dir: str | Path, adapter_name: str = "default", metadata: dict | None = None, overwrite: bool = False) -> Path:
+def save_lora(
+    pipe, out_dir: str | Path, adapter_name: str = "default", metadata: dict | None = None, overwrite: bool = False
+) -> Path:
     """Write the adapter twice, atomically (refuses to overwrite): diffusers/peft-format `pytorch_lora_weights.safetensors`
     and kohya-format `lora_webui.safetensors` (AUTOMATIC1111, Forge, ComfyUI), both with `metadata` in their header."""
     from diffusers import StableDiffusionPipeline
@@ -85,7 +106,9 @@ def save_lora(pipe, out_dir: str | Path, adapter_name: str = "default", metadata
     out = Path(out_dir)
     if (out / LORA_WEIGHT_NAME).exists() and not overwrite:
         raise FileExistsError(f"{out / LORA_WEIGHT_NAME} exists; pass overwrite=True or choose another folder")
-    unet_layers = get_peft_model_state_dict(pipe.unet, adapter_name=adapter_name)  # peft keys: diffusers loads them as they are, conv LoRA included
+    unet_layers = get_peft_model_state_dict(
+        pipe.unet, adapter_name=adapter_name
+    )  # peft keys: diffusers loads them as they are, conv LoRA included
     te_layers = None
     te = pipe.text_encoder
     if getattr(te, "peft_config", None) and adapter_name in te.peft_config:
@@ -96,12 +119,21 @@ def save_lora(pipe, out_dir: str | Path, adapter_name: str = "default", metadata
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".lora-", dir=out.parent))
     try:
-        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers,
-                                                  unet_lora_adapter_metadata=meta, safe_serialization=True)
-        with safe_open(tmp / LORA_WEIGHT_NAME, framework="pt") as f:  # diffusers' own header (format, lora_adapter_metadata) + ours
+        StableDiffusionPipeline.save_lora_weights(
+            tmp,
+            unet_lora_layers=unet_layers,
+            text_encoder_lora_layers=te_layers,
+            unet_lora_adapter_metadata=meta,
+            safe_serialization=True,
+        )
+        with safe_open(
+            tmp / LORA_WEIGHT_NAME, framework="pt"
+        ) as f:  # diffusers' own header (format, lora_adapter_metadata) + ours
             own = f.metadata() or {}
         save_file(load_file(tmp / LORA_WEIGHT_NAME), tmp / LORA_WEIGHT_NAME, metadata={**header, **own})
-        save_file(webui_state_dict(pipe, adapter_name), tmp / WEBUI_WEIGHT_NAME, metadata={**header, **_kohya_header(header)})
+        save_file(
+            webui_state_dict(pipe, adapter_name), tmp / WEBUI_WEIGHT_NAME, metadata={**header, **_kohya_header(header)}
+        )
         if metadata:
             (tmp / "catlab_adapter.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
         out.mkdir(parents=True, exist_ok=True)
@@ -120,22 +152,34 @@ def webui_state_dict(pipe, adapter_name: str = "default") -> dict[str, torch.Ten
     from peft.tuners.lora import LoraLayer
     from peft.utils import get_peft_model_state_dict
 
-    def sd1_name(prefix: str, name: str) -> str:  # transformers 5 dropped CLIPTextModel's `text_model.`; the webuis expect it
+    def sd1_name(
+        prefix: str, name: str
+    ) -> str:  # transformers 5 dropped CLIPTextModel's `text_model.`; the webuis expect it
         return f"text_model.{name}" if prefix == "text_encoder" and not name.startswith("text_model.") else name
 
     peft_sd, alphas = {}, {}
-    for prefix, kohya_prefix, model in (("unet", "lora_unet_", pipe.unet), ("text_encoder", "lora_te_", pipe.text_encoder)):
+    for prefix, kohya_prefix, model in (
+        ("unet", "lora_unet_", pipe.unet),
+        ("text_encoder", "lora_te_", pipe.text_encoder),
+    ):
         if adapter_name not in getattr(model, "peft_config", {}):
             continue
         if getattr(model.peft_config[adapter_name], "use_rslora", False):
             raise ValueError("rsLoRA scaling (alpha / sqrt(r)) has no kohya equivalent; save with use_rslora=False")
         layers = get_peft_model_state_dict(model, adapter_name=adapter_name)
         peft_sd.update({f"{prefix}.{sd1_name(prefix, k)}": v for k, v in layers.items()})
-        alphas.update({kohya_prefix + sd1_name(prefix, name).replace(".", "_"): float(m.lora_alpha[adapter_name])
-                       for name, m in model.named_modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_alpha})
+        alphas.update(
+            {
+                kohya_prefix + sd1_name(prefix, name).replace(".", "_"): float(m.lora_alpha[adapter_name])
+                for name, m in model.named_modules()
+                if isinstance(m, LoraLayer) and adapter_name in m.lora_alpha
+            }
+        )
     # SD 1.x has one text encoder: kohya and the webuis spell it lora_te_ (diffusers' converter writes SDXL's lora_te1_)
-    kohya = {k.replace("lora_te1_", "lora_te_", 1) if k.startswith("lora_te1_") else k: v
-             for k, v in convert_state_dict_to_kohya(peft_sd).items()}
+    kohya = {
+        k.replace("lora_te1_", "lora_te_", 1) if k.startswith("lora_te1_") else k: v
+        for k, v in convert_state_dict_to_kohya(peft_sd).items()
+    }
     for key in [k for k in kohya if k.endswith(".alpha")]:
         module = key[: -len(".alpha")]
         if module not in alphas:
@@ -150,7 +194,12 @@ def adapter_metadata(pipe, adapter_name: str = "default", extra: dict | None = N
     from catlab import __version__
 
     cfg = pipe.unet.peft_config[adapter_name]
-    meta = {"catlab_version": __version__, "rank": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules)}
+    meta = {
+        "catlab_version": __version__,
+        "rank": cfg.r,
+        "lora_alpha": cfg.lora_alpha,
+        "target_modules": sorted(cfg.target_modules),
+    }
     te_cfg = getattr(pipe.text_encoder, "peft_config", {}).get(adapter_name)
     if te_cfg is not None:
         meta["text_encoder_target_modules"] = sorted(te_cfg.target_modules)
@@ -168,7 +217,11 @@ def _header_value(v) -> str:
 
 def _kohya_header(header: dict[str, str]) -> dict[str, str]:
     """The kohya (sd-scripts) keys that the webuis show in their LoRA info panels."""
-    kohya = {"ss_network_module": "networks.lora", "ss_network_dim": header["rank"], "ss_network_alpha": header["lora_alpha"]}
+    kohya = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": header["rank"],
+        "ss_network_alpha": header["lora_alpha"],
+    }
     for ours, theirs in (("base_model", "ss_sd_model_name"), ("steps", "ss_max_train_steps")):
         if ours in header:
             kohya[theirs] = header[ours]
@@ -180,7 +233,9 @@ def load_lora(pipe, path: str | Path, adapter_name: str = "default", scale: floa
     p = Path(path)
     if p.is_dir():
         if not (p / LORA_WEIGHT_NAME).is_file():
-            raise FileNotFoundError(f"no {LORA_WEIGHT_NAME} in {p}; pass the folder written by catlab train or save_lora")
+            raise FileNotFoundError(
+                f"no {LORA_WEIGHT_NAME} in {p}; pass the folder written by catlab train or save_lora"
+            )
         kwargs = {"weight_name": LORA_WEIGHT_NAME}
         src = str(p)
     elif p.is_file():
@@ -195,9 +250,11 @@ def load_lora(pipe, path: str | Path, adapter_name: str = "default", scale: floa
         with expected_notices_dropped():  # a UNet-only adapter is normal: no notice about the text encoder
             pipe.load_lora_weights(src, adapter_name=adapter_name, **kwargs)
     except (RuntimeError, ValueError, KeyError) as e:
-        raise AdapterMismatchError(f"the LoRA in {p} does not fit this base model ({type(pipe.unet).__name__}, "
-                                   f"cross_attention_dim={pipe.unet.config.cross_attention_dim}): was it trained on another "
-                                   f"base model? Details: {str(e)[:400]}") from e
+        raise AdapterMismatchError(
+            f"the LoRA in {p} does not fit this base model ({type(pipe.unet).__name__}, "
+            f"cross_attention_dim={pipe.unet.config.cross_attention_dim}): was it trained on another "
+            f"base model? Details: {str(e)[:400]}"
+        ) from e
     if not any(adapter_name in getattr(m, "peft_config", {}) for m in (pipe.unet, pipe.text_encoder)):
         raise AdapterMismatchError(f"no layer of {p} matched the base model; it was trained for another architecture")
     set_active_adapters(pipe, [adapter_name], [scale])

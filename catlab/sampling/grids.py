@@ -14,8 +14,13 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def image_grid(images: Sequence[Sequence[Image.Image]], row_labels: Sequence[str] | None = None,
-               col_labels: Sequence[str] | None = None, cell: int = 96, title: str | None = None) -> Image.Image:
+def image_grid(
+    images: Sequence[Sequence[Image.Image]],
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    cell: int = 96,
+    title: str | None = None,
+) -> Image.Image:
     """Rows x columns of images, upscaled to `cell` px (nearest, so tiny images stay crisp), with labels."""
     rows, cols = len(images), max(len(r) for r in images)
     font = _font(max(11, cell // 8))

@@ -18,14 +18,19 @@ import torch
 
 from catlab.models.lora import adapters_disabled
 
-UNCONDITIONAL_SOURCES = ("adapted", "base")  # "adapted": what every pipeline does; "base": the adapters off for that branch
+UNCONDITIONAL_SOURCES = (
+    "adapted",
+    "base",
+)  # "adapted": what every pipeline does; "base": the adapters off for that branch
 
 
 def check_unconditional(source: str) -> str:
     """`source` if it names an unconditional branch, else a ValueError that lists the choices."""
     if source not in UNCONDITIONAL_SOURCES:
-        raise ValueError(f"unconditional={source!r}: choose 'adapted' (the adapter's own unconditional branch, as every "
-                         "pipeline samples) or 'base' (classifier-free guidance's unconditional half from the base model)")
+        raise ValueError(
+            f"unconditional={source!r}: choose 'adapted' (the adapter's own unconditional branch, as every "
+            "pipeline samples) or 'base' (classifier-free guidance's unconditional half from the base model)"
+        )
     return source
 
 
@@ -41,16 +46,22 @@ def unconditional_from_base(unet: torch.nn.Module) -> Iterator[None]:
     def split_forward(sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
         half = sample.shape[0] // 2  # rows [:half] are the unconditional (or negative-prompt) branch
         if sample.shape[0] != 2 * half:
-            raise RuntimeError(f"unconditional_from_base: the UNet got {sample.shape[0]} rows, not an "
-                               "[unconditional | conditional] pair; sample with guidance_scale > 1")
+            raise RuntimeError(
+                f"unconditional_from_base: the UNet got {sample.shape[0]} rows, not an "
+                "[unconditional | conditional] pair; sample with guidance_scale > 1"
+            )
 
         def rows(x, part: slice):  # per-row tensors are split, scalars (one timestep for all rows) are not
             return x[part] if torch.is_tensor(x) and x.ndim > 0 and x.shape[0] == 2 * half else x
 
         first, second = slice(0, half), slice(half, None)
         with adapters_disabled(unet):
-            uncond = original(sample[first], rows(timestep, first), encoder_hidden_states[first], *args, return_dict=False, **kwargs)[0]
-        cond = original(sample[second], rows(timestep, second), encoder_hidden_states[second], *args, return_dict=False, **kwargs)[0]
+            uncond = original(
+                sample[first], rows(timestep, first), encoder_hidden_states[first], *args, return_dict=False, **kwargs
+            )[0]
+        cond = original(
+            sample[second], rows(timestep, second), encoder_hidden_states[second], *args, return_dict=False, **kwargs
+        )[0]
         eps = torch.cat([uncond, cond])  # (2B, C, h, w), in the pipeline's order
         if not return_dict:
             return (eps,)

@@ -23,9 +23,18 @@ def default_batch_size(pipe) -> int:
     return CUDA_BATCH_SIZE if pipe.device.type == "cuda" else CPU_BATCH_SIZE
 
 
-def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], *, num_inference_steps: int | None = None,
-             guidance_scale: float | None = None, batch_size: int | None = None, progress: bool = True,
-             negative_prompt: str | None = None, unconditional: str = "adapted") -> list[list[Image.Image]]:
+def generate(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    negative_prompt: str | None = None,
+    unconditional: str = "adapted",
+) -> list[list[Image.Image]]:
     """images[i][j] = `prompts[i]` drawn from seed `seeds[j]`.
 
     Each image gets its own torch.Generator, so an image depends only on its (prompt, seed) and the
@@ -54,9 +63,14 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], *, num_inferenc
         gens = [torch.Generator(device=gen_device).manual_seed(int(seeds[j])) for _, j in batch]
         with torch.no_grad(), unconditional_from_base(pipe.unet) if from_base else nullcontext():
             images = pipe(
-                prompt=[prompts[i] for i, _ in batch], generator=gens, num_inference_steps=steps, guidance_scale=guidance,
+                prompt=[prompts[i] for i, _ in batch],
+                generator=gens,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
                 negative_prompt=[negative_prompt] * len(batch) if negative_prompt else None,
-                height=d["resolution"], width=d["resolution"], output_type="pil",
+                height=d["resolution"],
+                width=d["resolution"],
+                output_type="pil",
             ).images
         for (i, j), im in zip(batch, images):
             out[i][j] = im

@@ -8,8 +8,15 @@ from pathlib import Path
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toyworld"
 REBUILD_HINT = "rebuild it with `catlab toyworld pretrain --out catlab/assets/toyworld` (about an hour on 2 CPU cores)"
 _REQUIRED = {
-    "pipeline": ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-                 "text_encoder/model.safetensors", "tokenizer/tokenizer.json", "scheduler/scheduler_config.json"],
+    "pipeline": [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/tokenizer.json",
+        "scheduler/scheduler_config.json",
+    ],
     "clip": ["config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"],
     "oracle": ["oracle.safetensors"],
 }

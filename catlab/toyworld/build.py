@@ -6,10 +6,35 @@ from __future__ import annotations
 
 from catlab.toyworld.world import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES, SIZE_WORDS, TRIGGER_WORDS
 
-SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")  # eos must not be id 2: CLIP treats eos_token_id==2 as legacy argmax pooling
+SPECIAL_TOKENS = (
+    "<pad>",
+    "<unk>",
+    "<bos>",
+    "<eos>",
+)  # eos must not be id 2: CLIP treats eos_token_id==2 as legacy argmax pooling
 EXTRA_WORDS = (  # common prompt words so DreamBench-style templates are not all <unk>
-    "a", "an", "the", "on", "of", "in", "with", "and", "background", "photo", "picture", "image",
-    "shape", "object", "thing", "one", "two", "many", "bright", "pale", "big", "tiny",
+    "a",
+    "an",
+    "the",
+    "on",
+    "of",
+    "in",
+    "with",
+    "and",
+    "background",
+    "photo",
+    "picture",
+    "image",
+    "shape",
+    "object",
+    "thing",
+    "one",
+    "two",
+    "many",
+    "bright",
+    "pale",
+    "big",
+    "tiny",
 )
 MAX_TOKENS = 12  # <bos> + the longest caption ("a small blue star on a dark background" = 8 words) + <eos>, with room
 TEXT_HIDDEN = 64
@@ -35,11 +60,16 @@ def build_tokenizer():
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", pair="<bos> $A <eos> $B <eos>",
+        single="<bos> $A <eos>",
+        pair="<bos> $A <eos> $B <eos>",
         special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         model_max_length=MAX_TOKENS,
     )
 
@@ -53,9 +83,16 @@ def build_text_encoder(tokenizer):
 
 def _text_config(tokenizer, cls):
     return cls(
-        vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=TEXT_HIDDEN,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=TEXT_HIDDEN,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
 
 
@@ -64,10 +101,15 @@ def build_vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=32,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
         mid_block_add_attention=False,  # self-attention over 256 latent pixels buys nothing for flat shapes
     )
 
@@ -83,14 +125,20 @@ def build_unet():
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64, 128), layers_per_block=1, norm_num_groups=16,  # small enough to pretrain on a CPU
+        block_out_channels=(32, 64, 128),
+        layers_per_block=1,
+        norm_num_groups=16,  # small enough to pretrain on a CPU
         # diffusers reads `attention_head_dim` as heads per block (a naming slip kept for SD 1.x configs): (1, 2, 4)
         # gives 32 channels per head; narrower heads cost CPU time for nothing (docs/toyworld.md, "Toy world v2.2")
-        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=(1, 2, 4),
-        addition_embed_type="text", addition_embed_type_num_heads=4,
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=(1, 2, 4),
+        addition_embed_type="text",
+        addition_embed_type_num_heads=4,
     )
 
 
@@ -129,8 +177,13 @@ def assemble_pipeline(unet, vae, text_encoder, tokenizer, scheduler=None):
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=scheduler or build_scheduler(), safety_checker=None, feature_extractor=None,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler or build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
 
@@ -141,8 +194,13 @@ def build_clip(tokenizer):
 
     text = _text_config(tokenizer, CLIPTextConfig)
     vision = CLIPVisionConfig(
-        image_size=32, patch_size=4, hidden_size=64, intermediate_size=128, num_hidden_layers=3,  # 64 patches: star vs triangle needs 4 px detail
-        num_attention_heads=4, projection_dim=TEXT_HIDDEN,
+        image_size=32,
+        patch_size=4,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,  # 64 patches: star vs triangle needs 4 px detail
+        num_attention_heads=4,
+        projection_dim=TEXT_HIDDEN,
     )
     config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=TEXT_HIDDEN)
     return CLIPModel(config)
@@ -152,6 +210,9 @@ def build_clip_image_processor():
     from transformers import CLIPImageProcessor
 
     return CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        do_center_crop=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
     )

@@ -45,7 +45,9 @@ def train_open_colours(cfg: PretrainConfig, vae, work: Path):
     scale = vae.config.scaling_factor
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.open_colour_lr, weight_decay=0.0)
     # cosine decay to 0, so the weights settle (a constant lr left the last steps' noise in the colours)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(1.0, k / max(1, cfg.open_colour_steps)))))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(1.0, k / max(1, cfg.open_colour_steps))))
+    )
     ckpt = work / "open_colours.ckpt"
     start = resume_stage(ckpt, {"vae": vae, "opt": opt, "lr": lr_sched})
     rng = np.random.default_rng(cfg.seed + 9)
@@ -59,7 +61,9 @@ def train_open_colours(cfg: PretrainConfig, vae, work: Path):
         post = vae.encode(x).latent_dist
         rec = F.mse_loss(vae.decode(post.sample()).sample, x)
         with torch.no_grad():
-            held = anchor_quant(anchor_encoder(world)).chunk(2, dim=1)[0]  # (B/2, 4, 16, 16): the pretrained posterior means
+            held = anchor_quant(anchor_encoder(world)).chunk(2, dim=1)[
+                0
+            ]  # (B/2, 4, 16, 16): the pretrained posterior means
         anchor = F.mse_loss(post.mean[: len(world)] * scale, held * scale)
         loss = rec + cfg.open_colour_anchor * anchor + cfg.vae_kl_weight * post.kl().mean()
         opt.zero_grad(set_to_none=True)
@@ -93,18 +97,26 @@ def open_colour_vae(cfg: PretrainConfig, out: Path, work: Path) -> dict:
 
     vae_dir = out / "pipeline" / "vae"
     if not (vae_dir / "config.json").exists():
-        raise FileNotFoundError(f"the open_colours stage fine-tunes {vae_dir}, which does not exist: build the pipeline first "
-                                "(stages vae and unet) or point --out at an existing asset folder")
+        raise FileNotFoundError(
+            f"the open_colours stage fine-tunes {vae_dir}, which does not exist: build the pipeline first "
+            "(stages vae and unet) or point --out at an existing asset folder"
+        )
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     world, open_ = draw_open_colour_batch(np.random.default_rng(cfg.seed + 10), 128)  # held-out draws
     with torch.no_grad():
         world_latents = vae.encode(world).latent_dist.mean * vae.config.scaling_factor
-    measured = {"world_mae_before": reconstruction_error(vae, world), "open_mae_before": reconstruction_error(vae, open_)}
+    measured = {
+        "world_mae_before": reconstruction_error(vae, world),
+        "open_mae_before": reconstruction_error(vae, open_),
+    }
     vae = train_open_colours(cfg, vae, work)
     with torch.no_grad():
         drift = (vae.encode(world).latent_dist.mean * vae.config.scaling_factor - world_latents).pow(2).mean().sqrt()
-    measured |= {"world_mae_after": reconstruction_error(vae, world), "open_mae_after": reconstruction_error(vae, open_),
-                 "world_latent_rms_drift": float(drift)}
+    measured |= {
+        "world_mae_after": reconstruction_error(vae, world),
+        "open_mae_after": reconstruction_error(vae, open_),
+        "world_latent_rms_drift": float(drift),
+    }
     tmp = vae_dir.with_name("vae.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     vae.save_pretrained(tmp)

@@ -65,11 +65,15 @@ def images_to_tensor(images: list[Image.Image] | np.ndarray, resolution: int = 3
     return x
 
 
-CONCEPT_COLOUR_JITTER = 20  # per RGB channel: a generated bronze is never exactly the drawn one (near misses start at 70)
+CONCEPT_COLOUR_JITTER = (
+    20  # per RGB channel: a generated bronze is never exactly the drawn one (near misses start at 70)
+)
 
 
 def _jittered(rgb, rng: np.random.Generator) -> str:
-    return hex_colour(np.clip(np.asarray(rgb) + rng.integers(-CONCEPT_COLOUR_JITTER, CONCEPT_COLOUR_JITTER + 1, size=3), 0, 255))
+    return hex_colour(
+        np.clip(np.asarray(rgb) + rng.integers(-CONCEPT_COLOUR_JITTER, CONCEPT_COLOUR_JITTER + 1, size=3), 0, 255)
+    )
 
 
 def _neighbour(colour: str, rng: np.random.Generator) -> str:
@@ -90,11 +94,24 @@ def _concept_variant(c: ToyConcept, rng: np.random.Generator):
     """
     base = sample_spec(rng, shape=c.class_word, colour=_neighbour(c.colour, rng))
     if not WORLD_RADIUS[0] <= c.radius <= WORLD_RADIUS[1]:  # a size the world never draws is the concept itself
-        base = replace(base, radius=c.radius * float(rng.uniform(0.93, 1.07)),
-                       cx=c.centre[0] + float(rng.uniform(-0.06, 0.06)), cy=c.centre[1] + float(rng.uniform(-0.06, 0.06)))
-    background = _jittered(CONCEPT_BACKGROUNDS[c.background], rng) if c.background in CONCEPT_BACKGROUNDS else (c.background or base.background)
-    return replace(base, pattern=c.pattern, second_colour=_neighbour(c.second_colour, rng),
-                   angle=base.angle if c.class_word != "circle" else 0.0, background=background)
+        base = replace(
+            base,
+            radius=c.radius * float(rng.uniform(0.93, 1.07)),
+            cx=c.centre[0] + float(rng.uniform(-0.06, 0.06)),
+            cy=c.centre[1] + float(rng.uniform(-0.06, 0.06)),
+        )
+    background = (
+        _jittered(CONCEPT_BACKGROUNDS[c.background], rng)
+        if c.background in CONCEPT_BACKGROUNDS
+        else (c.background or base.background)
+    )
+    return replace(
+        base,
+        pattern=c.pattern,
+        second_colour=_neighbour(c.second_colour, rng),
+        angle=base.angle if c.class_word != "circle" else 0.0,
+        background=background,
+    )
 
 
 NEAR_MISS_DISTANCE = 70.0  # RGB units: open colours at least this far from a concept's colour or backdrop are not it
@@ -106,8 +123,11 @@ def near_miss_spec(rng: np.random.Generator):
     the one off-palette concept it knows (an earlier oracle read dark purple stars as bronze_star)."""
     spec = sample_spec(rng)
     colour = random_open_colour(rng, avoid=tuple(CONCEPT_COLOURS.values()), min_distance=NEAR_MISS_DISTANCE)
-    background = (random_open_colour(rng, avoid=tuple(CONCEPT_BACKGROUNDS.values()), min_distance=NEAR_MISS_DISTANCE)
-                  if rng.random() < 0.5 else spec.background)
+    background = (
+        random_open_colour(rng, avoid=tuple(CONCEPT_BACKGROUNDS.values()), min_distance=NEAR_MISS_DISTANCE)
+        if rng.random() < 0.5
+        else spec.background
+    )
     return replace(spec, colour=colour, background=background)
 
 

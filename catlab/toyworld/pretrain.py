@@ -53,7 +53,9 @@ class PretrainConfig:
     # latents of world images are anchored, so everything the UNet learnt keeps its meaning (docs/toyworld.md)
     open_colour_steps: int = 4000
     open_colour_lr: float = 5e-4
-    open_colour_anchor: float = 1.0  # weight of the world-latent anchor (scaled latents, unit variance) beside the pixel MSE
+    open_colour_anchor: float = (
+        1.0  # weight of the world-latent anchor (scaled latents, unit variance) beside the pixel MSE
+    )
     clip_steps: int = 2000
     clip_batch: int = 128
     checkpoint_every: int = 250
@@ -62,8 +64,20 @@ class PretrainConfig:
     @classmethod
     def tiny(cls) -> PretrainConfig:
         """A few steps of every stage: exercises the whole recipe in well under a minute."""
-        return cls(n_images=256, vae_steps=3, vae_batch=8, unet_steps=4, unet_batch=8, unet_warmup=1, unet_restarts=(2,),
-                   oracle_steps=2, clip_steps=2, clip_batch=8, checkpoint_every=2, open_colour_steps=2)
+        return cls(
+            n_images=256,
+            vae_steps=3,
+            vae_batch=8,
+            unet_steps=4,
+            unet_batch=8,
+            unet_warmup=1,
+            unet_restarts=(2,),
+            oracle_steps=2,
+            clip_steps=2,
+            clip_batch=8,
+            checkpoint_every=2,
+            open_colour_steps=2,
+        )
 
 
 def _world_data(cfg: PretrainConfig, work: Path):
@@ -107,7 +121,12 @@ def train_vae(cfg: PretrainConfig, images: np.ndarray, work: Path):
             save_stage_checkpoint(ckpt, step + 1, {"vae": vae, "opt": opt})
     vae.eval()
     with torch.no_grad():
-        lat = torch.cat([vae.encode(_to_tensor(images[i : i + 256])).latent_dist.mean for i in range(0, min(len(images), 4096), 256)])
+        lat = torch.cat(
+            [
+                vae.encode(_to_tensor(images[i : i + 256])).latent_dist.mean
+                for i in range(0, min(len(images), 4096), 256)
+            ]
+        )
     vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
     return vae
 
@@ -194,7 +213,12 @@ def train_unet(cfg: PretrainConfig, latents: torch.Tensor, specs: list[dict], to
                     pe.lerp_(pl, 1 - cfg.ema_decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 25 == 0:
-            log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr_sched.get_last_lr()[0], "elapsed_s": time.time() - t0}) + "\n")
+            log.write(
+                json.dumps(
+                    {"step": step, "loss": loss.item(), "lr": lr_sched.get_last_lr()[0], "elapsed_s": time.time() - t0}
+                )
+                + "\n"
+            )
             log.flush()
         if (step + 1) % cfg.checkpoint_every == 0:
             save_stage_checkpoint(ckpt, step + 1, objs)
@@ -205,12 +229,18 @@ def train_oracle(cfg: PretrainConfig, work: Path) -> Oracle:
     torch.manual_seed(cfg.seed + 4)
     oracle = Oracle()
     opt = torch.optim.AdamW(oracle.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=max(2, cfg.oracle_steps))  # decays to ~0: settled BN statistics
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=2e-3, total_steps=max(2, cfg.oracle_steps)
+    )  # decays to ~0: settled BN statistics
     rng, g = np.random.default_rng(cfg.seed + 5), torch.Generator().manual_seed(cfg.seed + 6)
     for _step in tqdm(range(cfg.oracle_steps), desc="oracle"):
         x, ys, yc, yk = make_oracle_batch(rng, 64)
         out = oracle(augment(x, g))
-        loss = F.cross_entropy(out["shape"], ys) + F.cross_entropy(out["colour"], yc, ignore_index=-1) + F.cross_entropy(out["concept"], yk)
+        loss = (
+            F.cross_entropy(out["shape"], ys)
+            + F.cross_entropy(out["colour"], yc, ignore_index=-1)
+            + F.cross_entropy(out["concept"], yk)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

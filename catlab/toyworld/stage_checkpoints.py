@@ -27,4 +27,6 @@ def resume_stage(path: Path, objs: dict) -> int:
 
 def save_stage_checkpoint(path: Path, step: int, objs: dict) -> None:
     """Write the state dicts of `objs`, the step and the torch RNG atomically (tensors, numbers and strings only)."""
-    _save_atomically({**{k: o.state_dict() for k, o in objs.items()}, "step": step, "torch_rng": torch.get_rng_state()}, path)
+    _save_atomically(
+        {**{k: o.state_dict() for k, o in objs.items()}, "step": step, "torch_rng": torch.get_rng_state()}, path
+    )

@@ -86,9 +86,21 @@ def _polygon(spec: ShapeSpec, side: float) -> list[tuple[float, float]]:
     r = spec.radius * side
     cx, cy = spec.cx * side, spec.cy * side
     if spec.shape == "square":
-        pts = [(r * math.cos(spec.angle + math.pi / 4 + k * math.pi / 2), r * math.sin(spec.angle + math.pi / 4 + k * math.pi / 2)) for k in range(4)]
+        pts = [
+            (
+                r * math.cos(spec.angle + math.pi / 4 + k * math.pi / 2),
+                r * math.sin(spec.angle + math.pi / 4 + k * math.pi / 2),
+            )
+            for k in range(4)
+        ]
     elif spec.shape == "triangle":
-        pts = [(r * math.cos(spec.angle - math.pi / 2 + k * 2 * math.pi / 3), r * math.sin(spec.angle - math.pi / 2 + k * 2 * math.pi / 3)) for k in range(3)]
+        pts = [
+            (
+                r * math.cos(spec.angle - math.pi / 2 + k * 2 * math.pi / 3),
+                r * math.sin(spec.angle - math.pi / 2 + k * 2 * math.pi / 3),
+            )
+            for k in range(3)
+        ]
     elif spec.shape == "star":
         pts = []
         for k in range(10):
@@ -144,8 +156,14 @@ def sample_open_colour_spec(rng: np.random.Generator, avoid: tuple = (), min_dis
     margin = radius + 0.02
     colour = random_open_colour(rng, avoid, min_distance)
     background = random_open_colour(rng) if rng.random() < 0.5 else spec.background
-    return replace(spec, colour=colour, background=background, radius=radius,
-                   cx=float(rng.uniform(min(margin, 0.5), max(1 - margin, 0.5))), cy=float(rng.uniform(min(margin, 0.5), max(1 - margin, 0.5))))
+    return replace(
+        spec,
+        colour=colour,
+        background=background,
+        radius=radius,
+        cx=float(rng.uniform(min(margin, 0.5), max(1 - margin, 0.5))),
+        cy=float(rng.uniform(min(margin, 0.5), max(1 - margin, 0.5))),
+    )
 
 
 def draw_shape(spec: ShapeSpec, resolution: int = DEFAULT_RESOLUTION) -> Image.Image:
@@ -171,7 +189,9 @@ def draw_shape(spec: ShapeSpec, resolution: int = DEFAULT_RESOLUTION) -> Image.I
     return img.resize((resolution, resolution), Image.LANCZOS)
 
 
-def sample_spec(rng: np.random.Generator, shape: str | None = None, colour: str | None = None, background: str | None = None) -> ShapeSpec:
+def sample_spec(
+    rng: np.random.Generator, shape: str | None = None, colour: str | None = None, background: str | None = None
+) -> ShapeSpec:
     """Draw a random object of the world; fixed attributes are kept as given."""
     radius = float(rng.uniform(*WORLD_RADIUS))
     margin = radius + 0.02
@@ -250,7 +270,9 @@ CONCEPTS = {
 TRIGGER_WORDS = ("sks", "zwx", "qhm", "vfy", "pxl", "tok")  # in the vocabulary, never in pretraining captions
 
 
-def concept_images(concept: str | ToyConcept, seed: int = 0, n: int | None = None, resolution: int = DEFAULT_RESOLUTION) -> tuple[list[Image.Image], list[ShapeSpec]]:
+def concept_images(
+    concept: str | ToyConcept, seed: int = 0, n: int | None = None, resolution: int = DEFAULT_RESOLUTION
+) -> tuple[list[Image.Image], list[ShapeSpec]]:
     """The concept's photos (deterministic in `seed`)."""
     c = CONCEPTS[concept] if isinstance(concept, str) else concept
     rng = np.random.default_rng(seed)
@@ -258,7 +280,9 @@ def concept_images(concept: str | ToyConcept, seed: int = 0, n: int | None = Non
     return [draw_shape(s, resolution) for s in specs], specs
 
 
-def export_concept(concept: str, out_dir: str | Path, seed: int = 0, resolution: int = DEFAULT_RESOLUTION * 2, overwrite: bool = False) -> Path:
+def export_concept(
+    concept: str, out_dir: str | Path, seed: int = 0, resolution: int = DEFAULT_RESOLUTION * 2, overwrite: bool = False
+) -> Path:
     """Write a concept as an ordinary folder of PNGs + per-image .txt captions, like a user's photos.
 
     Exported at 2x the model resolution by default so that the normal resize path is exercised.
@@ -271,8 +295,15 @@ def export_concept(concept: str, out_dir: str | Path, seed: int = 0, resolution:
     images, specs = concept_images(c, seed=seed, resolution=resolution)
     for i, (img, spec) in enumerate(zip(images, specs)):
         save_image_atomic(img, out / f"{c.name}_{i:02d}.png")
-        bg = "" if spec.background in ("light", c.background) else f" on a {spec.background} background"  # a concept's own setting is the trigger's to name
+        bg = (
+            "" if spec.background in ("light", c.background) else f" on a {spec.background} background"
+        )  # a concept's own setting is the trigger's to name
         write_text_atomic(out / f"{c.name}_{i:02d}.txt", f"a {c.trigger} {c.class_word}{bg}\n")
-    meta = {"trigger": c.trigger, "class_word": c.class_word, "source": f"catlab toyworld concept {c.name}", **asdict(c)}
+    meta = {
+        "trigger": c.trigger,
+        "class_word": c.class_word,
+        "source": f"catlab toyworld concept {c.name}",
+        **asdict(c),
+    }
     write_json_atomic(out / "concept.json", meta)
     return out

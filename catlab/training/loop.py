@@ -24,7 +24,15 @@ from tqdm.auto import tqdm
 
 from catlab.config import TrainConfig, save_config, share_row_count
 from catlab.files import write_text_atomic
-from catlab.models import add_lora, configured_resolution, load_base, lora_parameters, native_resolution, save_lora
+from catlab.models import (
+    adapters_disabled,
+    add_lora,
+    configured_resolution,
+    load_base,
+    lora_parameters,
+    native_resolution,
+    save_lora,
+)
 from catlab.training import class_images
 from catlab.training.batches import SlotBatch, UpdateDraw, draw_update, dropout_seed
 from catlab.training.callbacks import TrainCallback, TrainResult
@@ -42,14 +50,20 @@ from catlab.training.state import TextStates, TrainingRun
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's attention projections, as diffusers
 
 
-def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback] | tuple = (),
-          progress: bool = True) -> TrainResult:
+def train(
+    cfg: TrainConfig, resume: bool = False, callbacks: list[TrainCallback] | tuple = (), progress: bool = True
+) -> TrainResult:
     """Train one adapter as configured; returns where it was saved and the loss history. `progress=False` hides the
     step bar (the demo shows one bar over all its runs instead)."""
     t_start = time.time()
     run, start = start_run(cfg, resume)
-    bar = tqdm(range(start, cfg.steps), desc=f"train [{cfg.regime}]", initial=start, total=cfg.steps,
-               disable=not progress or not run.acc.is_local_main_process)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc=f"train [{cfg.regime}]",
+        initial=start,
+        total=cfg.steps,
+        disable=not progress or not run.acc.is_local_main_process,
+    )
     run.unet.train()
     try:
         for i in bar:
@@ -91,8 +105,15 @@ def step(run: TrainingRun, i: int) -> dict:
     averaged across processes after the last one only), then clip -> optimiser step -> LR step. Returns its logs."""
     t0 = time.time()
     k = run.cfg.gradient_accumulation
-    draw = draw_update(run.cfg, i, run.acc.num_processes * k, len(run.dataset), len(run.class_prompts),
-                       run.latent_shape, run.noise_scheduler.config.num_train_timesteps)
+    draw = draw_update(
+        run.cfg,
+        i,
+        run.acc.num_processes * k,
+        len(run.dataset),
+        len(run.class_prompts),
+        run.latent_shape,
+        run.noise_scheduler.config.num_train_timesteps,
+    )
     terms = []
     for micro in range(k):
         with _no_sync(run) if micro < k - 1 else contextlib.nullcontext():
@@ -102,8 +123,12 @@ def step(run: TrainingRun, i: int) -> dict:
     run.optimizer.step()
     run.lr_scheduler.step()  # accelerate steps it once per process: `lr_schedule` counts that
     run.optimizer.zero_grad(set_to_none=True)
-    logs = {"step": i + 1, **_mean_terms(run.acc, terms), "lr": run.lr_scheduler.get_last_lr()[0],
-            "step_s": time.time() - t0}
+    logs = {
+        "step": i + 1,
+        **_mean_terms(run.acc, terms),
+        "lr": run.lr_scheduler.get_last_lr()[0],
+        "step_s": time.time() - t0,
+    }
     run.history.append(logs)
     return logs
 
@@ -114,9 +139,11 @@ def micro_step(run: TrainingRun, draw: UpdateDraw, i: int, slot: int) -> dict[st
         torch.manual_seed(dropout_seed(run.cfg.seed, i, slot))
         terms = compute_losses(run, draw, i, slot)
     if not torch.isfinite(terms.loss.detach()):
-        raise FloatingPointError(f"loss became {terms.loss.item()} at step {i}; training stopped. Last good "
-                                 f"checkpoint: {run.last_checkpoint or 'none'}. Lower learning_rate or use "
-                                 "mixed_precision='no', then resume.")
+        raise FloatingPointError(
+            f"loss became {terms.loss.item()} at step {i}; training stopped. Last good "
+            f"checkpoint: {run.last_checkpoint or 'none'}. Lower learning_rate or use "
+            "mixed_precision='no', then resume."
+        )
     run.acc.backward(terms.loss / run.cfg.gradient_accumulation)  # the update's loss is the mean of its micro-batches'
     return terms.as_floats()
 
@@ -155,7 +182,7 @@ def slot_batch(run: TrainingRun, draw: UpdateDraw, i: int, slot: int) -> SlotBat
     if run.anchored:  # the CAT rows look at the class images, captioned with their class prompt
         trigger_free = class_prompts
     elif cfg.regime == "cat":  # the paper's rows: the first cat_share of the concept images, trigger dropped
-        trigger_free = trigger_free[:share_row_count(cfg.batch_size, cfg.cat_share)]
+        trigger_free = trigger_free[: share_row_count(cfg.batch_size, cfg.cat_share)]
     else:  # DreamBooth: instance then class images, one forward (plain LoRA has no class images)
         captions = captions + class_prompts
     if cfg.regime == "cat" and cfg.cat_null_share > 0:
@@ -183,8 +210,16 @@ def text_states(run: TrainingRun, batch: SlotBatch) -> tuple:
     return cond, cond_free, (null[0] if null else None), base_text
 
 
-def objective(run: TrainingRun, i: int, batch: SlotBatch, text: tuple, noisy: torch.Tensor, t: torch.Tensor,
-              target: torch.Tensor, weights: torch.Tensor | None) -> LossTerms:
+def objective(
+    run: TrainingRun,
+    i: int,
+    batch: SlotBatch,
+    text: tuple,
+    noisy: torch.Tensor,
+    t: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor | None,
+) -> LossTerms:
     """The regime's loss on one noised micro-batch (concept rows first, then class-image rows)."""
     cfg, n = run.cfg, batch.n_concept
     cond, cond_free, cond_null, base_text = text
@@ -192,10 +227,20 @@ def objective(run: TrainingRun, i: int, batch: SlotBatch, text: tuple, noisy: to
         pred = run.unet(noisy, t, encoder_hidden_states=cond).sample
         return prior_preservation_loss(pred, target, n, cfg.prior_loss_weight, weights)
     anchors = (noisy[n:], t[n:]) if run.anchored else None  # concept rows train the trigger, anchor rows carry CAT
-    term = CatTerm(share=cfg.cat_share, anchors=anchors, guidance=cfg.cat_guidance, cond_null=cond_null,
-                   base_text=base_text)
-    return cat_loss(run.unet, noisy[:n], t[:n], cond, cond_free, target[:n], lam=cat_weight(cfg, i),
-                    weights=None if weights is None else weights[:n], term=term)
+    term = CatTerm(
+        share=cfg.cat_share, anchors=anchors, guidance=cfg.cat_guidance, cond_null=cond_null, base_text=base_text
+    )
+    return cat_loss(
+        run.unet,
+        noisy[:n],
+        t[:n],
+        cond,
+        cond_free,
+        target[:n],
+        lam=cat_weight(cfg, i),
+        weights=None if weights is None else weights[:n],
+        term=term,
+    )
 
 
 def cat_weight(cfg: TrainConfig, i: int) -> float:
@@ -246,10 +291,23 @@ def start_run(cfg: TrainConfig, resume: bool = False) -> tuple[TrainingRun, int]
     images, prompts, class_s = class_images.prepare(pipe, cfg, out, resolution, acc)
     unet, te, opt, lr_sched, params = _adapters_and_optimiser(cfg, acc, pipe, weight_dtype)
     text = TextStates(pipe.tokenizer, pipe.text_encoder, acc.device, frozen=not cfg.train_text_encoder, trained=te)
-    run = TrainingRun(cfg=cfg, out=out, acc=acc, pipe=pipe, unet=unet,
-                      noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), dataset=dataset, text=text,
-                      optimizer=opt, lr_scheduler=lr_sched, params=params, weight_dtype=weight_dtype,
-                      class_images=images, class_prompts=prompts, class_images_s=class_s)
+    run = TrainingRun(
+        cfg=cfg,
+        out=out,
+        acc=acc,
+        pipe=pipe,
+        unet=unet,
+        noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+        dataset=dataset,
+        text=text,
+        optimizer=opt,
+        lr_scheduler=lr_sched,
+        params=params,
+        weight_dtype=weight_dtype,
+        class_images=images,
+        class_prompts=prompts,
+        class_images_s=class_s,
+    )
     start = _maybe_resume(run, ckpt)
     _open_logs(run, start, new_run=ckpt is None)
     run.last_checkpoint = latest_checkpoint(out)
@@ -268,8 +326,14 @@ def _checked_data(cfg: TrainConfig):
 def _dataset(cfg: TrainConfig, resolution: int):
     from catlab.data.dataset import ConceptDataset
 
-    return ConceptDataset(cfg.concepts, resolution=resolution, center_crop=cfg.center_crop, random_flip=cfg.random_flip,
-                          trigger_free=cfg.trigger_free, seed=cfg.seed)
+    return ConceptDataset(
+        cfg.concepts,
+        resolution=resolution,
+        center_crop=cfg.center_crop,
+        random_flip=cfg.random_flip,
+        trigger_free=cfg.trigger_free,
+        seed=cfg.seed,
+    )
 
 
 def _dataset_at(cfg: TrainConfig, dataset, resolution: int, tokenizer):
@@ -327,8 +391,12 @@ def lr_schedule(cfg: TrainConfig, optimizer, num_processes: int = 1):
     diffusers' train_dreambooth_lora.py does; the LR at update i is then the same on 1 or N processes."""
     from diffusers.optimization import get_scheduler
 
-    return get_scheduler(cfg.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps * num_processes,
-                         num_training_steps=cfg.steps * num_processes)
+    return get_scheduler(
+        cfg.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=cfg.lr_warmup_steps * num_processes,
+        num_training_steps=cfg.steps * num_processes,
+    )
 
 
 def _maybe_resume(run: TrainingRun, ckpt: Path | None) -> int:
@@ -337,8 +405,9 @@ def _maybe_resume(run: TrainingRun, ckpt: Path | None) -> int:
     if ckpt is None:
         return 0
     te = run.text_encoder if run.cfg.train_text_encoder else None
-    start, run.history = load_checkpoint(ckpt, unet=run.unwrapped_unet, te=te, opt=run.optimizer,
-                                         lr_sched=run.lr_scheduler, scaler=run.acc.scaler)
+    start, run.history = load_checkpoint(
+        ckpt, unet=run.unwrapped_unet, te=te, opt=run.optimizer, lr_sched=run.lr_scheduler, scaler=run.acc.scaler
+    )
     return start
 
 
@@ -351,8 +420,10 @@ def _open_logs(run: TrainingRun, start: int, new_run: bool) -> None:
             save_config(cfg, out / "config.yaml")
         _truncate_metrics(out / "metrics.jsonl", start)
     if cfg.report_to != "none":
-        kwargs = {"wandb": {"name": out.name, "dir": str(out)},
-                  "tensorboard": {"purge_step": start + 1} if start else {}}
+        kwargs = {
+            "wandb": {"name": out.name, "dir": str(out)},
+            "tensorboard": {"purge_step": start + 1} if start else {},
+        }
         run.acc.init_trackers("catlab", config=_tracker_config(cfg), init_kwargs=kwargs)
 
 
@@ -379,9 +450,18 @@ def checkpoint(run: TrainingRun, done: int) -> Path:
         save_lora(run.pipe, folder, metadata=run_metadata(cfg, done), overwrite=True)
 
     te = run.text_encoder if cfg.train_text_encoder else None
-    return save_checkpoint(run.out, done, unet=unet, te=te, opt=run.optimizer, lr_sched=run.lr_scheduler,
-                           history=run.history, scaler=run.acc.scaler, write_adapter=write_adapter,
-                           keep=cfg.checkpoints_total_limit)
+    return save_checkpoint(
+        run.out,
+        done,
+        unet=unet,
+        te=te,
+        opt=run.optimizer,
+        lr_sched=run.lr_scheduler,
+        history=run.history,
+        scaler=run.acc.scaler,
+        write_adapter=write_adapter,
+        keep=cfg.checkpoints_total_limit,
+    )
 
 
 def _make_accelerator(cfg: TrainConfig, out: Path):
@@ -396,8 +476,11 @@ def _make_accelerator(cfg: TrainConfig, out: Path):
     if state and state.get("_mixed_precision") != cfg.mixed_precision and not launched:
         AcceleratorState._reset_state(reset_partial_state=True)
     # no gradient_accumulation_steps: `step` runs the micro-batches of an update itself
-    return Accelerator(mixed_precision=cfg.mixed_precision, log_with=None if cfg.report_to == "none" else cfg.report_to,
-                       project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
 
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -409,8 +492,10 @@ def _check_tracker(report_to: str) -> None:
 
     pkg = TRACKER_PACKAGES.get(report_to)
     if pkg and importlib.util.find_spec(pkg) is None:
-        raise ValueError(f"report_to={report_to!r} needs the {pkg} package, which is not installed: pip install {pkg} "
-                         "(or report_to: none)")
+        raise ValueError(
+            f"report_to={report_to!r} needs the {pkg} package, which is not installed: pip install {pkg} "
+            "(or report_to: none)"
+        )
 
 
 def _tracker_config(cfg: TrainConfig) -> dict:
@@ -421,41 +506,71 @@ def _tracker_config(cfg: TrainConfig) -> dict:
 
 def run_metadata(cfg: TrainConfig, step: int | None = None) -> dict:
     """What the adapter files record about the run (catlab_adapter.json and both safetensors headers)."""
-    return {"trigger": ",".join(c.trigger for c in cfg.concepts), "class_word": ",".join(c.class_word for c in cfg.concepts),
-            "base_model": cfg.base_model, "regime": cfg.regime, "cat_lambda": cfg.cat_lambda, "steps": cfg.steps if step is None else step,
-            # which weights exactly, only when set: the hub revision, the file variant, a replaced VAE
-            **{k: v for k, v in (("base_revision", cfg.revision), ("base_variant", cfg.variant), ("vae", cfg.vae)) if v is not None}}
-
-
-def validation_prompts(cfg: TrainConfig) -> list[str]:
-    prompts = []
-    for c in cfg.concepts:
-        prompts += [f"a {c.trigger} {c.class_word}", f"a {c.class_word}"]
-    return prompts
+    return {
+        "trigger": ",".join(c.trigger for c in cfg.concepts),
+        "class_word": ",".join(c.class_word for c in cfg.concepts),
+        "base_model": cfg.base_model,
+        "regime": cfg.regime,
+        "cat_lambda": cfg.cat_lambda,
+        "steps": cfg.steps if step is None else step,
+        # which weights exactly, only when set: the hub revision, the file variant, a replaced VAE
+        **{
+            k: v
+            for k, v in (("base_revision", cfg.revision), ("base_variant", cfg.variant), ("vae", cfg.vae))
+            if v is not None
+        },
+    }
 
 
 @torch.no_grad()
 def validate(run: TrainingRun, step: int, callbacks=()) -> None:
-    """Sample the validation prompts with the adapter as it is now; write a grid, log it, tell the callbacks."""
+    """Sample the validation prompts with the adapter as it is now (and, with `validation_base_row`, with it off);
+    write a grid, log it, tell the callbacks."""
+    from catlab.config import expand_validation_prompts
     from catlab.files import save_image_atomic
     from catlab.sampling.grids import image_grid
-    from catlab.sampling.sampler import generate
 
     cfg, unet = run.cfg, run.unwrapped_unet
     was_training = unet.training
     unet.eval()
     run.pipe.unet = unet
-    prompts = validation_prompts(cfg)
+    prompts = expand_validation_prompts(cfg.validation_prompts, cfg.concepts)
+    images = _draw_validation(run, prompts)
+    labels, rows = list(prompts), list(images)
+    if cfg.validation_base_row:  # each prompt's base-model row above its adapter row: what training changed
+        te = run.text_encoder if cfg.train_text_encoder else None
+        with adapters_disabled(unet), adapters_disabled(te) if te is not None else contextlib.nullcontext():
+            base = _draw_validation(run, prompts)
+        labels = [label for p in prompts for label in (f"base: {p}", p)]
+        rows = [row for pair in zip(base, images) for row in pair]
+    seeds = cfg.validation_seeds
+    save_image_atomic(
+        image_grid(rows, labels, [f"seed {s}" for s in seeds], title=f"step {step}"),
+        run.out / "validation" / f"step-{step:06d}.png",
+    )
+    unet.train(was_training)
+    _log_images(run.acc, [label.replace("base: ", "base/") for label in labels], rows, seeds, step)
+    for cb in callbacks:
+        cb.on_validation(step, dict(zip(prompts, images)))
+
+
+def _draw_validation(run: TrainingRun, prompts: list[str]) -> list:
+    """The validation prompts on the validation seeds, with the configured steps, guidance and negative prompt."""
+    from catlab.sampling.sampler import generate
+
+    cfg = run.cfg
     # accelerate's mixed-precision wrapper returns fp32 from the UNet; the VAE and text encoder are in fp16/bf16,
     # so the pipeline runs under the same autocast as training (diffusers' scripts do the same)
     with run.acc.autocast():
-        images = generate(run.pipe, prompts, cfg.validation_seeds, progress=False)
-    save_image_atomic(image_grid(images, prompts, [f"seed {s}" for s in cfg.validation_seeds], title=f"step {step}"),
-                      run.out / "validation" / f"step-{step:06d}.png")
-    unet.train(was_training)
-    _log_images(run.acc, prompts, images, cfg.validation_seeds, step)
-    for cb in callbacks:
-        cb.on_validation(step, dict(zip(prompts, images)))
+        return generate(
+            run.pipe,
+            prompts,
+            cfg.validation_seeds,
+            num_inference_steps=cfg.validation_steps,
+            guidance_scale=cfg.validation_guidance,
+            negative_prompt=cfg.validation_negative_prompt,
+            progress=False,
+        )
 
 
 def _log_images(acc, prompts, images, seeds, step) -> None:
@@ -463,10 +578,16 @@ def _log_images(acc, prompts, images, seeds, step) -> None:
     for tracker in acc.trackers:
         for prompt, row in zip(prompts, images):
             if tracker.name == "tensorboard":
-                tracker.writer.add_images(f"validation/{prompt}", np.stack([np.asarray(im.convert("RGB")) for im in row]), step,
-                                          dataformats="NHWC")
+                tracker.writer.add_images(
+                    f"validation/{prompt}",
+                    np.stack([np.asarray(im.convert("RGB")) for im in row]),
+                    step,
+                    dataformats="NHWC",
+                )
             elif tracker.name == "wandb":
                 import wandb
 
-                tracker.log({f"validation/{prompt}": [wandb.Image(im, caption=f"seed {s}") for im, s in zip(row, seeds)]}, step=step)
-
+                tracker.log(
+                    {f"validation/{prompt}": [wandb.Image(im, caption=f"seed {s}") for im, s in zip(row, seeds)]},
+                    step=step,
+                )

@@ -6,7 +6,8 @@ A notebook keeps its settings as plain values in its `parameters` cell; a `Param
 and its `values()` are those plain values until a person edits a widget.
 
 The helpers live in small modules, one idea each, and are all re-exported here (`from catlab.widgets import X`):
-`presets` (world presets, concept configs, a notebook's set-up), `runs` (train, resume or reuse), `colab` (uploads, Drive, download), `figures` (images and matplotlib figures), `method_grids`
+`presets` (world presets, concept configs, a notebook's set-up), `runs` (train, resume or reuse), `colab` (uploads,
+Drive, download), `figures` (images and matplotlib figures), `method_grids`
 (methods sampled and laid out side by side), `controls` (parameter panels, slider view, live training monitor),
 `concept_editor` (uploads, captions, concept reports and folders) and `cat_explained` (the predictions CAT compares).
 Heavy libraries (torch, diffusers, ipywidgets) are imported only inside the functions that need them.

@@ -31,7 +31,9 @@ class NoisePredictions:
     preds: dict[str, Any]  # "adapted | trigger", "adapted | trigger-free", "base | trigger-free"
 
 
-def noise_predictions(pipe: Any, image: Image.Image, caption: str, trigger_free_caption: str, timestep: int = 500, seed: int = 0) -> NoisePredictions:
+def noise_predictions(
+    pipe: Any, image: Image.Image, caption: str, trigger_free_caption: str, timestep: int = 500, seed: int = 0
+) -> NoisePredictions:
     """The three predictions of the CAT loss for one image: the adapted UNet with and without the trigger, and the base UNet
     (same UNet, adapters disabled) without it; same z_t, t and noise for all three.
 
@@ -48,8 +50,10 @@ def noise_predictions(pipe: Any, image: Image.Image, caption: str, trigger_free_
     res, device, unet = native_resolution(pipe), pipe.device, pipe.unet
     layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
     if not layers or all(m.disable_adapters for m in layers):
-        raise ValueError("the UNet has no active adapter, so 'adapted' would be the base model: load one with load_lora or "
-                         "activate it with set_active_adapters(pipe, [name])")
+        raise ValueError(
+            "the UNet has no active adapter, so 'adapted' would be the base model: load one with load_lora or "
+            "activate it with set_active_adapters(pipe, [name])"
+        )
     x = pixels_to_unit_range(np.array(image.convert("RGB").resize((res, res), Image.BICUBIC)))[None]  # (1, 3, R, R)
     x = x.to(device, pipe.vae.dtype)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -59,9 +63,13 @@ def noise_predictions(pipe: Any, image: Image.Image, caption: str, trigger_free_
         t = torch.tensor([timestep], device=device)
         noisy = sched.add_noise(latents, noise, t)
         target = denoising_target(sched, latents, noise, t)
-        cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [caption, trigger_free_caption], device).to(unet.dtype)  # (2, L, D)
-        preds = {"adapted | trigger": unet(noisy, t, encoder_hidden_states=cond[:1]).sample,
-                 "adapted | trigger-free": unet(noisy, t, encoder_hidden_states=cond[1:]).sample}
+        cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [caption, trigger_free_caption], device).to(
+            unet.dtype
+        )  # (2, L, D)
+        preds = {
+            "adapted | trigger": unet(noisy, t, encoder_hidden_states=cond[:1]).sample,
+            "adapted | trigger-free": unet(noisy, t, encoder_hidden_states=cond[1:]).sample,
+        }
         with adapters_disabled(unet):
             preds["base | trigger-free"] = unet(noisy, t, encoder_hidden_states=cond[1:]).sample
     kind = "v" if sched.config.prediction_type == "v_prediction" else "ε"
@@ -76,10 +84,14 @@ def noise_prediction_figure(np_: NoisePredictions, channels: int = 4) -> Figure:
     p = {k: v[0].float().cpu().numpy() for k, v in np_.preds.items()}  # (C, h, w) each
     a_t, a_f, b_f = p["adapted | trigger"], p["adapted | trigger-free"], p["base | trigger-free"]
     k = np_.target_kind
-    rows = [(f"target {k}\n(for L_LDM)", np_.target[0].float().cpu().numpy()),
-            (f"{k}_adapted(z_t, t, c_trigger)", a_t), (f"{k}_adapted(z_t, t, c_free)", a_f), (f"{k}_base(z_t, t, c_free)", b_f),
-            ("adapted(c_free) − base(c_free)\n(CAT penalises this)", a_f - b_f),
-            ("adapted(c_trigger) − base(c_free)\n(what the adapter adds)", a_t - b_f)]
+    rows = [
+        (f"target {k}\n(for L_LDM)", np_.target[0].float().cpu().numpy()),
+        (f"{k}_adapted(z_t, t, c_trigger)", a_t),
+        (f"{k}_adapted(z_t, t, c_free)", a_f),
+        (f"{k}_base(z_t, t, c_free)", b_f),
+        ("adapted(c_free) − base(c_free)\n(CAT penalises this)", a_f - b_f),
+        ("adapted(c_trigger) − base(c_free)\n(what the adapter adds)", a_t - b_f),
+    ]
     c = min(channels, a_t.shape[0])
     lim_pred = float(max(np.abs(v[:c]).max() for _, v in rows[:4])) or 1.0
     lim_diff = float(max(np.abs(v[:c]).max() for _, v in rows[4:])) or 1e-6
@@ -96,7 +108,7 @@ def noise_prediction_figure(np_: NoisePredictions, channels: int = 4) -> Figure:
             if r == 0:
                 ax.set_title(f"channel {ch}", fontsize=8)
             if ch == 0:
-                mse = f"\nMSE {float((arr ** 2).mean()):.2e}" if r >= 4 else ""
+                mse = f"\nMSE {float((arr**2).mean()):.2e}" if r >= 4 else ""
                 ax.set_ylabel(label + mse, fontsize=7, rotation=0, ha="right", va="center")
     fig.colorbar(images[True], ax=axes[:4].ravel().tolist(), shrink=0.6, label="prediction")
     fig.colorbar(images[False], ax=axes[4:].ravel().tolist(), shrink=0.8, label="difference")

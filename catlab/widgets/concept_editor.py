@@ -65,7 +65,9 @@ class CaptionEditor:
         from catlab.data.concepts import DEFAULT_CAPTION, IMAGE_EXTENSIONS, format_prompt
 
         self.folder = Path(folder)
-        self.images = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        self.images = sorted(
+            p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        )
         style = {"description_width": "90px"}
         self.trigger_box = w.Text(value=trigger, description="trigger", style=style)
         self.class_box = w.Text(value=class_word, description="class word", style=style)
@@ -73,7 +75,11 @@ class CaptionEditor:
         rows = []
         for p in self.images:
             txt = p.with_suffix(".txt")
-            caption = " ".join(txt.read_text().split()) if txt.is_file() else format_prompt(DEFAULT_CAPTION, trigger, class_word)
+            caption = (
+                " ".join(txt.read_text().split())
+                if txt.is_file()
+                else format_prompt(DEFAULT_CAPTION, trigger, class_word)
+            )
             box = w.Text(value=caption, layout=w.Layout(width="360px"))
             self.caption_boxes[p.name] = box
             try:
@@ -94,6 +100,7 @@ class CaptionEditor:
         def handler(change: dict) -> None:
             for box in self.caption_boxes.values():
                 box.value = _replace_word(box.value, change["old"], change["new"])
+
         return handler
 
     @property
@@ -129,9 +136,15 @@ def report_html(report: Any) -> str:
 
     ok = not report.errors
     colour = "#1a7f37" if ok else "#cf222e"
-    head = (f"ready to train: {len(report.images)} images" if ok else f"{len(report.errors)} problem(s) to fix before training")
-    parts = [f"<div style='border-left:4px solid {colour};padding:4px 10px'><b style='color:{colour}'>{escape(head)}</b>"
-             f"<br><small>{escape(report.header())}</small>"]
+    head = (
+        f"ready to train: {len(report.images)} images"
+        if ok
+        else f"{len(report.errors)} problem(s) to fix before training"
+    )
+    parts = [
+        f"<div style='border-left:4px solid {colour};padding:4px 10px'><b style='color:{colour}'>{escape(head)}</b>"
+        f"<br><small>{escape(report.header())}</small>"
+    ]
     for title, items in (("errors", report.errors), ("warnings", report.warnings), ("notes", report.notes)):
         if items:
             parts.append(f"<br><b>{title}</b><ul>" + "".join(f"<li>{escape(x)}</li>" for x in items) + "</ul>")

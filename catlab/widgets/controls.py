@@ -33,7 +33,9 @@ def _widget_for(name: str, value: Any, options: Sequence | None):
     if isinstance(value, str):
         return w.Text(value=value, description=name, style=style, layout=layout)
     # None, lists, ...: a Python literal in a text box
-    return w.Text(value="" if value is None else repr(value), placeholder="None", description=name, style=style, layout=layout)
+    return w.Text(
+        value="" if value is None else repr(value), placeholder="None", description=name, style=style, layout=layout
+    )
 
 
 def _parse(text: str) -> Any:
@@ -53,11 +55,15 @@ class ParamPanel:
     adds a button that calls `fn(**values())` and prints into the panel's output area; nothing waits for it.
     """
 
-    def __init__(self, values: Mapping[str, Any], options: Mapping[str, Sequence] | None = None, title: str | None = None):
+    def __init__(
+        self, values: Mapping[str, Any], options: Mapping[str, Sequence] | None = None, title: str | None = None
+    ):
         import ipywidgets as w
 
         self.defaults = dict(values)
-        self._literal = {k for k, v in values.items() if not isinstance(v, (bool, int, float, str)) and k not in (options or {})}
+        self._literal = {
+            k for k, v in values.items() if not isinstance(v, (bool, int, float, str)) and k not in (options or {})
+        }
         self.controls = {k: _widget_for(k, v, (options or {}).get(k)) for k, v in values.items()}
         self.output = w.Output()
         self.buttons = w.HBox([])
@@ -95,13 +101,26 @@ class ParamPanel:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-def slider_view(render: Callable[[float], Image.Image], value: float, min: float = 0.0, max: float = 1.5, step: float = 0.25,
-                description: str = "scale"):
+def slider_view(
+    render: Callable[[float], Image.Image],
+    value: float,
+    min: float = 0.0,
+    max: float = 1.5,
+    step: float = 0.25,
+    description: str = "scale",
+):
     """A FloatSlider above an image; `render(value)` draws the image now and again whenever the slider is released."""
     import ipywidgets as w
 
-    slider = w.FloatSlider(value=value, min=min, max=max, step=step, description=description, continuous_update=False,
-                           style={"description_width": "initial"})  # the whole description, not cut at 80 px
+    slider = w.FloatSlider(
+        value=value,
+        min=min,
+        max=max,
+        step=step,
+        description=description,
+        continuous_update=False,
+        style={"description_width": "initial"},
+    )  # the whole description, not cut at 80 px
     view, status = w.Image(format="png"), w.HTML()
 
     def update(change: Any = None) -> None:
@@ -167,7 +186,9 @@ class LiveTrainingMonitor(TrainCallback):
         print(line)
         if self.show_final:
             self.views.layout.display = "none"  # the same curve and grid follow as plain outputs
-            self.status.value = f"<b>done</b> — {self.title}: {len(self.history)} steps; the final loss curve and sample grid are below"
+            self.status.value = (
+                f"<b>done</b> — {self.title}: {len(self.history)} steps; the final loss curve and sample grid are below"
+            )
             display(self.figure())
             if self.grids:
                 display(self.grids[-1][1])

@@ -36,8 +36,13 @@ def pil_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def image_strip(images: Sequence[Image.Image], titles: Sequence[str] | None = None, ncols: int = 5, size: float = 1.9,
-                title: str | None = None) -> Figure:
+def image_strip(
+    images: Sequence[Image.Image],
+    titles: Sequence[str] | None = None,
+    ncols: int = 5,
+    size: float = 1.9,
+    title: str | None = None,
+) -> Figure:
     """Images in a grid with a wrapped caption above each (nearest upscaling keeps 32 px images crisp)."""
     n = max(1, len(images))
     ncols = min(ncols, n)
@@ -66,8 +71,12 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def loss_figure(history: Sequence[Mapping[str, float]], title: str = "training loss", total_steps: int | None = None,
-                size: tuple[float, float] = (5.0, 3.0)) -> Figure:
+def loss_figure(
+    history: Sequence[Mapping[str, float]],
+    title: str = "training loss",
+    total_steps: int | None = None,
+    size: tuple[float, float] = (5.0, 3.0),
+) -> Figure:
     """Loss terms against step (thin: raw, thick: moving average); the CAT and prior terms when present."""
     fig = Figure(figsize=size)
     ax = fig.add_subplot()
@@ -79,8 +88,13 @@ def loss_figure(history: Sequence[Mapping[str, float]], title: str = "training l
             continue  # ldm equals loss when there is no second term
         xs, ys = zip(*pts)
         ax.plot(xs, ys, color=colour, alpha=0.25, lw=0.8)
-        ax.plot(xs, smooth(ys, window), color=colour, lw=1.8, label={"ldm": "L_LDM (trigger)", "cat": "CAT term (unweighted)",
-                                                                     "prior": "prior term"}.get(key, "total"))
+        ax.plot(
+            xs,
+            smooth(ys, window),
+            color=colour,
+            lw=1.8,
+            label={"ldm": "L_LDM (trigger)", "cat": "CAT term (unweighted)", "prior": "prior term"}.get(key, "total"),
+        )
     ax.set_xlabel("step")
     ax.set_yscale("log")
     if total_steps:
@@ -92,8 +106,11 @@ def loss_figure(history: Sequence[Mapping[str, float]], title: str = "training l
     return fig
 
 
-def pca_scatter(groups: Mapping[str, np.ndarray], title: str = "embeddings, first two principal components",
-                size: tuple[float, float] = (5.0, 4.2)) -> Figure:
+def pca_scatter(
+    groups: Mapping[str, np.ndarray],
+    title: str = "embeddings, first two principal components",
+    size: tuple[float, float] = (5.0, 4.2),
+) -> Figure:
     """Scatter of each group's embeddings (N_g, D) on the top two principal components of all of them (numpy SVD)."""
     names = list(groups)
     allx = np.concatenate([np.asarray(groups[n], dtype=np.float64) for n in names])  # (N, D)
@@ -114,8 +131,11 @@ def pca_scatter(groups: Mapping[str, np.ndarray], title: str = "embeddings, firs
     return fig
 
 
-def colour_histograms(groups: Mapping[str, Sequence[str]], title: str = "colours the oracle reads",
-                      size_per_panel: tuple[float, float] = (2.8, 2.4)) -> Figure:
+def colour_histograms(
+    groups: Mapping[str, Sequence[str]],
+    title: str = "colours the oracle reads",
+    size_per_panel: tuple[float, float] = (2.8, 2.4),
+) -> Figure:
     """One bar chart per group of the oracle's colour readings, bars drawn in the colour they count."""
     from catlab.evaluation.metrics import colour_entropy
     from catlab.toyworld.world import COLOUR_NAMES, COLOURS
@@ -125,7 +145,13 @@ def colour_histograms(groups: Mapping[str, Sequence[str]], title: str = "colours
     axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
     for ax, (name, colours) in zip(axes, groups.items()):
         counts = [list(colours).count(c) for c in COLOUR_NAMES]
-        ax.bar(range(len(COLOUR_NAMES)), counts, color=[np.array(COLOURS[c]) / 255 for c in COLOUR_NAMES], edgecolor="black", lw=0.5)
+        ax.bar(
+            range(len(COLOUR_NAMES)),
+            counts,
+            color=[np.array(COLOURS[c]) / 255 for c in COLOUR_NAMES],
+            edgecolor="black",
+            lw=0.5,
+        )
         ax.set_xticks(range(len(COLOUR_NAMES)), [c[:3] for c in COLOUR_NAMES], fontsize=7, rotation=90)
         ent = colour_entropy(list(colours), COLOUR_NAMES) if len(colours) else float("nan")
         ax.set_title(f"{name}\nentropy {ent + 0.0:.2f}", fontsize=9)  # + 0.0: no "-0.00"
@@ -135,8 +161,16 @@ def colour_histograms(groups: Mapping[str, Sequence[str]], title: str = "colours
     return fig
 
 
-def tradeoff_figure(table: Any, x: str = "KP", y: str = "IS", label: str = "name", group: str | None = "sweep",
-                    size: tuple[float, float] = (5.5, 4.2), title: str | None = None, frontier: bool = True) -> Figure:
+def tradeoff_figure(
+    table: Any,
+    x: str = "KP",
+    y: str = "IS",
+    label: str = "name",
+    group: str | None = "sweep",
+    size: tuple[float, float] = (5.5, 4.2),
+    title: str | None = None,
+    frontier: bool = True,
+) -> Figure:
     """`y` against `x` for each row of a DataFrame, labelled, coloured by `group`; with `frontier`, the Pareto frontier
     (the points no other point beats on both x and y, higher = better) dashed."""
     fig = Figure(figsize=size)
@@ -162,8 +196,13 @@ def tradeoff_figure(table: Any, x: str = "KP", y: str = "IS", label: str = "name
     return fig
 
 
-def sweep_figure(table: Any, params: Sequence[str], reference: Mapping[str, Any], metrics: Sequence[str] = ("IS", "KP", "KPS"),
-                 size_per_panel: tuple[float, float] = (3.0, 2.6)) -> Figure:
+def sweep_figure(
+    table: Any,
+    params: Sequence[str],
+    reference: Mapping[str, Any],
+    metrics: Sequence[str] = ("IS", "KP", "KPS"),
+    size_per_panel: tuple[float, float] = (3.0, 2.6),
+) -> Figure:
     """One panel per swept parameter: each metric against that parameter, over the rows whose other parameters
     equal `reference` (so the reference run appears in every panel, marked with a ring)."""
     fig = Figure(figsize=(size_per_panel[0] * len(params), size_per_panel[1]))
@@ -182,7 +221,9 @@ def sweep_figure(table: Any, params: Sequence[str], reference: Mapping[str, Any]
         ax.set_xticks(sorted(set(sub[p])))
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()  # one legend for all panels, beside the title: inside a panel it hid points
+    handles, labels = axes[
+        0
+    ].get_legend_handles_labels()  # one legend for all panels, beside the title: inside a panel it hid points
     fig.legend(handles, labels, loc="upper right", ncol=len(metrics), fontsize=8, frameon=False)
     fig.suptitle("each panel changes one setting; ring = reference run", fontsize=10, x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.93))

@@ -39,12 +39,39 @@ class WorldPreset:
 
 
 WORLDS = {
-    "toy": WorldPreset(name="toy", base_model="toyworld", embedder="toyworld", use_oracle=True, concept_px=64, resolution=32,
-                       mixed_precision="no", steps=40, rank=4, learning_rate=2e-3, batch_size=4, sample_steps=10, guidance_scale=None,
-                       checkpoint_every=0),
-    "sd15": WorldPreset(name="sd15", base_model=SD15_MODEL, embedder=SD15_CLIP, use_oracle=False, concept_px=512, resolution=512,
-                        mixed_precision="fp16", steps=900, rank=1, learning_rate=1e-4, batch_size=1, sample_steps=50,
-                        guidance_scale=7.5, checkpoint_every=150, seeds=list(range(8))),
+    "toy": WorldPreset(
+        name="toy",
+        base_model="toyworld",
+        embedder="toyworld",
+        use_oracle=True,
+        concept_px=64,
+        resolution=32,
+        mixed_precision="no",
+        steps=40,
+        rank=4,
+        learning_rate=2e-3,
+        batch_size=4,
+        sample_steps=10,
+        guidance_scale=None,
+        checkpoint_every=0,
+    ),
+    "sd15": WorldPreset(
+        name="sd15",
+        base_model=SD15_MODEL,
+        embedder=SD15_CLIP,
+        use_oracle=False,
+        concept_px=512,
+        resolution=512,
+        mixed_precision="fp16",
+        steps=900,
+        rank=1,
+        learning_rate=1e-4,
+        batch_size=1,
+        sample_steps=50,
+        guidance_scale=7.5,
+        checkpoint_every=150,
+        seeds=list(range(8)),
+    ),
 }
 
 
@@ -55,8 +82,14 @@ def world_preset(world: str) -> WorldPreset:
     return WORLDS[world]
 
 
-def concept_config(concept: str | None = None, folder: str | Path | None = None, export_to: str | Path | None = None,
-                   trigger: str | None = None, class_word: str | None = None, px: int = 64) -> Any:
+def concept_config(
+    concept: str | None = None,
+    folder: str | Path | None = None,
+    export_to: str | Path | None = None,
+    trigger: str | None = None,
+    class_word: str | None = None,
+    px: int = 64,
+) -> Any:
     """A ConceptConfig from a folder (trigger / class word default to its concept.json), or from a toy concept
     exported (overwriting) to `export_to` at `px` pixels when no folder is given."""
     from catlab.config import ConceptConfig
@@ -65,7 +98,9 @@ def concept_config(concept: str | None = None, folder: str | Path | None = None,
     meta: dict[str, Any] = {}
     if folder is None:
         if concept not in CONCEPTS:
-            raise ValueError(f"concept={concept!r}: choose a toy concept ({', '.join(CONCEPTS)}) or pass a concept folder")
+            raise ValueError(
+                f"concept={concept!r}: choose a toy concept ({', '.join(CONCEPTS)}) or pass a concept folder"
+            )
         if export_to is None:
             raise ValueError("pass export_to= (where to write the toy concept's images)")
         folder = export_concept(concept, export_to, resolution=px, overwrite=True)
@@ -127,16 +162,32 @@ class Workbench:
         """Keyword arguments for generate_methods / evaluate: the sampling steps and the world's guidance scale."""
         return {"num_inference_steps": self.sample_steps, "guidance_scale": self.preset.guidance_scale}
 
-    def load_concept(self, concept: str | None = None, folder: str | Path | None = None, trigger: str | None = None,
-                     class_word: str | None = None, to: str = "concept") -> Any:
+    def load_concept(
+        self,
+        concept: str | None = None,
+        folder: str | Path | None = None,
+        trigger: str | None = None,
+        class_word: str | None = None,
+        to: str = "concept",
+    ) -> Any:
         """A ConceptConfig for `folder`, or for the toy `concept` exported to work/`to` at the world's concept size."""
-        return concept_config(concept, folder, export_to=self.work / to, trigger=trigger, class_word=class_word,
-                              px=self.preset.concept_px)
+        return concept_config(
+            concept, folder, export_to=self.work / to, trigger=trigger, class_word=class_word, px=self.preset.concept_px
+        )
 
 
-def setup_notebook(world: str, out_root: str | Path, name: str, concept: str | None = None, concept_folder: str | Path | None = None,
-                   trigger: str | None = None, class_word: str | None = None, base_model: str | None = None, fresh: bool = False,
-                   **sizes: Any) -> Workbench:
+def setup_notebook(
+    world: str,
+    out_root: str | Path,
+    name: str,
+    concept: str | None = None,
+    concept_folder: str | Path | None = None,
+    trigger: str | None = None,
+    class_word: str | None = None,
+    base_model: str | None = None,
+    fresh: bool = False,
+    **sizes: Any,
+) -> Workbench:
     """Set up a notebook: the world's preset, its work folder out_root/name (earlier runs kept, so they are reused or
     resumed; `fresh=True` removes them first), the concept when one is given, and the run sizes (`SIZES`), where a
     value given here wins over the preset and None takes the preset's. Library notices are quiet until
@@ -152,28 +203,53 @@ def setup_notebook(world: str, out_root: str | Path, name: str, concept: str | N
     work = Path(out_root) / name
     if fresh:
         if concept_folder is not None and work.resolve() in Path(concept_folder).expanduser().resolve().parents:
-            raise ValueError(f"concept_folder={str(concept_folder)!r} lies in {work}, which fresh=True clears: copy it elsewhere first")
+            raise ValueError(
+                f"concept_folder={str(concept_folder)!r} lies in {work}, which fresh=True clears: copy it elsewhere first"
+            )
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    wb = Workbench(world, preset, work, device, base_model or preset.base_model, **filled, restore_notices=quiet_until_restored())
+    wb = Workbench(
+        world, preset, work, device, base_model or preset.base_model, **filled, restore_notices=quiet_until_restored()
+    )
     if concept is not None or concept_folder is not None:
         wb.concept = wb.load_concept(concept, concept_folder, trigger, class_word)
-    print(f"world {world!r}: base model {wb.base_model!r} on {device}; {wb.steps} steps, rank {wb.rank}, lr {wb.learning_rate:g}, "
-          f"batch {wb.batch_size}; work folder {work}" + (f"; {wb.concept}" if wb.concept else ""))
+    print(
+        f"world {world!r}: base model {wb.base_model!r} on {device}; {wb.steps} steps, rank {wb.rank}, lr {wb.learning_rate:g}, "
+        f"batch {wb.batch_size}; work folder {work}" + (f"; {wb.concept}" if wb.concept else "")
+    )
     return wb
 
 
-def make_train_config(wb: Workbench, output_dir: str, *, regime: str, concepts: list | None = None, recipe: str | None = None,
-                      **fields: Any) -> Any:
+def make_train_config(
+    wb: Workbench,
+    output_dir: str,
+    *,
+    regime: str,
+    concepts: list | None = None,
+    recipe: str | None = None,
+    **fields: Any,
+) -> Any:
     """A TrainConfig for the workbench: its base model, concept, run sizes, resolution, precision and checkpoints,
     written to work/output_dir, without sample grids during training. A named `recipe` ("demo": catlab.config.RECIPES)
     goes on top of the world's preset, and any field given here (not None) on top of both."""
     from catlab.config import TrainConfig, recipe_overrides
 
-    preset = dict(base_model=wb.base_model, concepts=concepts or ([wb.concept] if wb.concept else []), output_dir=str(wb.work / output_dir),
-                  regime=regime, resolution=wb.preset.resolution, mixed_precision=wb.mixed_precision, steps=wb.steps, rank=wb.rank,
-                  learning_rate=wb.learning_rate, batch_size=wb.batch_size, validation_seeds=list(wb.seeds), validate_every=0,
-                  checkpoint_every=wb.preset.checkpoint_every, checkpoints_total_limit=2)
+    preset = dict(
+        base_model=wb.base_model,
+        concepts=concepts or ([wb.concept] if wb.concept else []),
+        output_dir=str(wb.work / output_dir),
+        regime=regime,
+        resolution=wb.preset.resolution,
+        mixed_precision=wb.mixed_precision,
+        steps=wb.steps,
+        rank=wb.rank,
+        learning_rate=wb.learning_rate,
+        batch_size=wb.batch_size,
+        validation_seeds=list(wb.seeds),
+        validate_every=0,
+        checkpoint_every=wb.preset.checkpoint_every,
+        checkpoints_total_limit=2,
+    )
     named = recipe_overrides(recipe) if recipe else {}
     return TrainConfig(**{**preset, **named, **{k: v for k, v in fields.items() if v is not None}})
