@@ -347,14 +347,9 @@ def test_train_cli_with_yaml_config_and_overrides(toyworld_env, concept_dir, tmp
 
 
 def test_text_encoder_lora_option_trains_and_saves(toyworld_env, concept_dir, tmp_path):
-    import peft
-    from packaging.version import Version
-
+    """Whatever the peft version: transformers 5 refuses text-encoder adapters with peft < 0.22, and add_lora then
+    injects them through peft itself."""
     cfg = _cfg(concept_dir, tmp_path / "te", steps=2, checkpoint_every=0, train_text_encoder=True, regime="lora")
-    if Version(peft.__version__) < Version("0.22"):  # transformers 5 refuses text-encoder adapters with older peft
-        with pytest.raises(RuntimeError, match="Upgrade peft, or train the UNet only"):
-            train(cfg)
-        return
     res = train(cfg)
     keys = load_file(res.adapter_dir / "pytorch_lora_weights.safetensors").keys()
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)

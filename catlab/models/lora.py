@@ -63,12 +63,14 @@ def add_lora(
     try:
         model.add_adapter(config, adapter_name=adapter_name)
     except ValueError as e:
-        if "version of PEFT" in str(e):  # transformers' own PEFT integration (text encoders) wants a newer peft
-            raise RuntimeError(
-                f"cannot add a LoRA to {type(model).__name__}: {e}. Upgrade peft, or train the UNet only "
-                "(train_text_encoder: false, the default)"
-            ) from e
-        raise
+        if "version of PEFT" not in str(e):
+            raise
+        # transformers' own PEFT integration (text encoders) can ask for a newer peft than the newest released;
+        # peft's injection makes the same LoRA layers, as diffusers' LoRA loader does for text encoders
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(config, model, adapter_name=adapter_name)
+        model.peft_config = {**getattr(model, "peft_config", {}), adapter_name: config}
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
