@@ -114,13 +114,7 @@ def _add_eval_sampling(p) -> None:
     p.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the base model's)"
     )
-    p.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out of memory)",
-    )
+    _add_batch_size(p)
     p.add_argument("--seeds", type=int, default=8, help="seeds per prompt (default: 8)")
     p.add_argument(
         "--trigger-seeds",
@@ -129,13 +123,7 @@ def _add_eval_sampling(p) -> None:
         metavar="N",
         help="seeds for the trigger prompts, if not --seeds (e.g. fewer: identity is a rate, the class needs many samples)",
     )
-    p.add_argument(
-        "--unconditional",
-        choices=("adapted", "base"),
-        default="adapted",
-        help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
-        "(default), or from the base model: a diagnostic of where an adapter put its concept (docs/results.md)",
-    )
+    _add_unconditional(p)
 
 
 def _add_eval_backbones(p) -> None:
@@ -156,6 +144,26 @@ def _add_eval_backbones(p) -> None:
     )
 
 
+def _add_batch_size(p) -> None:
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out of memory)",
+    )
+
+
+def _add_unconditional(p) -> None:
+    p.add_argument(
+        "--unconditional",
+        choices=("adapted", "base"),
+        default="adapted",
+        help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
+        "(default), or from the base model: a diagnostic of where an adapter put its concept (docs/results.md)",
+    )
+
+
 def _add_sample(sub) -> None:
     p = sub.add_parser(
         "sample",
@@ -169,20 +177,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--seeds", type=int, default=8, help="number of seeds (default: 8)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
-    p.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="images per pipeline call (default: 32 on a CPU, 8 on a GPU; lower it if the GPU runs out of memory)",
-    )
-    p.add_argument(
-        "--unconditional",
-        choices=("adapted", "base"),
-        default="adapted",
-        help="classifier-free guidance's unconditional branch: from the adapted model as every pipeline does "
-        "(default), or from the base model: a diagnostic of where an adapter put its concept (docs/results.md)",
-    )
+    _add_batch_size(p)
+    _add_unconditional(p)
     p.add_argument("--out", default="runs/sample/grid.png", help="output image (default: runs/sample/grid.png)")
 
 
