@@ -136,7 +136,11 @@ def check_02_train(nb: NotebookPage, shots: Path) -> None:
         f"02_train: Run All shows {finals.count()} final figures after training, expected the loss curve and the grid"
     )
 
-    # clicking Train trains again, into the panel: a status line, a live loss curve, then the sample grid
+    # with fewer steps, clicking Train trains a new run into the panel: a status line, a live loss curve, then the
+    # sample grid (the same settings as Run All would reuse its run; checked last)
+    steps_box = panel.locator(".widget-inline-hbox", has=nb.page.locator("label", has_text="steps")).locator("input")
+    steps_box.fill("20")
+    steps_box.press("Enter")
     panel.get_by_role("button", name="Train", exact=True).click()
     out = panel.locator(".widget-output")
     status = out.locator(".widget-html").first
@@ -182,6 +186,14 @@ def check_02_train(nb: NotebookPage, shots: Path) -> None:
     nb.screenshot(panel, shots / "02_train-panel.png")
     nb.screenshot(nb.outputs("method_grid(images, prompts, seeds)").first, shots / "02_train-figure.png")
 
+    # the same settings again: the finished run is reused, and the panel says so and shows its curve and grid
+    panel.get_by_role("button", name="Train", exact=True).click()
+    nb.wait_for(
+        lambda: "reused" in out.inner_text() and "done" in status.inner_text() and finals.count() >= 2,
+        60,
+        f"02_train: clicking Train with a finished run's settings did not show it reused: {out.inner_text()[:300]!r}",
+    )
+
 
 def check_03_diversity(nb: NotebookPage, shots: Path) -> None:
     view = nb.outputs("slider_view(render").first
@@ -202,8 +214,15 @@ def check_03_diversity(nb: NotebookPage, shots: Path) -> None:
     nb.page.mouse.move(x + track["width"] * 0.25, y, steps=8)
     nb.page.mouse.up()
     t0 = time.monotonic()
+
+    def redrawn() -> bool:
+        text = status.inner_text()
+        if "could not draw" in text:
+            raise AssertionError(f"03_diversity: moving the slider failed: {text!r}")
+        return text != before_text and "drawing" not in text
+
     nb.wait_for(
-        lambda: status.inner_text() != before_text and "drawing" not in status.inner_text(),
+        redrawn,
         CLICK_TIMEOUT,
         f"03_diversity: moving the adapter-scale slider did not redraw (status still {before_text!r})",
     )
@@ -213,18 +232,18 @@ def check_03_diversity(nb: NotebookPage, shots: Path) -> None:
         f"03_diversity: the grid is unchanged after moving the slider to {status.inner_text()!r}"
     )
     nb.screenshot(view, shots / "03_diversity-panel.png")
-    nb.screenshot(nb.outputs("pca_scatter(groups").first, shots / "03_diversity-figure.png")
+    nb.screenshot(nb.outputs("pca_scatter(embeddings").first, shots / "03_diversity-figure.png")
 
 
 def check_04_ablations(nb: NotebookPage, shots: Path) -> None:
     nb.screenshot(
-        nb.outputs("table = pd.concat(").last, shots / "04_ablations-panel.png"
+        nb.outputs("table = ablation_table(").last, shots / "04_ablations-panel.png"
     )  # the table, after a "wrote ..." line
     nb.screenshot(nb.outputs("tradeoff_figure(table").first, shots / "04_ablations-figure.png")
 
 
 def check_05_multi_concept(nb: NotebookPage, shots: Path) -> None:
-    nb.screenshot(nb.outputs("crosstalk = pd.DataFrame(").first, shots / "05_multi_concept-panel.png")
+    nb.screenshot(nb.outputs("crosstalk = crosstalk_table(").first, shots / "05_multi_concept-panel.png")
     nb.screenshot(nb.outputs("method_blocks(images, prompts, seeds)").first, shots / "05_multi_concept-figure.png")
 
 

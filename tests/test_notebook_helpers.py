@@ -61,6 +61,20 @@ def test_a_finished_run_is_reused_an_interrupted_one_resumed_and_other_settings_
         train_or_resume(tiny_run_config(concept_dir, tmp_path / "run", steps=4, checkpoint_every=2, learning_rate=1e-2))
 
 
+def test_a_reused_run_ends_its_monitor_with_the_history_and_grid_it_recorded(toyworld_env, concept_dir, tmp_path):
+    """Clicking Train again with the same settings reuses the run: the monitor must still say 'done' and show it."""
+    from catlab.widgets import LiveTrainingMonitor
+
+    cfg = tiny_run_config(concept_dir, tmp_path / "run", steps=4, checkpoint_every=0, validate_every=2)
+    first = train_or_resume(cfg, progress=False)
+    monitor = LiveTrainingMonitor(4, title="again")
+    again = train_or_resume(cfg, callbacks=[monitor], progress=False)
+    assert again.reused and not first.reused
+    assert "done" in monitor.status.value and "4 steps" in monitor.status.value
+    assert [h["step"] for h in monitor.history] == [1, 2, 3, 4]
+    assert [step for step, _ in monitor.grids] == [2, 4]  # the grids the run saved under validation/
+
+
 class FakeFiles:
     def __init__(self, uploads):
         self.uploads, self.downloaded = uploads, []
@@ -291,3 +305,22 @@ def test_crosstalk_table_reads_identity_leak_and_the_other_concepts_colours():
     assert one_row["'a square' in sks's colours ↓"] == pytest.approx(1.0, abs=0.13)
     assert base_row["'a square' in sks's colours ↓"] == pytest.approx(0.0, abs=0.13)
     assert base_row["KP 'a circle' ↑"] == pytest.approx(1.0) and one_row["KP 'a square' ↑"] < 0.999  # pink is not red
+
+
+def test_a_slider_view_says_in_its_status_when_drawing_fails():
+    """An observer's exception goes only to the kernel's log: the view must not sit at 'drawing …' forever."""
+    from PIL import Image
+
+    from catlab.widgets import slider_view
+
+    def render(s):
+        if s > 1:
+            raise TypeError("generate_methods() argument after ** must be a mapping")
+        return Image.new("RGB", (8, 8))
+
+    box = slider_view(render, 1.0, max=1.5, description="adapter scale")
+    slider, status, _ = box.children
+    assert status.value == "adapter scale = 1"
+    with pytest.raises(TypeError):
+        slider.value = 1.5
+    assert "could not draw adapter scale = 1.5" in status.value and "TypeError" in status.value

@@ -111,12 +111,12 @@ def save_lora(
     unet_layers = get_peft_model_state_dict(
         pipe.unet, adapter_name=adapter_name
     )  # peft keys: diffusers loads them as they are, conv LoRA included
-    te_layers = None
+    te_layers, te_meta = None, None
     te = pipe.text_encoder
     if getattr(te, "peft_config", None) and adapter_name in te.peft_config:
         te_layers = get_peft_model_state_dict(te, adapter_name=adapter_name)
-    cfg = pipe.unet.peft_config[adapter_name]
-    meta = {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules)}
+        te_meta = _lora_config_header(te.peft_config[adapter_name])
+    meta = _lora_config_header(pipe.unet.peft_config[adapter_name])
     header = adapter_metadata(pipe, adapter_name, metadata)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".lora-", dir=out.parent))
@@ -126,6 +126,8 @@ def save_lora(
             unet_lora_layers=unet_layers,
             text_encoder_lora_layers=te_layers,
             unet_lora_adapter_metadata=meta,
+            # without it diffusers builds the text encoder's LoraConfig from an empty dict and peft refuses it
+            text_encoder_lora_adapter_metadata=te_meta,
             safe_serialization=True,
         )
         with safe_open(
@@ -144,6 +146,10 @@ def save_lora(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / LORA_WEIGHT_NAME
+
+
+def _lora_config_header(cfg) -> dict:
+    return {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules)}
 
 
 def webui_state_dict(pipe, adapter_name: str = "default") -> dict[str, torch.Tensor]:

@@ -22,3 +22,4 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     wall_time_s: float = 0.0
     class_images_s: float = 0.0  # DreamBooth's up-front cost
+    reused: bool = False  # True: a finished run found on disk (widgets.train_or_resume), nothing trained now

@@ -6,6 +6,8 @@ ipywidgets is imported only when a widget is built.
 from __future__ import annotations
 
 import ast
+import html
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -125,7 +127,11 @@ def slider_view(
 
     def update(change: Any = None) -> None:
         status.value = f"<i>drawing {description} = {slider.value:g} …</i>"
-        view.value = pil_png(render(slider.value))
+        try:
+            view.value = pil_png(render(slider.value))
+        except Exception as e:  # an observer's exception goes to the kernel's log, where nobody looks: say it here
+            status.value = f"<b>could not draw {description} = {slider.value:g}</b>: {type(e).__name__}: {html.escape(str(e))}"
+            raise
         status.value = f"{description} = {slider.value:g}"
 
     slider.observe(update, names="value")
@@ -179,10 +185,14 @@ class LiveTrainingMonitor(TrainCallback):
     def on_end(self, result: TrainResult) -> None:
         from IPython.display import display
 
+        if result.reused:  # nothing ran: show what the finished run recorded
+            self.history = list(result.history)
+            self.grids = _saved_validation_grids(result.output_dir)
         self.loss_view.value = fig_png(self.figure(), dpi=80)
         last = self.history[-1] if self.history else {}
         terms = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "ldm", "cat", "prior") if k in last)
-        line = f"{self.title}: {len(self.history)} steps in {result.wall_time_s:.1f} s ({terms}); adapter: {result.adapter_dir}"
+        took = "reused, trained earlier" if result.reused else f"in {result.wall_time_s:.1f} s"
+        line = f"{self.title}: {len(self.history)} steps {took} ({terms}); adapter: {result.adapter_dir}"
         print(line)
         if self.show_final:
             self.views.layout.display = "none"  # the same curve and grid follow as plain outputs
@@ -194,3 +204,12 @@ class LiveTrainingMonitor(TrainCallback):
                 display(self.grids[-1][1])
         else:
             self.status.value = f"<b>done</b> — {line}"
+
+
+def _saved_validation_grids(run_dir: Path) -> list[tuple[int, Image.Image]]:
+    """The validation grids a run wrote (validation/step-NNNNNN.png), oldest first."""
+    grids = []
+    for png in sorted((Path(run_dir) / "validation").glob("step-*.png")):
+        with Image.open(png) as im:
+            grids.append((int(png.stem.split("-")[1]), im.convert("RGB")))
+    return grids

@@ -43,7 +43,10 @@ def train_or_resume(cfg: Any, callbacks: list | tuple = (), progress: bool = Tru
             if (out / "metrics.jsonl").exists()
             else []
         )
-        return TrainResult(out, out / "adapter", history)
+        result = TrainResult(out, out / "adapter", history, reused=True)
+        for cb in callbacks:  # a reused run has no steps to report: only its end, with the history it had
+            cb.on_end(result)
+        return result
     if any((out / "checkpoints").glob("step-*")):
         print(f"{out.name}: resuming from its last checkpoint")
         return train(cfg, resume=True, callbacks=callbacks, progress=progress)
