@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ast
 import html
-from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -130,7 +130,9 @@ def slider_view(
         try:
             view.value = pil_png(render(slider.value))
         except Exception as e:  # an observer's exception goes to the kernel's log, where nobody looks: say it here
-            status.value = f"<b>could not draw {description} = {slider.value:g}</b>: {type(e).__name__}: {html.escape(str(e))}"
+            status.value = (
+                f"<b>could not draw {description} = {slider.value:g}</b>: {type(e).__name__}: {html.escape(str(e))}"
+            )
             raise
         status.value = f"{description} = {slider.value:g}"
 
