@@ -2,7 +2,8 @@
 papermill and nbval use the CPU-tiny values), then a Colab-only install cell before anything imports catlab, then a
 set-up through `catlab.widgets.setup_notebook`.
 
-Running them is nbval's job (`pytest --nbval-lax notebooks`); these checks only read the JSON, so they take no time.
+Running them is the browser tests' job (tests/test_browser.py), or nbval's headless (`pytest notebooks`); these
+checks only read the JSON, so they take no time.
 """
 
 from __future__ import annotations
