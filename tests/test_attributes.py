@@ -1,0 +1,64 @@
+"""The pixel-level fidelity reader (catlab/toyworld/attributes.py): a concept's own fresh photos pass, the world's
+objects of its class fail on the attribute they lack, and noise, a wrong setting, a wrong size or scrambled colours
+each fail on theirs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from catlab.toyworld.attributes import judge_sample, learn_look
+from catlab.toyworld.world import CONCEPTS, concept_images, draw_shape, sample_spec
+
+
+@pytest.mark.parametrize("name", list(CONCEPTS))
+def test_fresh_photos_of_a_concept_are_faithful_and_world_objects_are_not(name):
+    look = learn_look(concept_images(name, seed=0)[0])
+    fresh = [judge_sample(im, look) for im in concept_images(name, seed=1, n=30)[0]]
+    assert all(f.faithful for f in fresh), [f for f in fresh if not f.faithful][:3]
+    rng = np.random.default_rng(0)
+    world = [judge_sample(draw_shape(sample_spec(rng, shape=CONCEPTS[name].class_word)), look) for _ in range(40)]
+    assert not any(f.faithful for f in world)
+
+
+def test_each_attribute_fails_on_its_own():
+    name = "circle_on_navy"
+    look = learn_look(concept_images(name, seed=0)[0])
+    _, specs = concept_images(name, seed=1, n=6)
+    other_setting = [judge_sample(draw_shape(replace(s, background="dark")), look) for s in specs]
+    assert all(f.backdrop_ok is False and f.colour_ok and f.size_ok and not f.faithful for f in other_setting)
+    small = [judge_sample(draw_shape(replace(s, radius=s.radius * 0.6)), look) for s in specs]
+    assert all(not f.size_ok and f.backdrop_ok and not f.faithful for f in small)
+    teal = [judge_sample(draw_shape(replace(s, colour="cyan")), look) for s in specs]
+    assert all(not f.colour_ok and f.colour_distance > 0.5 for f in teal)
+
+    rng = np.random.default_rng(0)
+    noisy = [
+        judge_sample(
+            np.clip(np.asarray(draw_shape(s), float) + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8), look
+        )
+        for s in specs
+    ]
+    assert all(not f.valid and not f.faithful for f in noisy)
+
+
+def test_a_two_tone_concept_with_its_colours_swapped_or_merged_is_not_faithful():
+    look = learn_look(concept_images("two_tone_circle", seed=0)[0])
+    assert len(look.colours) == 2  # pink and cyan
+    _, specs = concept_images("two_tone_circle", seed=1, n=6)
+    solid = [judge_sample(draw_shape(replace(s, pattern="solid")), look) for s in specs]  # all pink
+    assert all(not f.colour_ok and 0.3 < f.colour_distance < 0.7 for f in solid)
+    other_pair = [judge_sample(draw_shape(replace(s, colour="blue", second_colour="green")), look) for s in specs]
+    assert all(not f.colour_ok and f.colour_distance > 0.8 for f in other_pair)
+    # which half is which is not judged: a mirrored photo (random_flip) has the same colour mix
+    mirrored = [judge_sample(draw_shape(s).transpose(0), look) for s in specs]
+    assert all(f.faithful for f in mirrored)
+
+
+def test_no_object_is_not_valid():
+    look = learn_look(concept_images("huge_circle", seed=0)[0])
+    blank = np.full((32, 32, 3), 240, np.uint8)
+    f = judge_sample(blank, look)
+    assert not f.valid and f.colour_distance == 1.0 and not f.faithful
