@@ -25,7 +25,7 @@ def browser():
 
 
 REPORT_HEADINGS = ("Scores", "Does the class stay the base model's?")  # each the start of an <h2>
-REPORT_METHODS = ["base model", "LoRA", "DreamBooth-LoRA", "CAT"]  # the rows of the scores table
+REPORT_METHODS = ["base model", "LoRA", "DreamBooth-LoRA", "CAT", "CAT (paper's term)"]  # the rows of the scores table
 
 # What the report looks like at the viewport's width: page and table widths, images, headings, anything wider than the page.
 JS_REPORT = """() => {

@@ -39,20 +39,29 @@ def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch,
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4, "the HTML report must embed its images"
     assert "dataframe scores" in html and "<pre>" not in html.split("<h2>Cost")[0], "scores as a real HTML table"
-    for col in ("paired_preservation", "colour_distance", "valid_rate"):
+    for col in ("paired_preservation", "colour_distance", "valid_rate", "fidelity", "trigger_colour_distance"):
         assert f"<th>{col.replace('_', '_<wbr>')}</th>" in html
     assert "`" not in html.split("<body>")[1], "Markdown backticks must become <code> in the HTML report"
     assert "Rerun: <code>catlab demo --out" in html and "--quick" in html.split("Rerun:")[1]
     assert "CAT's term: λ" in (out / "report.md").read_text(), "the report names CAT's settings"
+    assert (
+        "the paper's row: CAT's term: λ 1 on the trigger-free prediction, at the concept's images"
+        in (out / "report.md").read_text()
+    )
     table = pd.read_csv(out / "table.csv")
-    assert list(table["method"]) == ["base model", "LoRA", "DreamBooth-LoRA", "CAT"]
+    assert list(table["method"]) == ["base model", "LoRA", "DreamBooth-LoRA", "CAT", "CAT (paper's term)"]
     assert set(COLUMNS) <= set(table.columns)
     for method in ("LoRA", "DreamBooth-LoRA", "CAT", "collapse_rate", "KPS"):
         assert method in printed
     assert main(["demo", "--quick", "--out", str(out)]) == 1
     assert "--overwrite" in capfd.readouterr().err
     assert json.loads((out / "recipe.json").read_text())["first_seed"] == 0
-    assert sorted(p.name for p in (out / "runs").iterdir()) == ["cat_seed0", "dreambooth_seed0", "lora_seed0"]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "cat_seed0",
+        "dreambooth_seed0",
+        "lora_seed0",
+        "paper_cat_seed0",
+    ]
 
 
 @pytest.mark.slow
@@ -60,7 +69,12 @@ def test_demo_trains_the_seeds_it_is_asked_for(tiny_assets, tmp_path, monkeypatc
     monkeypatch.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--seeds", "1", "--first-seed", "4", "--out", str(out)]) == 0
-    assert sorted(p.name for p in (out / "runs").iterdir()) == ["cat_seed4", "dreambooth_seed4", "lora_seed4"]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "cat_seed4",
+        "dreambooth_seed4",
+        "lora_seed4",
+        "paper_cat_seed4",
+    ]
     assert json.loads((out / "recipe.json").read_text())["first_seed"] == 4
     assert set(pd.read_csv(out / "eval" / "summary.csv")["method"]) >= {"base", "lora_s4", "cat_s4"}
     capsys.readouterr()
@@ -82,7 +96,9 @@ def test_demo_runs_side_by_side_train_the_same_adapters_as_one_at_a_time(tiny_as
         run_demo(out=tmp_path / name, quick=True, workers=w) for name, w in (("serial", 1), ("parallel", 2))
     )
     serial, parallel = serial_demo["runs"], parallel_demo["runs"]
-    assert [r.name for r in parallel] == [r.name for r in serial] == ["lora_s0", "dreambooth_s0", "cat_s0"]
+    assert (
+        [r.name for r in parallel] == [r.name for r in serial] == ["lora_s0", "dreambooth_s0", "cat_s0", "paper_cat_s0"]
+    )
     for a, b in zip(serial, parallel):
         assert np.allclose([h["loss"] for h in a.history], [h["loss"] for h in b.history], rtol=1e-3), a.name
         assert (b.adapter / "pytorch_lora_weights.safetensors").is_file()
@@ -123,6 +139,19 @@ def test_the_demo_trains_with_the_named_recipe_and_nothing_else(tmp_path):
         validate_every=0,
     )
     assert all(getattr(cfg, k) == v for k, v in RECIPES["demo"].items())
+    # the paper's term: the same recipe but the CAT fields of the paper, and its own run folder
+    paper = DemoRecipe().train_config("paper_cat", 3, concept, tmp_path)
+    assert (
+        paper.regime,
+        paper.cat_lambda,
+        paper.cat_anchor,
+        paper.cat_guidance,
+        paper.cat_null_share,
+        paper.cat_share,
+    ) == ("cat", 1.0, "concept", 0.0, 0.0, 1.0)
+    untouched = {"regime", "cat_lambda", "cat_anchor", "cat_guidance", "cat_null_share", "cat_share", "output_dir"}
+    assert all(getattr(paper, k) == getattr(cfg, k) for k in TrainConfig.__dataclass_fields__ if k not in untouched)
+    assert paper.output_dir == str(tmp_path / "runs" / "paper_cat_seed3")
     changed = DemoRecipe().with_train(lr_scheduler="linear", cat_lambda=2.0).train_config("cat", 0, concept, tmp_path)
     assert (changed.lr_scheduler, changed.cat_lambda) == ("linear", 2.0)
     with pytest.raises(ValueError, match="not TrainConfig fields: \\['lamda'\\]"):

@@ -51,24 +51,24 @@ def run_demo(
     n_seeds = 1 if quick and n_seeds == 3 else n_seeds
     out, c = _prepare_demo_folder(Path(out), concept, first_seed, overwrite), CONCEPTS[concept]
     t0 = time.time()
-    jobs = [(regime, seed) for seed in range(first_seed, first_seed + n_seeds) for regime in METHODS]
+    jobs = [(key, seed) for seed in range(first_seed, first_seed + n_seeds) for key in METHODS]
     workers = default_workers(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
     print(
         f"catlab demo: concept {concept!r} ('a {c.trigger} {c.class_word}'), {n_seeds} training seed(s), "
         f"{recipe.train['steps']} steps each" + (f", {workers} runs at a time" if workers > 1 else "")
     )
     concept_cfg = ConceptConfig(str(out / "concept"), c.trigger, c.class_word)
-    configs = [recipe.train_config(regime, seed, concept_cfg, out) for regime, seed in jobs]
+    configs = [recipe.train_config(key, seed, concept_cfg, out) for key, seed in jobs]
     pipe = load_base("toyworld")
     class_images_s = _draw_class_images(pipe, configs)  # once, before runs that share them start side by side
     sampling = replace(recipe.sampling, workers=workers)
-    results = _train_all(configs, workers, [f"{regime}_s{seed}" for regime, seed in jobs], (c, sampling, out / "eval"))
+    results = _train_all(configs, workers, [f"{key}_s{seed}" for key, seed in jobs], (c, sampling, out / "eval"))
     first_db = _first_dreambooth(jobs)
     runs = [
-        DemoRun(regime, seed, res.adapter_dir, train_s=res.wall_time_s - res.class_images_s,
+        DemoRun(key, seed, res.adapter_dir, train_s=res.wall_time_s - res.class_images_s,
                 class_images_s=res.class_images_s + (class_images_s if k == first_db else 0.0),
                 history=res.history, config=cfg)
-        for k, ((regime, seed), res, cfg) in enumerate(zip(jobs, results, configs))
+        for k, ((key, seed), res, cfg) in enumerate(zip(jobs, results, configs))
     ]  # fmt: skip
     # with workers, every image is already drawn (by name "toyworld", the key the workers used): this only scores
     scorers = Scorers(oracle=load_oracle())
@@ -126,7 +126,7 @@ def default_workers(n_jobs: int) -> int:
 
 
 def _first_dreambooth(jobs: list[tuple[str, int]]) -> int:
-    return next((k for k, (regime, _) in enumerate(jobs) if regime == "dreambooth"), -1)
+    return next((k for k, (key, _) in enumerate(jobs) if key == "dreambooth"), -1)
 
 
 def _draw_class_images(pipe, configs) -> float:
@@ -217,9 +217,7 @@ def summarise_by_method(per_image: pd.DataFrame, runs: list[DemoRun]) -> pd.Data
     by_adapter = by_adapter.join(set_means)
     rows = []
     groups = [("base model", [BASE])] + [
-        (name, [s.name for s in runs if s.regime == r])
-        for r, name in METHODS.items()
-        if any(s.regime == r for s in runs)
+        (name, [s.name for s in runs if s.key == k]) for k, name in METHODS.items() if any(s.key == k for s in runs)
     ]
     for name, members in groups:
         sub = by_adapter.loc[[m for m in members if m in by_adapter.index]]
@@ -234,8 +232,8 @@ def summarise_by_method(per_image: pd.DataFrame, runs: list[DemoRun]) -> pd.Data
 
 def cost_table(runs: list[DemoRun]) -> pd.DataFrame:
     rows = []
-    for regime, name in METHODS.items():
-        rs = [r for r in runs if r.regime == regime]
+    for key, name in METHODS.items():
+        rs = [r for r in runs if r.key == key]
         if not rs:
             continue
         step_s = np.median([h["step_s"] for r in rs for h in r.history[1:]] or [np.nan])

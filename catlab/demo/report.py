@@ -14,7 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from catlab.config import TrainConfig, share_row_count
-from catlab.demo.recipe import COLUMNS, METHODS, DemoResults, DemoRun
+from catlab.demo.recipe import COLUMNS, METHOD_SETTINGS, METHODS, DemoResults, DemoRun
 from catlab.evaluation.images import EvalSampling
 from catlab.files import save_image_atomic, write_text_atomic
 from catlab.sampling.grids import image_grid
@@ -27,7 +27,9 @@ def format_table(table: pd.DataFrame, as_frame: bool = False) -> str | pd.DataFr
         if col in table:
             std = table.get(f"{col}_std")
             out[col] = [
-                f"{m:.3f}" + (f" ± {s:.3f}" if s is not None and np.isfinite(s) else "")
+                "—"  # a score the concept does not have (a setting, for a concept shown on varied backdrops)
+                if not np.isfinite(m)
+                else f"{m:.3f}" + (f" ± {s:.3f}" if s is not None and np.isfinite(s) else "")
                 for m, s in zip(table[col], std if std is not None else [None] * len(table))
             ]
     return out if as_frame else out.to_string(index=False)
@@ -44,7 +46,7 @@ def demo_method_grid(
     from catlab.evaluation.scoring import BASE
 
     rows, labels = [], []
-    first = {r.regime: r.name for r in sorted(runs, key=lambda r: -r.seed)}
+    first = {r.key: r.name for r in sorted(runs, key=lambda r: -r.seed)}
     for label, method in [("base model", BASE)] + [(METHODS[g], m) for g, m in first.items()]:
         sel = per_image[
             (per_image.method == method) & (per_image.kind == prompt_kind) & (per_image.template == template)
@@ -85,7 +87,7 @@ def paired_grid(out: Path, per_image: pd.DataFrame, runs: list[DemoRun], n_cols:
         return demo_method_grid(out, per_image, runs, "class", template, n_cols, "class samples, same seeds")
     from catlab.evaluation.scoring import BASE
 
-    first = {r.regime: r.name for r in sorted(runs, key=lambda r: -r.seed)}
+    first = {r.key: r.name for r in sorted(runs, key=lambda r: -r.seed)}
     rows = []
     for method in [BASE] + list(first.values()):
         sel = (
@@ -122,7 +124,7 @@ def colour_figure(per_image: pd.DataFrame, runs: list[DemoRun], concept):
     from catlab.evaluation.scoring import BASE
     from catlab.toyworld.world import COLOURS
 
-    groups = [("base model", [BASE])] + [(name, [r.name for r in runs if r.regime == g]) for g, name in METHODS.items()]
+    groups = [("base model", [BASE])] + [(name, [r.name for r in runs if r.key == g]) for g, name in METHODS.items()]
     cls = per_image[(per_image.kind == "class") & per_image["colour_entropy"].notna()]
     fig = Figure(figsize=(9, 3.4))  # not pyplot: no global figure state, no backend to choose
     ax = fig.subplots()
@@ -152,8 +154,8 @@ def demo_loss_figure(runs: list[DemoRun]):
 
     fig = Figure(figsize=(9, 3))
     axes = fig.subplots(1, 2)
-    for regime, name in METHODS.items():
-        hist = next((r.history for r in runs if r.regime == regime), None)
+    for key, name in METHODS.items():
+        hist = next((r.history for r in runs if r.key == key), None)
         if not hist:
             continue
         steps = [h["step"] for h in hist]
@@ -253,7 +255,8 @@ def describe_setting(results: DemoResults) -> str:
     return (
         f"Toy concept `{c.name}`: trigger `{c.trigger}`, class `{c.class_word}`. Each method trained with the same data, "
         f"{cfg.steps} steps, lr {cfg.learning_rate} ({cfg.lr_scheduler}), rank {cfg.rank}, batch {cfg.batch_size}, over "
-        f"{results.n_seeds} training seed(s); {describe_cat_term(cfg)}; {describe_prior(cfg)}; evaluated on "
+        f"{results.n_seeds} training seed(s); {describe_cat_term(cfg)}; the paper's row: "
+        f"{describe_cat_term(TrainConfig(**{**recipe.train, **METHOD_SETTINGS['paper_cat']}))}; {describe_prior(cfg)}; evaluated on "
         f"{describe_eval_seeds(recipe.sampling)}"
         + (", guidance's unconditional branch from the base model" if recipe.sampling.unconditional == "base" else "")
         + ". Scores: mean ± std over training seeds. "
@@ -261,7 +264,12 @@ def describe_setting(results: DemoResults) -> str:
         "class-prompt images the oracle reads as the concept; identity_acc = share of trigger-prompt images it reads as the "
         "concept; paired_preservation = share of class-prompt seeds whose image has the oracle colour and shape of the base "
         "model's image from the same seed; colour_distance = total-variation distance of the class colours to the base "
-        f"model's; valid_rate = share of class-prompt images the oracle confidently reads as a {c.class_word}."
+        f"model's; valid_rate = share of class-prompt images the oracle confidently reads as a {c.class_word}. "
+        "Fidelity (trigger-prompt images held to the concept's photos, from the pixels): colour_fidelity = share whose "
+        "object has the photos' colour mix, setting_fidelity = share on the photos' backdrop (empty when the photos have "
+        "none in common), size_fidelity = share of the photos' size; fidelity = share right in all of these, in shape "
+        "and valid; trigger_colour_distance = total-variation distance of the object's colour mix to the photos'; "
+        "trigger_valid_rate = share with an object and without speckle (docs/metrics.md)."
     )
 
 

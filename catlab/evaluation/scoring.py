@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from catlab.evaluation.embedders import load_embedder
+from catlab.evaluation.fidelity import FIDELITY_COLUMNS, per_seed_fidelity, score_fidelity
 from catlab.evaluation.metrics import (
     collapse_rate,
     colour_distance,
@@ -62,7 +63,15 @@ HIGHER_IS_BETTER = {
     "paired_preservation": True,
     "colour_distance": False,
     "valid_rate": True,
+    "fidelity": True,
+    "colour_fidelity": True,
+    "setting_fidelity": True,
+    "size_fidelity": True,
+    "shape_fidelity": True,
+    "trigger_valid_rate": True,
+    "trigger_colour_distance": False,
 }
+FIDELITY_SCORES = tuple(FIDELITY_COLUMNS.values())  # trigger samples held to the concept's photos (fidelity.py)
 REAL_SCORES = (
     "DINO_cos",
     "CLIP-I_cos",
@@ -81,6 +90,7 @@ SEED_SCORES = (
     "identity_acc",
     "paired_preservation",
     "valid_rate",
+    *FIDELITY_SCORES,
 )  # CI across seeds
 SET_SCORES = (
     "DIV",
@@ -108,6 +118,7 @@ ORACLE_SCORES = (
     "paired_preservation",
     "colour_distance",
     "valid_rate",
+    *FIDELITY_SCORES,
 )
 
 
@@ -208,7 +219,10 @@ def score_images(
         backbones |= _clip_scores(df, images, concept, scorers.clip, emb if scorers.clip is scorers.embedder else None)
     if scorers.oracle is not None:
         df = _score_oracle(df, _read_oracle(scorers.oracle, images), concept, groups)
+        shape = concept.class_word if concept.class_word in SHAPES else None
+        df = score_fidelity(df, images, concept.references, shape)
         backbones |= {score: "toy-world oracle readings" for score in ORACLE_SCORES}
+        backbones |= {score: "pixels against the concept's photos (shape: the oracle)" for score in FIDELITY_SCORES}
     df.attrs["backbones"] = backbones
     return df
 
@@ -347,6 +361,7 @@ def per_seed_scores(df: pd.DataFrame) -> pd.DataFrame:
                 "identity_acc": t["identity_ok"].mean(),
                 "paired_preservation": c["preserved"].mean(),
                 "valid_rate": c["valid"].mean(),
+                **per_seed_fidelity(t),
             }
         rows.append(r)
     return pd.DataFrame(rows)

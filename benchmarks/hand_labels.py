@@ -1,0 +1,127 @@
+"""Are the ground-truth scores as strict as a person looking at the grid? Trigger samples labelled by hand, against
+the oracle's identity and the pixel-level fidelity.
+
+    python benchmarks/hand_labels.py sheet runs/demo tests/data/hand_labels --per-method 16
+    (look at tests/data/hand_labels/sheet.png and fill the `person` column of labels.csv with 1 or 0)
+    python benchmarks/hand_labels.py check tests/data/hand_labels
+
+`sheet` copies trigger-prompt samples of a demo folder (the same number from each method, drawn at random, every
+training seed) into the label folder with the concept's photos, and draws a numbered sheet to label from.
+`check` scores every labelled sample again (the oracle shipped with catlab, fidelity.py's thresholds) and prints,
+for each score, how often it agrees with the person, how often it says "the concept" where the person said no
+(more generous than a person) and the reverse. tests/test_attributes.py runs the same check on the shipped labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+SHEET_CELL = 96  # pixels per sample on the sheet: 32-px samples, enlarged so that specks and colours are visible
+
+
+def write_sheet(demo: Path, out: Path, per_method: int, seed: int = 0) -> Path:
+    """Copy the chosen samples and the concept's photos into `out`, with labels.csv (person column empty)."""
+    if (out / "labels.csv").exists():
+        raise FileExistsError(f"{out / 'labels.csv'} exists: it may hold labels made by hand; choose another folder")
+    per_image = pd.read_csv(demo / "eval" / "per_image.csv")
+    trig = per_image[(per_image["kind"] == "trigger") & (per_image["method"] != "base")].copy()
+    trig["family"] = trig["method"].str.replace(r"_s\d+$", "", regex=True)
+    rng = np.random.default_rng(seed)
+    picked = pd.concat(
+        g.iloc[rng.choice(len(g), size=min(per_method, len(g)), replace=False)] for _, g in trig.groupby("family")
+    )
+    picked = picked.iloc[rng.permutation(len(picked))].reset_index(drop=True)  # methods mixed: labelled blind
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(demo / "concept", out / "concept", dirs_exist_ok=True)
+    rows = []
+    for k, r in picked.iterrows():
+        name = f"samples/{k:03d}.png"
+        shutil.copyfile(demo / "eval" / r["image"], out / name)
+        rows.append({"id": k, "image": name, "method": r["method"], "person": "", "note": ""})
+    pd.DataFrame(rows).to_csv(out / "labels.csv", index=False)
+    return _draw_sheet(out, [out / r["image"] for r in rows])
+
+
+def _draw_sheet(out: Path, images: list[Path], columns: int = 8) -> Path:
+    photos = sorted((out / "concept").glob("*.png"))
+    rows = 1 + (len(images) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * SHEET_CELL, rows * (SHEET_CELL + 14)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, p in enumerate(photos[:columns]):  # first row: the concept's photos
+        sheet.paste(Image.open(p).convert("RGB").resize((SHEET_CELL, SHEET_CELL), Image.NEAREST), (k * SHEET_CELL, 14))
+        draw.text((k * SHEET_CELL + 2, 0), "photo", fill="black")
+    for k, p in enumerate(images):
+        x, y = (k % columns) * SHEET_CELL, (1 + k // columns) * (SHEET_CELL + 14)
+        sheet.paste(Image.open(p).convert("RGB").resize((SHEET_CELL, SHEET_CELL), Image.NEAREST), (x, y + 14))
+        draw.text((x + 2, y), f"#{k}", fill="black")
+    sheet.save(out / "sheet.png")
+    return out / "sheet.png"
+
+
+def score_labels(folder: Path) -> pd.DataFrame:
+    """Each labelled sample with the person's label, the oracle's identity and the fidelity scores."""
+    from catlab.evaluation.fidelity import score_fidelity
+    from catlab.toyworld.assets import load_oracle
+    from catlab.toyworld.oracle import read_images
+
+    labels = pd.read_csv(folder / "labels.csv")
+    if labels["person"].isna().any():
+        raise ValueError(f"{folder / 'labels.csv'}: fill the person column (1 = the concept, 0 = not) for every row")
+    meta = json.loads((folder / "concept" / "concept.json").read_text())
+    images = [Image.open(folder / p).convert("RGB") for p in labels["image"]]
+    photos = [Image.open(p).convert("RGB") for p in sorted((folder / "concept").glob("*.png"))]
+    reading = read_images(load_oracle(), images)
+    df = labels.assign(kind="trigger", oracle_shape=reading.shape)
+    df["identity_ok"] = [float(c == meta["name"]) for c in reading.concept]
+    return score_fidelity(df, images, photos, meta["class_word"])
+
+
+def agreement(df: pd.DataFrame, scores=("identity_ok", "faithful")) -> pd.DataFrame:
+    """Per score: agreement with the person, and the two kinds of disagreement, as counts and rates."""
+    person = df["person"].astype(int).to_numpy() == 1
+    rows = []
+    for s in scores:
+        says = df[s].to_numpy() == 1
+        rows.append(
+            {
+                "score": s,
+                "n": len(df),
+                "agree": float((says == person).mean()),
+                "more_generous": int((says & ~person).sum()),  # the score says concept, the person does not
+                "stricter": int((~says & person).sum()),
+                "rate": float(says.mean()),
+                "person_rate": float(person.mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sheet", help="copy samples from a demo folder and draw a sheet to label")
+    s.add_argument("demo", type=Path)
+    s.add_argument("out", type=Path)
+    s.add_argument("--per-method", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("check", help="compare the scores with the labels")
+    c.add_argument("folder", type=Path)
+    args = ap.parse_args()
+    if args.command == "sheet":
+        print(f"label from {write_sheet(args.demo, args.out, args.per_method, args.seed)}")
+        return
+    df = score_labels(args.folder)
+    print(agreement(df).to_string(index=False))
+    by_method = df.assign(family=df["method"].str.replace(r"_s\d+$", "", regex=True)).groupby("family")
+    print(by_method[["person", "identity_ok", "faithful"]].mean().round(2).to_string())
+
+
+if __name__ == "__main__":
+    main()
