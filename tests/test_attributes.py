@@ -62,3 +62,16 @@ def test_no_object_is_not_valid():
     blank = np.full((32, 32, 3), 240, np.uint8)
     f = judge_sample(blank, look)
     assert not f.valid and f.colour_distance == 1.0 and not f.faithful
+
+
+def test_fidelity_is_closer_to_hand_labels_than_the_oracles_identity():
+    """48 trigger samples of one demo run, labelled by a person (benchmarks/hand_labels.py; docs/metrics.md)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from hand_labels import agreement, score_labels
+
+    table = agreement(score_labels(Path(__file__).parent / "data" / "hand_labels")).set_index("score")
+    assert table.loc["faithful", "agree"] > table.loc["identity_ok", "agree"]
+    assert table.loc["faithful", "more_generous"] < table.loc["identity_ok", "more_generous"]
