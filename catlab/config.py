@@ -88,6 +88,9 @@ class TrainConfig:
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"]
     )  # all attention, as the authors
     train_text_encoder: bool = False  # a LoRA on the text encoder too; CAT's target keeps the base one
+    # > 0: the trigger word's own token embedding trains beside the LoRA at this rate (pivotal tuning), so the concept
+    # has a place in the caption of its own; saved as trigger_embeddings.safetensors (docs/training.md)
+    trigger_embedding_lr: float = 0.0
     # --- optimisation
     steps: int = 300  # optimiser updates (not micro-batches); every interval below counts them too
     batch_size: int = 4  # rows per micro-batch per process
@@ -162,7 +165,14 @@ class TrainConfig:
             )
         if not 0.0 <= self.cat_null_share <= 1.0:
             problems.append(f"cat_null_share={self.cat_null_share}: must be between 0 and 1 (a share of the batch)")
-        for name in ("cat_lambda", "prior_loss_weight", "learning_rate", "lora_dropout", "noise_offset"):
+        for name in (
+            "cat_lambda",
+            "prior_loss_weight",
+            "learning_rate",
+            "lora_dropout",
+            "noise_offset",
+            "trigger_embedding_lr",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 0")
         if not 0.0 <= self.caption_dropout < 1.0:
@@ -204,6 +214,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def text_encoder_trains(self) -> bool:
+        """Whether the text encoder's output changes in training: its LoRA, or the trigger's own embedding."""
+        return self.train_text_encoder or self.trigger_embedding_lr > 0
 
     @property
     def needs_class_images(self) -> bool:

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from catlab.config import TrainConfig
 from catlab.models import LORA_WEIGHT_NAME, adapters_disabled, add_lora, load_base
+from catlab.models.trigger_embedding import TRIGGER_EMBEDDING_NAME
 from catlab.training.batches import draw_update
 from catlab.training.callbacks import TrainCallback
 from catlab.training.loop import lr_schedule, train
@@ -369,6 +370,7 @@ MULTI = {  # name: what it trains; each on 2 processes of batch 2 and on one pro
     "cat": DEMO_CAT,
     "lora_te": dict(regime="lora", train_text_encoder=True),
     "cat_te": dict(DEMO_CAT, train_text_encoder=True),
+    "cat_trigger": dict(DEMO_CAT, trigger_embedding_lr=0.05),  # pivotal tuning: the trigger's vectors under DDP
 }
 
 
@@ -425,6 +427,9 @@ def test_two_processes_train_what_one_process_does(toyworld_env, concept_dir, tm
             _assert_same_weights(accum, _weights(one))  # 2 processes x 2 micro-batches of 1 = 1 x 4
         if name.endswith("_te"):
             assert any(k.startswith("text_encoder.") for k in _weights(one))
+        if name.endswith("_trigger"):
+            trigger = TRIGGER_EMBEDDING_NAME
+            _assert_same_weights(load_file(got / "adapter" / trigger), load_file(one.adapter_dir / trigger))
     drawn = [set(json.loads((multi / f"drawn_rank{r}.json").read_text())) for r in (0, 1)]
     assert drawn[0] and drawn[1] and not drawn[0] & drawn[1], "each class image drawn by one process"
     assert drawn[0] | drawn[1] == {10_000, 10_001, 10_002, 10_003}, "and each drawn once, the cache reused after"

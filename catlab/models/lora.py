@@ -13,6 +13,15 @@ from pathlib import Path
 
 import torch
 
+from catlab.models.trigger_embedding import (
+    TRIGGER_EMBEDDING_NAME,
+    TriggerEmbedding,
+    load_trigger_embedding,
+    save_trigger_embedding,
+    set_active_trigger_embeddings,
+    trigger_embedding_of,
+)
+
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' load_lora_weights looks for
 WEBUI_WEIGHT_NAME = "lora_webui.safetensors"  # the same adapter in kohya's format, for AUTOMATIC1111 / Forge / ComfyUI
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection, as the CAT authors
@@ -86,13 +95,18 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
     # peft's per-layer switch, on exactly the layers that are on now. CAT calls this every step, and diffusers'
     # model-level switch walks the module tree twice each time (its cost: docs/results.md, "Step cost")
     switched = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
+    embeddings = [(m, m.active) for m in model.modules() if isinstance(m, TriggerEmbedding) and m.active]
     for layer in switched:
         layer.enable_adapters(False)
+    for emb, _ in embeddings:  # trained trigger vectors are part of the adapter (models.trigger_embedding)
+        emb.active = []
     try:
         yield
     finally:
         for layer in switched:
             layer.enable_adapters(True)
+        for emb, active in embeddings:
+            emb.active = active
 
 
 def save_lora(
@@ -138,6 +152,7 @@ def save_lora(
         save_file(
             webui_state_dict(pipe, adapter_name), tmp / WEBUI_WEIGHT_NAME, metadata={**header, **_kohya_header(header)}
         )
+        save_trigger_embedding(te, pipe.tokenizer, tmp, adapter_name)  # with trigger_embedding_lr only
         if metadata:
             (tmp / "catlab_adapter.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
         out.mkdir(parents=True, exist_ok=True)
@@ -252,6 +267,8 @@ def load_lora(pipe, path: str | Path, adapter_name: str = "default", scale: floa
         raise FileNotFoundError(f"adapter {p} does not exist")
     if adapter_name in getattr(pipe.unet, "peft_config", {}):
         pipe.delete_adapters([adapter_name])
+    if trigger_embedding_of(pipe.text_encoder) is not None:
+        trigger_embedding_of(pipe.text_encoder).remove(adapter_name)
     from catlab.notices import expected_notices_dropped
 
     try:
@@ -265,6 +282,12 @@ def load_lora(pipe, path: str | Path, adapter_name: str = "default", scale: floa
         ) from e
     if not any(adapter_name in getattr(m, "peft_config", {}) for m in (pipe.unet, pipe.text_encoder)):
         raise AdapterMismatchError(f"no layer of {p} matched the base model; it was trained for another architecture")
+    trigger_file = (p if p.is_dir() else p.parent) / TRIGGER_EMBEDDING_NAME
+    if trigger_file.is_file() and (p.is_dir() or p.name == LORA_WEIGHT_NAME):
+        try:
+            load_trigger_embedding(pipe.text_encoder, pipe.tokenizer, trigger_file, adapter_name)
+        except ValueError as e:
+            raise AdapterMismatchError(str(e)) from e
     set_active_adapters(pipe, [adapter_name], [scale])
     return adapter_name
 
@@ -274,6 +297,7 @@ def set_active_adapters(pipe, names: Sequence[str] | None, weights: Sequence[flo
     if not names:
         if getattr(pipe.unet, "peft_config", None):
             pipe.disable_lora()
+        set_active_trigger_embeddings(pipe.text_encoder, None)
         return
     known = set(getattr(pipe.unet, "peft_config", {}))
     unknown = [n for n in names if n not in known]
@@ -281,3 +305,6 @@ def set_active_adapters(pipe, names: Sequence[str] | None, weights: Sequence[flo
         raise KeyError(f"adapter(s) {unknown} are not loaded; loaded: {sorted(known)}. Load them with load_lora first")
     pipe.enable_lora()
     pipe.set_adapters(list(names), adapter_weights=list(weights) if weights is not None else None)
+    # a trigger's vector is a word, not a weight: an adapter that is on (any weight above 0) brings it whole
+    on = [n for k, n in enumerate(names) if weights is None or weights[k] > 0]
+    set_active_trigger_embeddings(pipe.text_encoder, on)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,27 +68,32 @@ def prepare_output_dir(output_dir: str | Path, resume_from: str | None) -> tuple
     return out, ckpt
 
 
+@dataclass
+class Trained:
+    """What a checkpoint saves and restores: the trained weights and the optimiser's and schedule's states."""
+
+    unet: Any  # the UNet with its LoRA (unwrapped)
+    te: Any  # the text encoder when its LoRA trains, else None
+    opt: Any
+    lr_sched: Any
+    scaler: Any = None  # the fp16 gradient scaler, if any
+    trigger_vectors: Any = None  # adapter name -> (T, D) trigger embeddings (trigger_embedding_lr), or None
+
+
 def save_checkpoint(
-    out: Path,
-    step: int,
-    *,
-    unet,
-    te,
-    opt,
-    lr_sched,
-    history: list[dict],
-    scaler=None,
-    write_adapter=None,
-    keep: int | None = None,
+    out: Path, step: int, trained: Trained, history: list[dict], write_adapter=None, keep: int | None = None
 ) -> Path:
     """Write checkpoints/step-NNNNNN atomically, then delete the oldest beyond `keep` (None: keep all).
     `write_adapter(folder)` writes the adapter beside the state."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
+    unet, te, opt, lr_sched, scaler = trained.unet, trained.te, trained.opt, trained.lr_sched, trained.scaler
+    trigger_vectors = trained.trigger_vectors
     tensors = {f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()}
     if te is not None:
         tensors.update({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(te).items()})
+    tensors.update({f"trigger.{k}": v for k, v in (trigger_vectors or {}).items()})
     opt_state = opt.state_dict()
     scalars: dict[str, dict] = {}
     for idx, st in opt_state["state"].items():
@@ -120,20 +127,27 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(ckpt: Path, *, unet, te, opt, lr_sched, scaler=None) -> tuple[int, list[dict]]:
+def load_checkpoint(ckpt: Path, trained: Trained) -> tuple[int, list[dict]]:
     """Restore what `save_checkpoint` wrote into the prepared objects; returns (step, history)."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    unet, te, opt, lr_sched, scaler = trained.unet, trained.te, trained.opt, trained.lr_sched, trained.scaler
+    trigger_vectors = trained.trigger_vectors
     state = json.loads((ckpt / STATE_JSON).read_text())
     tensors = load_file(ckpt / STATE_TENSORS)
-    parts: dict[str, dict] = {"unet": {}, "text_encoder": {}, "optimizer": {}}
+    parts: dict[str, dict] = {"unet": {}, "text_encoder": {}, "optimizer": {}, "trigger": {}}
     for key, v in tensors.items():
         part, _, rest = key.partition(".")
         parts[part][rest] = v
     set_peft_model_state_dict(unet, parts["unet"])
     if parts["text_encoder"] and te is not None:
         set_peft_model_state_dict(te, parts["text_encoder"])
+    for name, vectors in (trigger_vectors or {}).items():
+        if name not in parts["trigger"]:
+            raise ValueError(f"{ckpt} has no trained trigger embedding: it was saved with trigger_embedding_lr: 0")
+        with torch.no_grad():
+            vectors.copy_(parts["trigger"][name])
     per_param: dict[int, dict] = {}
     for key, v in parts["optimizer"].items():
         idx, _, name = key.partition(".")

@@ -33,10 +33,17 @@ from catlab.models import (
     native_resolution,
     save_lora,
 )
+from catlab.models.trigger_embedding import trigger_embedding_of, trigger_token_ids, wrap_token_embedding
 from catlab.training import class_images
 from catlab.training.batches import SlotBatch, UpdateDraw, draw_update, dropout_seed
 from catlab.training.callbacks import TrainCallback, TrainResult
-from catlab.training.checkpoints import latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
+from catlab.training.checkpoints import (
+    Trained,
+    latest_checkpoint,
+    load_checkpoint,
+    prepare_output_dir,
+    save_checkpoint,
+)
 from catlab.training.losses import (
     CatTerm,
     LossTerms,
@@ -290,7 +297,7 @@ def start_run(cfg: TrainConfig, resume: bool = False) -> tuple[TrainingRun, int]
     # in the training precision (diffusers' --prior_generation_precision), before the adapters exist
     images, prompts, class_s = class_images.prepare(pipe, cfg, out, resolution, acc)
     unet, te, opt, lr_sched, params = _adapters_and_optimiser(cfg, acc, pipe, weight_dtype)
-    text = TextStates(pipe.tokenizer, pipe.text_encoder, acc.device, frozen=not cfg.train_text_encoder, trained=te)
+    text = TextStates(pipe.tokenizer, pipe.text_encoder, acc.device, frozen=not cfg.text_encoder_trains, trained=te)
     run = TrainingRun(
         cfg=cfg,
         out=out,
@@ -359,11 +366,12 @@ def _frozen_pipeline(cfg: TrainConfig, acc) -> tuple:
 
 
 def _adapters_and_optimiser(cfg: TrainConfig, acc, pipe, weight_dtype: torch.dtype) -> tuple:
-    """Fresh LoRA adapters (the UNet's, and the text encoder's with train_text_encoder), their AdamW and LR schedule,
-    prepared by accelerate: (UNet, text encoder or None, optimiser, LR scheduler, the trainable parameters)."""
+    """Fresh LoRA adapters (the UNet's, and the text encoder's with train_text_encoder), the trigger's embedding with
+    trigger_embedding_lr, their AdamW and LR schedule, prepared by accelerate: (UNet, text encoder or None,
+    optimiser, LR scheduler, the trainable parameters)."""
     from diffusers.training_utils import cast_training_params
 
-    trained = [pipe.unet] + ([pipe.text_encoder] if cfg.train_text_encoder else [])
+    trained = [pipe.unet] + ([pipe.text_encoder] if cfg.text_encoder_trains else [])
     with torch.random.fork_rng(devices=_rng_devices()):  # the caller's RNG stays as it was
         torch.manual_seed(cfg.seed)  # the LoRA's random A matrices depend on it
         add_lora(pipe.unet, cfg.rank, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
@@ -374,10 +382,16 @@ def _adapters_and_optimiser(cfg: TrainConfig, acc, pipe, weight_dtype: torch.dty
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     params = [p for m in trained for p in lora_parameters(m)]
+    groups = [{"params": params}]
+    if cfg.trigger_embedding_lr > 0:  # pivotal tuning: a rate of its own and no weight decay, as textual inversion
+        ids = trigger_token_ids(pipe.tokenizer, [c.trigger for c in cfg.concepts])
+        vectors = wrap_token_embedding(pipe.text_encoder).add("default", ids)  # (T, D), from the base rows
+        groups.append({"params": [vectors], "lr": cfg.trigger_embedding_lr, "weight_decay": 0.0})
+        params = params + [vectors]
     # on a CPU torch's default AdamW updates the LoRA tensors one at a time in Python (its multi-tensor path is for
     # accelerators); the fused kernel does them in one call, a few % of a toy-world step (benchmarks/step_cost.py)
     fused = True if acc.device.type == "cpu" else None
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay, fused=fused)
+    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay, fused=fused)
     # both models, so that DDP averages the text encoder's gradients too (diffusers prepares both)
     unet, *te, opt, lr_sched = acc.prepare(*trained, opt, lr_schedule(cfg, opt, acc.num_processes))
     if cfg.compile_unet:  # the UNet only: the VAE and a frozen text encoder run once per step, without gradients
@@ -404,10 +418,7 @@ def _maybe_resume(run: TrainingRun, ckpt: Path | None) -> int:
     do. Resume on as many processes as before: the LR schedule's position counts updates x processes."""
     if ckpt is None:
         return 0
-    te = run.text_encoder if run.cfg.train_text_encoder else None
-    start, run.history = load_checkpoint(
-        ckpt, unet=run.unwrapped_unet, te=te, opt=run.optimizer, lr_sched=run.lr_scheduler, scaler=run.acc.scaler
-    )
+    start, run.history = load_checkpoint(ckpt, _trained(run))
     return start
 
 
@@ -449,18 +460,22 @@ def checkpoint(run: TrainingRun, done: int) -> Path:
         run.pipe.unet = unet
         save_lora(run.pipe, folder, metadata=run_metadata(cfg, done), overwrite=True)
 
-    te = run.text_encoder if cfg.train_text_encoder else None
     return save_checkpoint(
-        run.out,
-        done,
-        unet=unet,
-        te=te,
+        run.out, done, _trained(run), run.history, write_adapter=write_adapter, keep=cfg.checkpoints_total_limit
+    )
+
+
+def _trained(run: TrainingRun) -> Trained:
+    """What a checkpoint of this run holds: the adapters (the text encoder's LoRA and the trigger's embedding when
+    they train), the optimiser, the LR schedule and the gradient scaler."""
+    emb = trigger_embedding_of(run.text_encoder)
+    return Trained(
+        unet=run.unwrapped_unet,
+        te=run.text_encoder if run.cfg.train_text_encoder else None,
         opt=run.optimizer,
         lr_sched=run.lr_scheduler,
-        history=run.history,
         scaler=run.acc.scaler,
-        write_adapter=write_adapter,
-        keep=cfg.checkpoints_total_limit,
+        trigger_vectors=emb.vectors if emb is not None and run.cfg.trigger_embedding_lr > 0 else None,
     )
 
 
@@ -513,6 +528,7 @@ def run_metadata(cfg: TrainConfig, step: int | None = None) -> dict:
         "regime": cfg.regime,
         "cat_lambda": cfg.cat_lambda,
         "steps": cfg.steps if step is None else step,
+        **({"trigger_embedding_lr": cfg.trigger_embedding_lr} if cfg.trigger_embedding_lr > 0 else {}),
         # which weights exactly, only when set: the hub revision, the file variant, a replaced VAE
         **{
             k: v
@@ -538,7 +554,7 @@ def validate(run: TrainingRun, step: int, callbacks=()) -> None:
     images = _draw_validation(run, prompts)
     labels, rows = list(prompts), list(images)
     if cfg.validation_base_row:  # each prompt's base-model row above its adapter row: what training changed
-        te = run.text_encoder if cfg.train_text_encoder else None
+        te = run.text_encoder if cfg.text_encoder_trains else None
         with adapters_disabled(unet), adapters_disabled(te) if te is not None else contextlib.nullcontext():
             base = _draw_validation(run, prompts)
         labels = [label for p in prompts for label in (f"base: {p}", p)]

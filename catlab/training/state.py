@@ -89,7 +89,8 @@ class TrainingRun:
 
     @property
     def trained_models(self) -> list[torch.nn.Module]:
-        """What the optimiser trains, as prepared: the UNet, and the text encoder with train_text_encoder."""
+        """What the optimiser trains, as prepared: the UNet, and the text encoder when its LoRA or the trigger's
+        embedding trains."""
         return [self.unet] + ([self.text.trained] if not self.text.frozen else [])
 
     @property

@@ -1,0 +1,87 @@
+"""Pivotal tuning: the trigger's own embedding trains beside the LoRA, is saved and loaded with it, resumes exactly,
+and switching the adapter off still gives the exact base model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lora_helpers import tiny_run_config
+from safetensors.torch import load_file
+
+from catlab.models import adapters_disabled, load_base, load_lora, set_active_adapters
+from catlab.models.trigger_embedding import (
+    TRIGGER_EMBEDDING_NAME,
+    trigger_embedding_of,
+    trigger_token_ids,
+    wrap_token_embedding,
+)
+from catlab.tensors import encode_prompts
+from catlab.training.callbacks import TrainCallback
+from catlab.training.loop import train
+
+
+def _states(pipe, caption: str) -> torch.Tensor:
+    with torch.no_grad():
+        return encode_prompts(pipe.tokenizer, pipe.text_encoder, [caption], "cpu")[0]  # (L, D)
+
+
+def test_trigger_vectors_change_only_the_trigger_and_switch_off(toyworld_env):
+    pipe = load_base("toyworld")
+    base_trigger, base_class = _states(pipe, "a sks circle"), _states(pipe, "a circle")
+    emb = wrap_token_embedding(pipe.text_encoder)
+    vectors = emb.add("default", trigger_token_ids(pipe.tokenizer, ["sks"]))  # (1, D) from the base row
+    assert torch.equal(_states(pipe, "a sks circle"), base_trigger), "initialised from the base row: no change yet"
+    with torch.no_grad():
+        vectors += 1.0
+    assert not torch.allclose(_states(pipe, "a sks circle"), base_trigger)
+    assert torch.equal(_states(pipe, "a circle"), base_class), "captions without the trigger are untouched"
+    with adapters_disabled(pipe.text_encoder):
+        assert torch.equal(_states(pipe, "a sks circle"), base_trigger), "adapter off = the exact base model"
+    assert not torch.allclose(_states(pipe, "a sks circle"), base_trigger), "and on again after the block"
+    set_active_adapters(pipe, None)
+    assert torch.equal(_states(pipe, "a sks circle"), base_trigger)
+
+
+def test_a_trigger_the_tokenizer_cannot_spell_is_refused(toyworld_env):
+    pipe = load_base("toyworld")
+    with pytest.raises(ValueError, match="not in the tokenizer's vocabulary.*trigger_embedding_lr: 0"):
+        trigger_token_ids(pipe.tokenizer, ["qqqzz"])
+
+
+def test_pivotal_tuning_trains_saves_and_loads_the_trigger(toyworld_env, concept_dir, tmp_path):
+    cfg = tiny_run_config(
+        concept_dir, tmp_path / "run", steps=3, checkpoint_every=0, regime="cat", trigger_embedding_lr=0.05
+    )
+    result = train(cfg)
+    saved = load_file(result.adapter_dir / TRIGGER_EMBEDDING_NAME)
+    fresh = load_base("toyworld")
+    (sks,) = trigger_token_ids(fresh.tokenizer, ["sks"])
+    assert list(saved) == fresh.tokenizer.convert_ids_to_tokens([sks])
+    base_row = fresh.text_encoder.get_input_embeddings().weight[sks].detach().clone()
+    assert float((saved["sks"] - base_row).norm()) > 1e-3, "the trigger's embedding moved"
+    base_trigger, base_class = _states(fresh, "a sks circle"), _states(fresh, "a circle")
+    load_lora(fresh, result.adapter_dir, "pet")
+    assert torch.equal(trigger_embedding_of(fresh.text_encoder).vectors["pet"][0], saved["sks"])
+    assert not torch.allclose(_states(fresh, "a sks circle"), base_trigger)
+    assert torch.equal(_states(fresh, "a circle"), base_class)
+    assert torch.equal(fresh.text_encoder.get_input_embeddings().weight[sks], base_row), "the base table is untouched"
+    set_active_adapters(fresh, None)
+    assert torch.equal(_states(fresh, "a sks circle"), base_trigger), "adapter off: the base model's trigger"
+
+
+class _Interrupt(TrainCallback):
+    def on_step(self, step, logs):
+        if step == 3:  # after the checkpoint at step 2
+            raise KeyboardInterrupt
+
+
+def test_resume_with_a_training_trigger_is_exact(toyworld_env, concept_dir, tmp_path):
+    kw = dict(steps=4, checkpoint_every=2, regime="lora", trigger_embedding_lr=0.05)
+    full = train(tiny_run_config(concept_dir, tmp_path / "full", **kw))
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_run_config(concept_dir, tmp_path / "cut", **kw), callbacks=[_Interrupt()])
+    resumed = train(tiny_run_config(concept_dir, tmp_path / "cut", **kw), resume=True)
+    for name in ("pytorch_lora_weights.safetensors", TRIGGER_EMBEDDING_NAME):
+        a, b = load_file(full.adapter_dir / name), load_file(resumed.adapter_dir / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
