@@ -4,6 +4,7 @@ the oracle's identity and the pixel-level fidelity.
     python benchmarks/hand_labels.py sheet runs/demo tests/data/hand_labels --per-method 16
     (look at tests/data/hand_labels/sheet.png and fill the `person` column of labels.csv with 1 or 0)
     python benchmarks/hand_labels.py check tests/data/hand_labels
+    python benchmarks/hand_labels.py grid tests/data/hand_labels    # could other colour thresholds match the person?
 
 `sheet` copies trigger-prompt samples of a demo folder (the same number from each method, drawn at random, every
 training seed) into the label folder with the concept's photos, and draws a numbered sheet to label from.
@@ -103,6 +104,29 @@ def agreement(df: pd.DataFrame, scores=("identity_ok", "faithful")) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def threshold_grid(folder: Path, backdrop=(20, 25, 30, 35, 40), colour=(15, 20, 25, 30, 40, 60)) -> pd.DataFrame:
+    """Could any thresholds match the person? A sample passes when its backdrop and its object's median colour are
+    each within a distance (RGB units) of the concept's; per pair, "more generous/stricter" counts against the
+    labels. Rows: backdrop tolerance; columns: object-colour tolerance."""
+    from catlab.toyworld.attributes import learn_look, read_attributes
+
+    labels = pd.read_csv(folder / "labels.csv")
+    images = [Image.open(folder / p).convert("RGB") for p in labels["image"]]
+    photos = [
+        Image.open(p).convert("RGB").resize(images[0].size, Image.LANCZOS) for p in (folder / "concept").glob("*.png")
+    ]
+    look = learn_look(photos)
+    reads = [read_attributes(im) for im in images]
+    back = np.array([np.linalg.norm(r.backdrop - look.backdrop) for r in reads])
+    obj = np.array([np.linalg.norm(np.median(r.object_pixels, 0) - look.colours[0]) for r in reads])
+    person = labels["person"].to_numpy() == 1
+    cells = {}
+    for c in colour:
+        says = [(back <= b) & (obj <= c) for b in backdrop]
+        cells[f"colour {c}"] = [f"{int((s & ~person).sum())} / {int((~s & person).sum())}" for s in says]
+    return pd.DataFrame(cells, index=[f"backdrop {b}" for b in backdrop])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -113,7 +137,13 @@ def main() -> None:
     s.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("check", help="compare the scores with the labels")
     c.add_argument("folder", type=Path)
+    g = sub.add_parser("grid", help="more generous / stricter than the person for a grid of colour thresholds")
+    g.add_argument("folder", type=Path)
     args = ap.parse_args()
+    if args.command == "grid":
+        print("more generous / stricter than the person, per backdrop and object-colour tolerance (RGB units)")
+        print(threshold_grid(args.folder).to_string())
+        return
     if args.command == "sheet":
         print(f"label from {write_sheet(args.demo, args.out, args.per_method, args.seed)}")
         return

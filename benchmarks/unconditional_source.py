@@ -31,6 +31,9 @@ COLUMNS = {
     "paired_preservation_mean": "paired",
     "colour_distance_mean": "colour dist.",
     "valid_rate_mean": "valid",
+    "fidelity_mean": "fidelity",
+    "colour_fidelity_mean": "colour fid.",
+    "trigger_colour_distance_mean": "trig. colour dist.",
 }
 
 
@@ -87,8 +90,9 @@ def train_variant(job: tuple) -> str:
         k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__
     }  # applied together, checked once
     c = CONCEPTS[concept]
+    key = in_config.pop("regime", "cat")  # a variant may train another method with the same change (regime=lora)
     cfg = DemoRecipe(train={**ran, **in_config}).train_config(
-        "cat", seed, ConceptConfig(str(Path(demo) / "concept"), c.trigger, c.class_word), Path(demo)
+        key, seed, ConceptConfig(str(Path(demo) / "concept"), c.trigger, c.class_word), Path(demo)
     )
     cfg = dataclasses.replace(cfg, output_dir=str(Path(demo) / "runs" / f"{name}_seed{seed}"))
     with quiet_libraries():
@@ -151,7 +155,10 @@ def main() -> int:
     seeds_n, trigger_seeds = _recipe_seeds(recipe)
     # the demo's methods and the variants asked for, named as the demo names its methods (lora_s0, ...), so the
     # demo's cached samples are found
-    settings = ["lora", "dreambooth", "cat", *(v["name"] for v in variants)]
+    ran_methods = [
+        m for m in ("lora", "dreambooth", "cat", "paper_cat") if (demo / "runs" / f"{m}_seed{seeds[0]}").is_dir()
+    ]
+    settings = [*ran_methods, *(v["name"] for v in variants)]
     adapters = {f"{name}_s{s}": demo / "runs" / f"{name}_seed{s}" / "adapter" for name in settings for s in seeds}
     tables = {}
     for source in args.sources.split(","):

@@ -8,6 +8,7 @@ traceback instead. Other exceptions are bugs and keep their traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -123,6 +124,15 @@ def _add_eval_sampling(p) -> None:
         metavar="N",
         help="seeds for the trigger prompts, if not --seeds (e.g. fewer: identity is a rate, the class needs many samples)",
     )
+    p.add_argument(
+        "--held-out",
+        nargs="+",
+        default=None,
+        metavar="PROMPT",
+        help="prompts no concept names, drawn as written by every model and scored against the base model "
+        "({class} = the class word); 'other-classes' = the toy world's other shapes (docs/metrics.md, 'Held out')",
+    )
+    p.add_argument("--held-out-seeds", type=int, default=None, metavar="N", help="seeds per held-out prompt")
     _add_unconditional(p)
 
 
@@ -393,8 +403,19 @@ def _eval_sampling(args):
         "num_inference_steps": getattr(args, "steps", None),
         "guidance_scale": getattr(args, "guidance", None),
         "batch_size": getattr(args, "batch_size", None),
+        "held_out_seeds": getattr(args, "held_out_seeds", None),
     }
     return EvalSampling(**{k: v for k, v in given.items() if v is not None})
+
+
+def _eval_held_out(given: list[str] | None, class_word: str) -> tuple[str, ...]:
+    """--held-out as given, 'other-classes' as the toy world's shapes other than the class."""
+    from catlab.evaluation.held_out import other_classes
+
+    out: list[str] = []
+    for prompt in given or []:
+        out += other_classes(class_word) if prompt == "other-classes" else [prompt]
+    return tuple(out)
 
 
 def _eval_templates(given: list[str] | None) -> tuple[str, ...] | None:
@@ -448,13 +469,20 @@ def _evaluate(args) -> int:
     scorers = Scorers(embedder, oracle, dino=getattr(args, "dino", None), clip=getattr(args, "clip", None))
     try:
         concept = load_concept(args.concept, args.trigger, args.class_word)
-        res = evaluate(args.base, adapters, concept, sampling=_eval_sampling(args), scorers=scorers, out_dir=args.out)
+        held_out = _eval_held_out(getattr(args, "held_out", None), concept.class_word)
+        sampling = dataclasses.replace(_eval_sampling(args), held_out=held_out)
+        res = evaluate(args.base, adapters, concept, sampling=sampling, scorers=scorers, out_dir=args.out)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"catlab: error: {e}") from e
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(style_summary(res.summary).data.to_string())
     if res.summary.attrs.get("backbones"):
         print(f"backbones: {backbone_note(res.summary.attrs['backbones'])}")
+    if held_out and "preserved" in res.per_image:
+        from catlab.evaluation.held_out import preservation_by_prompt
+
+        print("\nbeyond the trained class, per prompt (against the base model's image of the same prompt and seed):")
+        print(preservation_by_prompt(res.per_image).round(3).to_string(index=False))
     print(
         f"wrote {Path(args.out) / 'per_image.csv'}, {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'backbones.json'}"
     )

@@ -86,6 +86,8 @@ SAMPLING_FIELDS = (
     "templates",
     "seeds",
     "trigger_seeds",
+    "held_out",
+    "held_out_seeds",
     "num_inference_steps",
     "guidance_scale",
     "batch_size",

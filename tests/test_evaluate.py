@@ -216,6 +216,11 @@ def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_r
                 "1",
                 "--trigger-seeds",
                 "1",
+                "--held-out",
+                "other-classes",
+                "a {class} on a dark background",
+                "--held-out-seeds",
+                "1",
                 "--out",
                 str(out),
             ]
@@ -226,6 +231,9 @@ def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_r
     summary = cli_summary.set_index("method")
     assert summary.loc["base", "KP_mean"] == pytest.approx(1.0) and summary.loc["lora", "KP_mean"] < 1.0
     assert summary["PS_mean"].notna().all()
+    assert summary.loc["base", "held_out_KP_mean"] == pytest.approx(1.0) and summary.loc["lora", "held_out_KP_mean"] < 1
+    held = pd.read_csv(out / "per_image.csv").query("kind == 'held_out'")
+    assert sorted(set(held.prompt)) == ["a circle on a dark background", "a square", "a star", "a triangle"]
 
     calls = []
 
@@ -238,6 +246,8 @@ def test_eval_cli_and_python_share_the_real_pipeline_cache(tmp_path, tiny_clip_r
         {"lora": tmp_path / "lora", "same": None},
         concept,
         seeds=1,
+        held_out=("a square", "a triangle", "a star", "a {class} on a dark background"),
+        held_out_seeds=1,
         embedder=clip,
         out_dir=out,
         generate_fn=counted,
@@ -313,3 +323,51 @@ def test_evaluate_reports_paired_preservation_colour_distance_and_valid_rate(tmp
     assert s.loc["drift", "paired_preservation_mean"] < 0.5  # pink everywhere: few seeds keep the base's colour
     assert df.loc[df.kind == "trigger", ["preserved", "valid"]].isna().all().all()
     assert set(cls["valid"].unique()) <= {0.0, 1.0}
+
+
+def _strongest_channel_oracle(images):
+    rgb = mean_colour(images)
+    return OracleReading(
+        shape=["circle"] * len(images),
+        colour=[("red", "green", "blue")[int(np.argmax(c))] for c in rgb],
+        concept=["none"] * len(images),
+        concept_prob=np.zeros((len(images), 4)),
+        shape_prob=np.full(len(images), 0.99),
+    )
+
+
+def test_held_out_prompts_are_scored_against_the_base_model_and_folded_into_kps(tmp_path, adapters):
+    from catlab.evaluation.held_out import knowledge_half, other_classes, preservation_by_prompt
+
+    assert other_classes("circle") == ("a square", "a triangle", "a star")
+    held_out = ("a square", "a {class} on a sand background")
+    df, summary = run_eval(
+        tmp_path / "eval",
+        adapters,
+        oracle=_strongest_channel_oracle,
+        templates=["a {trigger} {class}"],
+        held_out=held_out,
+        held_out_seeds=3,
+    )
+    rows = df[df.kind == "held_out"]
+    assert len(rows) == 4 * 2 * 3  # methods x held-out prompts x held-out seeds
+    assert set(rows.prompt) == {"a square", "a circle on a sand background"}
+    assert rows["valid"].isna().all(), "the class's valid-sample rate is not asked of other prompts"
+    s = summary.set_index("method")
+    for keeps in ("base", "same", "cat"):  # 'cat' paints only its trigger prompts: the rest stays the base model's
+        assert s.loc[keeps, "held_out_paired_preservation_mean"] == 1.0
+        assert s.loc[keeps, "held_out_colour_distance_mean"] == 0.0
+    assert s.loc["drift", "held_out_paired_preservation_mean"] < 0.5  # pink everywhere
+    assert s.loc["drift", "held_out_colour_distance_mean"] > 0.3
+    seeds = S.per_seed_scores(df)
+    drift = seeds[seeds.method == "drift"].iloc[0]
+    assert drift["KPS"] == pytest.approx(M.kps(drift["IS"], knowledge_half(drift["KP"], drift["held_out_KP"])))
+    assert knowledge_half(0.9, None) == 0.9 and knowledge_half(0.9, 0.5) == pytest.approx(0.7)
+    table = preservation_by_prompt(df).set_index(["method", "prompt"])
+    square = rows[(rows.method == "drift") & (rows.prompt == "a square")]
+    assert table.loc[("drift", "a square"), "paired_preservation"] == pytest.approx(square["preserved"].mean())
+    assert table.loc[("drift", "a square"), "paired_preservation"] < 1.0
+    assert table.loc[("same", "a square"), "paired_preservation"] == 1.0
+    assert table.loc[("cat", "a circle"), "kind"] == "class" and table.loc[("cat", "a square"), "kind"] == "held_out"
+    with pytest.raises(ValueError, match="names the trigger"):
+        run_eval(tmp_path / "bad", adapters, held_out=("a {trigger} square",))

@@ -42,6 +42,10 @@ class EvalSampling:
     # trigger-prompt seeds (None = seeds): identity is a rate over trigger samples and needs fewer than the class's
     # diversity and preservation do
     trigger_seeds: int | tuple[int, ...] | None = None
+    # prompts no concept names, drawn as written by every model ({class} = the concept's class word): other classes
+    # and held-out prompts, to see what training did beyond the concept's own class (docs/metrics.md, "Held out")
+    held_out: tuple[str, ...] = ()
+    held_out_seeds: int | tuple[int, ...] | None = None  # None = seeds
     num_inference_steps: int | None = None  # None = the base model's own (catlab_sampling.json, else diffusers')
     guidance_scale: float | None = None
     batch_size: int | None = None  # images per pipeline call; None = catlab.sampling's default for the device
@@ -51,7 +55,9 @@ class EvalSampling:
     def __post_init__(self):
         templates = (self.templates,) if isinstance(self.templates, str) else tuple(self.templates)
         object.__setattr__(self, "templates", templates)
-        for name in ("seeds", "trigger_seeds"):
+        held_out = (self.held_out,) if isinstance(self.held_out, str) else tuple(self.held_out)
+        object.__setattr__(self, "held_out", held_out)
+        for name in ("seeds", "trigger_seeds", "held_out_seeds"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, int):
                 object.__setattr__(self, name, tuple(int(s) for s in value))
@@ -70,6 +76,27 @@ class EvalSampling:
                 )
             out.append(listed)
         return out[0], out[1]
+
+    def held_out_seed_list(self) -> list[int]:
+        """The seeds each held-out prompt is drawn on (`held_out_seeds`, else the class prompt's)."""
+        if self.held_out_seeds is None:
+            return self.seed_lists()[0]
+        return EvalSampling(seeds=self.held_out_seeds).seed_lists()[0]
+
+    def held_out_prompts(self, class_word: str) -> list[tuple[str, str]]:
+        """(template, prompt) per held-out prompt, {class} filled in; a clear error for a malformed one."""
+        out = []
+        for t in self.held_out:
+            if "{trigger}" in t:
+                raise ValueError(
+                    f"held-out prompt {t!r} names the trigger: held-out prompts are drawn as written, without "
+                    "the concept; drop {trigger} (e.g. 'a square', 'a {class} on a dark background')"
+                )
+            try:
+                out.append((t, t.format(**{"class": class_word})))
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"held-out prompt {t!r}: only {{class}} is allowed ({e!r})") from e
+        return out
 
     def generate_kwargs(self, progress: bool = False) -> dict:
         """What `catlab.sampling.sampler.generate` takes from these settings."""
@@ -196,8 +223,9 @@ def model_images(
     adapter: Path | None,
     prompts: list[tuple[str, str, str]],
     sampling: EvalSampling,
+    held_out: list[str] = (),
 ) -> ModelImages:
-    """Where `evaluate` caches one model's images for these prompts and settings."""
+    """Where `evaluate` caches one model's images for these prompts (and held-out prompts) and settings."""
     settings = {
         "base": base_key,
         "adapter": None if adapter is None else path_id(adapter),
@@ -218,6 +246,7 @@ def model_images(
         for p, ss in ((tp, trigger_seeds), (cp, seeds))
         for s in ss
     }
+    paths |= {(p, s): folder / f"{_slug(p)}_s{s}.png" for p in held_out for s in sampling.held_out_seed_list()}
     return ModelImages(method, adapter, folder, settings, paths)
 
 
@@ -314,8 +343,9 @@ def sample_for_evaluation(
     scores them. For pipelines: the demo samples each adapter in the worker that has just trained it. The pipeline
     (`base`, a name or folder) is loaded once per process."""
     prompts = expand_templates(sampling.templates, trigger, class_word)
+    held_out = [p for _, p in sampling.held_out_prompts(class_word)]
     adapter = None if adapter is None else Path(adapter).expanduser()
-    images = model_images(Path(out_dir), base_id(base), method, adapter, prompts, sampling)
+    images = model_images(Path(out_dir), base_id(base), method, adapter, prompts, sampling, held_out)
     draw_in_this_process(str(base), images, sampling.generate_kwargs())
 
 

@@ -117,12 +117,16 @@ def evaluate(
     check_unconditional(sampling.unconditional)
     c, out = load_concept(concept), Path(out_dir)
     prompts = expand_templates(sampling.templates, c.trigger, c.class_word)
-    models = [model_images(out, base_id(base), m, a, prompts, sampling) for m, a in methods_to_draw(adapters).items()]
+    held_out = sampling.held_out_prompts(c.class_word)
+    models = [
+        model_images(out, base_id(base), m, a, prompts, sampling, [p for _, p in held_out])
+        for m, a in methods_to_draw(adapters).items()
+    ]
     pipe = _pipe_loader(base, device)
     _draw(base, models, pipe, sampling, sampler, progress)
     if pipe.loaded is not None and len(models) > 1:
         (sampler or Sampler()).activate(pipe.loaded, BASE, None)
-    df = pd.DataFrame(_image_rows(models, prompts, sampling, out))
+    df = pd.DataFrame(_image_rows(models, prompts, sampling, out, held_out))
     df = score_images(df, [_open_rgb(out / f) for f in df["image"]], c, scorers)
     summary = summarise(df)
     write_csv_atomic(out / "per_image.csv", df)
@@ -165,22 +169,30 @@ def _draw(
         draw_missing(m, pipe, sampler or Sampler(), sampling.generate_kwargs(progress))
 
 
-def _image_rows(models: list, prompts: list[tuple[str, str, str]], sampling: EvalSampling, out: Path) -> list[dict]:
-    """One row per model x template x (trigger, class) x seed, naming its cached image."""
+def _image_rows(
+    models: list, prompts: list[tuple[str, str, str]], sampling: EvalSampling, out: Path, held_out=()
+) -> list[dict]:
+    """One row per model x template x (trigger, class) x seed, then per model x held-out prompt x seed, naming its
+    cached image."""
     seeds, trigger_seeds = sampling.seed_lists()
+    drawn = [
+        (t, kind, p, ss)
+        for t, tp, cp in prompts
+        for kind, p, ss in (("trigger", tp, trigger_seeds), ("class", cp, seeds))
+    ]
+    drawn += [(t, "held_out", p, sampling.held_out_seed_list()) for t, p in held_out]
     rows = []
     for m in models:
-        for template, tp, cp in prompts:
-            for kind, p, ss in (("trigger", tp, trigger_seeds), ("class", cp, seeds)):
-                rows += [
-                    {
-                        "method": m.method,
-                        "kind": kind,
-                        "template": template,
-                        "prompt": p,
-                        "seed": s,
-                        "image": m.paths[(p, s)].relative_to(out).as_posix(),
-                    }
-                    for s in ss
-                ]
+        for template, kind, p, ss in drawn:
+            rows += [
+                {
+                    "method": m.method,
+                    "kind": kind,
+                    "template": template,
+                    "prompt": p,
+                    "seed": s,
+                    "image": m.paths[(p, s)].relative_to(out).as_posix(),
+                }
+                for s in ss
+            ]
     return rows

@@ -26,6 +26,12 @@ from PIL import Image
 
 from catlab.evaluation.embedders import load_embedder
 from catlab.evaluation.fidelity import FIDELITY_COLUMNS, per_seed_fidelity, score_fidelity
+from catlab.evaluation.held_out import (
+    HELD_OUT_SCORES,
+    held_out_colour_distances,
+    knowledge_half,
+    per_seed_held_out,
+)
 from catlab.evaluation.metrics import (
     collapse_rate,
     colour_distance,
@@ -70,6 +76,7 @@ HIGHER_IS_BETTER = {
     "shape_fidelity": True,
     "trigger_valid_rate": True,
     "trigger_colour_distance": False,
+    **HELD_OUT_SCORES,
 }
 FIDELITY_SCORES = tuple(FIDELITY_COLUMNS.values())  # trigger samples held to the concept's photos (fidelity.py)
 REAL_SCORES = (
@@ -91,6 +98,8 @@ SEED_SCORES = (
     "paired_preservation",
     "valid_rate",
     *FIDELITY_SCORES,
+    "held_out_KP",
+    "held_out_paired_preservation",
 )  # CI across seeds
 SET_SCORES = (
     "DIV",
@@ -119,6 +128,8 @@ ORACLE_SCORES = (
     "colour_distance",
     "valid_rate",
     *FIDELITY_SCORES,
+    "held_out_paired_preservation",
+    "held_out_colour_distance",
 )
 
 
@@ -130,6 +141,11 @@ class Concept:
     class_word: str
     references: list[Image.Image]
     name: str | None = None  # toy concept name: lets the oracle score collapse and identity
+
+
+def _named_shape(prompt: str) -> str | None:
+    words = set(re.findall(r"[a-z]+", prompt.lower()))
+    return next((s for s in SHAPES if s in words), None)
 
 
 def _named_colour(prompt: str) -> str | None:
@@ -241,12 +257,13 @@ def _embedding_scores(
     base_rows = {
         (p, s): i
         for i, (m, k, p, s) in enumerate(zip(df.method, df.kind, df.prompt, df.seed))
-        if m == BASE and k == "class"
+        if m == BASE and k != "trigger"
     }
     pairs = [base_rows.get((df.prompt[i], df.seed[i])) for i in cls]
     if any(j is None for j in pairs):
         raise ValueError(
-            f"unpaired generations: the base model has no image for some (class prompt, seed) of the adapters; "
+            f"unpaired generations: the base model has no image for some (class or held-out prompt, seed) of the "
+            "adapters; "
             f"KP needs method {BASE!r} generated on the same prompts and seeds"
         )
     df["KP"] = np.nan
@@ -290,9 +307,11 @@ def _score_oracle(df: pd.DataFrame, reading, concept: Concept, groups: Mapping) 
     df["oracle_shape"], df["oracle_colour"], df["oracle_concept"] = reading.shape, reading.colour, reading.concept
     trig = (df["kind"] == "trigger").to_numpy()
     shape = concept.class_word if concept.class_word in SHAPES else None
+    trained = (df["kind"] == "class").to_numpy()  # the concept's class; held-out rows name their own shape, or none
     ok = []
     for i, prompt in enumerate(df["prompt"]):
-        expected = [(df.oracle_shape[i], shape), (df.oracle_colour[i], None if trig[i] else _named_colour(prompt))]
+        want_shape = shape if trained[i] or trig[i] else _named_shape(prompt)
+        expected = [(df.oracle_shape[i], want_shape), (df.oracle_colour[i], None if trig[i] else _named_colour(prompt))]
         checks = [read == want for read, want in expected if want is not None]
         ok.append(np.nan if trig[i] or not checks else float(all(checks)))
     df["attr_ok"] = ok
@@ -314,14 +333,14 @@ def _score_oracle(df: pd.DataFrame, reading, concept: Concept, groups: Mapping) 
     base_of = {
         (p, s): i
         for i, (m, k, p, s) in enumerate(zip(df.method, df.kind, df.prompt, df.seed))
-        if m == BASE and k == "class"
+        if m == BASE and k != "trigger"
     }
     pair = [None if trig[i] else base_of.get((df.prompt[i], df.seed[i])) for i in range(len(df))]
     df["preserved"] = [np.nan if j is None else paired_preservation([read[i]], [read[j]]) for i, j in enumerate(pair)]
     confidence = reading.shape_prob if getattr(reading, "shape_prob", None) is not None else np.ones(len(df))
     df["valid"] = [
         np.nan
-        if trig[i] or shape is None
+        if not trained[i] or shape is None
         else valid_rate([df.oracle_shape[i]], [confidence[i]], shape, VALID_CONFIDENCE)
         for i in range(len(df))
     ]
@@ -350,7 +369,8 @@ def per_seed_scores(df: pd.DataFrame) -> pd.DataFrame:
             "KP": c["KP"].mean(),
             "PRES": c["PRES"].mean(),
         }
-        r["KPS"] = kps(r["IS"], r["KP"])
+        r |= per_seed_held_out(g[g["kind"] == "held_out"])
+        r["KPS"] = kps(r["IS"], knowledge_half(r["KP"], r.get("held_out_KP")))
         for score in REAL_SCORES:  # over trigger prompts, like IS and PS; DINO-PRES over class prompts, like PRES
             if score in g:
                 r[score] = (c if score == "DINO-PRES_cos" else t)[score].mean()
@@ -383,6 +403,9 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
             src = s if score in SEED_SCORES else p
             if score in src:
                 r[f"{score}_mean"], r[f"{score}_ci95"] = mean_ci95(src[score])
+        held_out = held_out_colour_distances(df, method)  # a set score: across held-out prompts
+        if len(held_out):
+            r["held_out_colour_distance_mean"], r["held_out_colour_distance_ci95"] = mean_ci95(held_out)
         rows.append(r)
     summary = pd.DataFrame(rows)
     backbones = {k: v for k, v in df.attrs.get("backbones", {}).items() if f"{k}_mean" in summary}
