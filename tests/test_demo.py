@@ -39,8 +39,24 @@ def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch,
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4, "the HTML report must embed its images"
     assert "dataframe scores" in html and "<pre>" not in html.split("<h2>Cost")[0], "scores as a real HTML table"
-    for col in ("paired_preservation", "colour_distance", "valid_rate", "fidelity", "trigger_colour_distance"):
+    for col in (
+        "paired_preservation",
+        "colour_distance",
+        "valid_rate",
+        "fidelity",
+        "trigger_colour_distance",
+        "held_out_paired_preservation",
+        "held_out_colour_distance",
+    ):
         assert f"<th>{col.replace('_', '_<wbr>')}</th>" in html
+    assert (
+        '"a square", "a triangle", "a star", "a circle on a dark background" (1 seed each)'
+        in (out / "report.md").read_text()
+    )
+    per_image = pd.read_csv(out / "eval" / "per_image.csv")
+    held = per_image[per_image.kind == "held_out"]
+    assert set(held.prompt) == {"a square", "a triangle", "a star", "a circle on a dark background"}
+    assert held.groupby("method").size().nunique() == 1, "every model drew every held-out prompt"
     assert "`" not in html.split("<body>")[1], "Markdown backticks must become <code> in the HTML report"
     assert "Rerun: <code>catlab demo --out" in html and "--quick" in html.split("Rerun:")[1]
     assert "CAT's term: λ" in (out / "report.md").read_text(), "the report names CAT's settings"

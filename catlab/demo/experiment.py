@@ -61,7 +61,7 @@ def run_demo(
     configs = [recipe.train_config(key, seed, concept_cfg, out) for key, seed in jobs]
     pipe = load_base("toyworld")
     class_images_s = _draw_class_images(pipe, configs)  # once, before runs that share them start side by side
-    sampling = replace(recipe.sampling, workers=workers)
+    sampling = replace(recipe.sampling_for(c.class_word), workers=workers)
     results = _train_all(configs, workers, [f"{key}_s{seed}" for key, seed in jobs], (c, sampling, out / "eval"))
     first_db = _first_dreambooth(jobs)
     runs = [
@@ -205,6 +205,7 @@ def _train_quietly(cfg):
 
 def summarise_by_method(per_image: pd.DataFrame, runs: list[DemoRun]) -> pd.DataFrame:
     """One row per method: mean and std over training seeds of each score (each seed's score is a mean over images)."""
+    from catlab.evaluation.held_out import held_out_colour_distances
     from catlab.evaluation.scoring import BASE, per_seed_scores
 
     seed_scores = per_seed_scores(per_image)  # per (adapter name, eval seed)
@@ -215,6 +216,8 @@ def summarise_by_method(per_image: pd.DataFrame, runs: list[DemoRun]) -> pd.Data
         [c for c in ("DIV", "Vendi", "colour_entropy", "colour_distance") if c in sets]
     ].mean()
     by_adapter = by_adapter.join(set_means)
+    held_out = [held_out_colour_distances(per_image, m).mean() for m in by_adapter.index]  # mean over the prompts
+    by_adapter["held_out_colour_distance"] = held_out
     rows = []
     groups = [("base model", [BASE])] + [
         (name, [s.name for s in runs if s.key == k]) for k, name in METHODS.items() if any(s.key == k for s in runs)

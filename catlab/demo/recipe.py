@@ -47,13 +47,20 @@ COLUMNS = [
     "paired_preservation",
     "colour_distance",
     "valid_rate",
+    "held_out_paired_preservation",
+    "held_out_colour_distance",
 ]
+# prompts no concept names, scored against the base model beside the class (docs/metrics.md, "Held-out prompts"):
+# the world's other classes (held_out.other_classes) and the class in a setting the concept's captions never use
+HELD_OUT_PROMPTS = ("a {class} on a dark background",)
 
 
 def _demo_sampling() -> EvalSampling:
     # >= 48 class samples per adapter: fewer measure even the base model's class as narrow; identity is a rate, and
     # 3 training seeds x 24 trigger samples measure it to about +-0.05 (docs/results.md, the headline)
-    return EvalSampling(templates=("a {trigger} {class}",), seeds=48, trigger_seeds=24)
+    # 8 seeds per held-out prompt: x 3 training seeds, 24 pairs per prompt and method, enough for paired preservation
+    # against the base model (it is a rate) at a third of the class prompt's sampling cost
+    return EvalSampling(templates=("a {trigger} {class}",), seeds=48, trigger_seeds=24, held_out_seeds=8)
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,17 @@ class DemoRecipe:
     def quick(cls) -> DemoRecipe:
         """Checks the plumbing only: the numbers mean nothing."""
         train = {**recipe_overrides("demo"), "steps": 4, "batch_size": 2, "num_class_images": 2}
-        return cls(train=train, sampling=replace(_demo_sampling(), seeds=2, trigger_seeds=2), grid_seeds=2)
+        sampling = replace(_demo_sampling(), seeds=2, trigger_seeds=2, held_out_seeds=1)
+        return cls(train=train, sampling=sampling, grid_seeds=2)
+
+    def sampling_for(self, class_word: str) -> EvalSampling:
+        """The sampling settings with the held-out prompts for a concept of `class_word` (other classes, and the
+        class in a held-out setting), unless the recipe names its own."""
+        from catlab.evaluation.held_out import other_classes
+
+        if self.sampling.held_out:
+            return self.sampling
+        return replace(self.sampling, held_out=(*other_classes(class_word), *HELD_OUT_PROMPTS))
 
     def with_train(self, **overrides) -> DemoRecipe:
         """The same recipe with some TrainConfig fields changed (every method alike)."""

@@ -269,8 +269,19 @@ def describe_setting(results: DemoResults) -> str:
         "object has the photos' colour mix, setting_fidelity = share on the photos' backdrop (empty when the photos have "
         "none in common), size_fidelity = share of the photos' size; fidelity = share right in all of these, in shape "
         "and valid; trigger_colour_distance = total-variation distance of the object's colour mix to the photos'; "
-        "trigger_valid_rate = share with an object and without speckle (docs/metrics.md)."
+        "trigger_valid_rate = share with an object and without speckle. Beyond the trained class: "
+        f"held_out_paired_preservation and held_out_colour_distance, the same scores on {_held_out_words(results)}, "
+        "against the base model's images of the same prompt and seed; KPS's KP half averages the class's KP with "
+        "theirs (docs/metrics.md)."
     )
+
+
+def _held_out_words(results: DemoResults) -> str:
+    """The held-out prompts in words, e.g. '"a square", "a star" (8 seeds each)'."""
+    sampling = results.recipe.sampling_for(results.concept.class_word)
+    prompts = ", ".join(f'"{p}"' for _, p in sampling.held_out_prompts(results.concept.class_word))
+    n = len(sampling.held_out_seed_list())
+    return f"{prompts} ({n} seed{'s' if n > 1 else ''} each)"
 
 
 def write_report(results: DemoResults) -> Path:
