@@ -67,6 +67,8 @@ def test_unconditional_source_trains_a_variant_and_scores_both_branches(toyworld
             str(demo),
             "--variant",
             "cat_null_share=0,cat_guidance=3",
+            "--variant",
+            "regime=lora,trigger_embedding_lr=0.01",
         ],
         capture_output=True,
         text=True,
@@ -77,6 +79,9 @@ def test_unconditional_source_trains_a_variant_and_scores_both_branches(toyworld
     assert (demo / "runs" / "v_null_share0p0_guidance3p0_seed0" / "adapter").is_dir(), (
         "the variant is trained with the demo's recipe"
     )
+    pivotal = demo / "runs" / "v_regimelora_trigger_embedding_lr0p01_seed0"
+    assert (pivotal / "adapter" / "trigger_embeddings.safetensors").is_file(), "pivotal tuning's vectors saved"
+    assert "regime: lora" in (pivotal / "config.yaml").read_text(), "a variant may train another method"
     out = res.stdout
     assert "unconditional branch: adapted" in out and "unconditional branch: base" in out, out[-2000:]
     for setting in ("lora", "dreambooth", "cat", "v_null_share0p0_guidance3p0"):
@@ -171,3 +176,37 @@ def test_reheading_carries_every_weight_and_changes_only_the_heads():
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert max_output_gap(narrow, narrow)[0] == 0.0
     assert max_output_gap(wide, narrow)[0] > 1e-4  # the heads change what the same weights compute
+
+
+def test_headline_checks_the_faithful_cat_bars_on_every_held_out_prompt(monkeypatch):
+    import pandas as pd
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from headline import check_faithful
+
+    table = pd.DataFrame(
+        {
+            "method": ["LoRA", "CAT"],
+            "identity_acc": [1.0, 0.95],
+            "fidelity": [0.8, 0.5],
+            "collapse_rate": [1.0, 0.0],
+            "paired_preservation": [0.2, 0.85],
+            "colour_distance": [0.7, 0.05],
+        }
+    ).set_index("method")
+    per_prompt = pd.DataFrame(
+        {
+            "method": ["cat", "cat", "cat", "lora"],
+            "kind": ["class", "held_out", "held_out", "held_out"],
+            "prompt": ["a circle", "a square", "a star", "a square"],
+            "paired_preservation": [0.85, 0.9, 0.4, 0.3],
+        }
+    )
+    claims = dict(check_faithful(table, per_prompt))
+    assert [ok for text, ok in claims.items() if text.startswith("CAT identity")] == [True]
+    assert [ok for text, ok in claims.items() if text.startswith("CAT fidelity")] == [False]  # 0.5 < 0.9 x 0.8
+    held = {text: ok for text, ok in claims.items() if "on '" in text}
+    assert held == {
+        "CAT paired preservation on 'a square' 0.90 >= 0.80 (lora 0.30)": True,
+        "CAT paired preservation on 'a star' 0.40 >= 0.80 ()": False,
+    }
