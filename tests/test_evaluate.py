@@ -290,16 +290,21 @@ def test_evaluate_draws_trigger_prompts_on_their_own_seeds(tmp_path, adapters):
         run_eval(tmp_path / "bad", {"cat": adapters["cat"]}, trigger_seeds=0)
 
 
+def _strongest_channel_oracle(images, bright_only: bool = False):
+    """Colour by the strongest channel; with bright_only, the shape is read confidently only for bright images."""
+    rgb = mean_colour(images)
+    return OracleReading(
+        shape=["circle"] * len(images),
+        colour=[("red", "green", "blue")[int(np.argmax(c))] for c in rgb],
+        concept=["none"] * len(images),
+        concept_prob=np.zeros((len(images), 4)),
+        shape_prob=np.where(rgb.max(1) > 0.2, 0.99, 0.4) if bright_only else np.full(len(images), 0.99),
+    )
+
+
 def test_evaluate_reports_paired_preservation_colour_distance_and_valid_rate(tmp_path, adapters):
-    def oracle(images):  # colour by the strongest channel; the shape is read confidently only for bright images
-        rgb = mean_colour(images)
-        return OracleReading(
-            shape=["circle"] * len(images),
-            colour=[("red", "green", "blue")[int(np.argmax(c))] for c in rgb],
-            concept=["none"] * len(images),
-            concept_prob=np.zeros((len(images), 4)),
-            shape_prob=np.where(rgb.max(1) > 0.2, 0.99, 0.4),
-        )
+    def oracle(images):
+        return _strongest_channel_oracle(images, bright_only=True)
 
     df, summary = run_eval(
         tmp_path / "eval",
@@ -323,17 +328,6 @@ def test_evaluate_reports_paired_preservation_colour_distance_and_valid_rate(tmp
     assert s.loc["drift", "paired_preservation_mean"] < 0.5  # pink everywhere: few seeds keep the base's colour
     assert df.loc[df.kind == "trigger", ["preserved", "valid"]].isna().all().all()
     assert set(cls["valid"].unique()) <= {0.0, 1.0}
-
-
-def _strongest_channel_oracle(images):
-    rgb = mean_colour(images)
-    return OracleReading(
-        shape=["circle"] * len(images),
-        colour=[("red", "green", "blue")[int(np.argmax(c))] for c in rgb],
-        concept=["none"] * len(images),
-        concept_prob=np.zeros((len(images), 4)),
-        shape_prob=np.full(len(images), 0.99),
-    )
 
 
 def test_held_out_prompts_are_scored_against_the_base_model_and_folded_into_kps(tmp_path, adapters):
