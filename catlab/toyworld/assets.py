@@ -45,13 +45,14 @@ def toyworld_path(part: str = "pipeline", root: str | Path | None = None) -> Pat
 
 
 def load_oracle(root: str | Path | None = None):
-    """The trained oracle (eval mode)."""
+    """The trained oracle (eval mode), from an asset folder (None: the shipped one) or its oracle.safetensors file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from catlab.toyworld.oracle import Oracle
 
-    path = toyworld_path("oracle", root)
+    given_file = root is not None and Path(root).is_file()
+    path = Path(root) if given_file else toyworld_path("oracle", root)
     try:
         state = load_file(path)
         oracle = Oracle()
