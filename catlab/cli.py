@@ -469,8 +469,9 @@ def _evaluate(args) -> int:
     scorers = Scorers(embedder, oracle, dino=getattr(args, "dino", None), clip=getattr(args, "clip", None))
     try:
         concept = load_concept(args.concept, args.trigger, args.class_word)
-        held_out = _eval_held_out(getattr(args, "held_out", None), concept.class_word)
-        sampling = dataclasses.replace(_eval_sampling(args), held_out=held_out)
+        given = getattr(args, "held_out", None)
+        held_out = _eval_held_out(given, concept.class_word) if given else ()
+        sampling = dataclasses.replace(_eval_sampling(args), held_out=held_out) if held_out else _eval_sampling(args)
         res = evaluate(args.base, adapters, concept, sampling=sampling, scorers=scorers, out_dir=args.out)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"catlab: error: {e}") from e
