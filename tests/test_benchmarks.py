@@ -97,6 +97,27 @@ def test_unconditional_source_trains_a_variant_and_scores_both_branches(toyworld
         )
 
 
+@pytest.mark.slow
+def test_multi_concept_trains_combines_and_scores_every_model_on_every_concept(toyworld_env, tmp_path):
+    """Two sets, plain LoRA and CAT, one seed, a few steps: every way of making a multi-concept model is scored."""
+    out = tmp_path / "multi"
+    args = [sys.executable, str(ROOT / "benchmarks" / "multi_concept.py"), "--quick", "--out", str(out), "--seeds", "0",
+            "--sets", "two,same", "--methods", "lora,cat"]  # fmt: skip
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode in (0, 1), res.stderr[-3000:]  # 1: a claim failed, as it must on a few steps
+    import pandas as pd
+
+    table = pd.read_csv(out / "table.csv")
+    assert set(table["how"]) >= {"one adapter", "sum", "linear", "single circle_on_navy", "single huge_circle"}
+    assert set(table[table["set"] == "same"]["concept"]) == {"circle_on_navy", "huge_circle"}
+    assert (out / "runs" / "cat_circle_on_navy+huge_circle_seed0" / "adapter").is_dir()
+    assert (out / "combined" / "lora_linear_circle_on_navy+striped_square_seed0").is_dir()
+    for line in ("two / sum: cross-talk <= 0.05", "same / one adapter: every untouched prompt paired >= 0.8"):
+        assert line in res.stdout, res.stdout[-2000:]
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert "trained" not in again.stdout, "finished trainings are reused"
+
+
 def test_per_seed_counts_class_colour_changes_against_the_base(tmp_path):
     """Hand-made readings: seed 0 keeps its colour under both adapters, seed 1 turns red -> green under both."""
     import pandas as pd
