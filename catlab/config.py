@@ -79,6 +79,9 @@ class TrainConfig:
     prior_share: float = 1.0
     num_class_images: int = 50  # prior images generated once by the base model and cached
     class_prompt: str | None = None  # default "a {class_word}"
+    # more prompts whose base-model images join the class images, for DreamBooth's prior and CAT's class anchors alike:
+    # the term holds the base model there too, not only on the concept's class (docs/training.md, "Anchor prompts")
+    anchor_prompts: list[str] = field(default_factory=list)
     class_images_dir: str | None = None  # default <output_dir>/class_images
     # --- the adapter
     rank: int = 4  # the authors used rank 1 on SD 1.5; 4 is peft's and diffusers' usual default
@@ -148,6 +151,13 @@ class TrainConfig:
         if self.cat_anchor not in ("concept", "class"):
             problems.append(
                 f"cat_anchor={self.cat_anchor!r}: choose 'concept' (the paper) or 'class' (the base model's class images)"
+            )
+        triggers = {c.trigger for c in self.concepts}
+        named = [p for p in self.anchor_prompts if triggers & set(p.split())]
+        if named:
+            problems.append(
+                f"anchor_prompts {named} name a trigger: anchors hold the base model where no concept is; drop the "
+                "trigger word (e.g. 'a square')"
             )
         if self.cat_guidance and (self.cat_guidance <= 1 or self.cat_null_share):
             problems.append(
@@ -226,8 +236,9 @@ class TrainConfig:
         return self.regime == "dreambooth" or (self.regime == "cat" and self.cat_anchor == "class")
 
     def class_prompts(self) -> list[str]:
-        """What the class images are drawn for: `class_prompt`, or "a {class_word}" for each concept (sorted, once each)."""
-        return sorted({self.class_prompt or f"a {c.class_word}" for c in self.concepts})
+        """What the class images are drawn for: `class_prompt`, or "a {class_word}" for each concept, and the
+        `anchor_prompts` (sorted, once each)."""
+        return sorted({self.class_prompt or f"a {c.class_word}" for c in self.concepts} | set(self.anchor_prompts))
 
     def loading_options(self) -> dict[str, str]:
         """The fields that say how to load base_model, as `catlab.models.load_base` takes them (only those set)."""

@@ -118,6 +118,22 @@ def test_multi_concept_trains_combines_and_scores_every_model_on_every_concept(t
     assert "trained" not in again.stdout, "finished trainings are reused"
 
 
+@pytest.mark.slow
+def test_anchor_reach_trains_cat_with_more_anchor_prompts_and_scores_each_prompt(toyworld_env, tmp_path):
+    out = tmp_path / "reach"
+    args = [sys.executable, str(ROOT / "benchmarks" / "anchor_reach.py"), "--quick", "--out", str(out), "--seeds", "0",
+            "--anchors", "a square", "--anchor-share", "0.5", "--anchor-share", "1.0"]  # fmt: skip
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [line.split("  ")[0] for line in res.stdout.splitlines()[-5:]]
+    assert rows[-4:] == ["base", "class only", "+ square", "+ square (cat_share 1)"], res.stdout[-1500:]
+    assert "regime: cat" in (out / "runs" / "a-square_share1_seed0" / "config.yaml").read_text()
+    assert "cat_share: 1.0" in (out / "runs" / "a-square_share1_seed0" / "config.yaml").read_text()
+    assert (out / "class_images" / "a-square" / "a_square").is_dir()  # the anchor prompt's own images
+    for prompt in ("a circle", "a square", "a triangle", "a star", "a circle on a dark background"):
+        assert prompt in res.stdout
+
+
 def test_per_seed_counts_class_colour_changes_against_the_base(tmp_path):
     """Hand-made readings: seed 0 keeps its colour under both adapters, seed 1 turns red -> green under both."""
     import pandas as pd

@@ -243,8 +243,8 @@ def check_04_ablations(nb: NotebookPage, shots: Path) -> None:
 
 
 def check_05_multi_concept(nb: NotebookPage, shots: Path) -> None:
-    nb.screenshot(nb.outputs("crosstalk = crosstalk_table(").first, shots / "05_multi_concept-panel.png")
-    nb.screenshot(nb.outputs("method_blocks(images, prompts, seeds)").first, shots / "05_multi_concept-figure.png")
+    nb.screenshot(nb.outputs("table = multi_concept_table(").first, shots / "05_multi_concept-panel.png")
+    nb.screenshot(nb.outputs("display(multi_concept_figure(").first, shots / "05_multi_concept-figure.png")
 
 
 CHECKS: dict[str, Callable[[NotebookPage, Path], None]] = {

@@ -230,6 +230,36 @@ def test_cat_anchor_class_puts_the_cat_term_on_the_base_models_class_images(
         TrainConfig(cat_anchor="prior")
 
 
+def test_anchor_prompts_add_their_base_images_and_captions_to_the_anchors(
+    toyworld_env, concept_dir, tmp_path, monkeypatch
+):
+    import catlab.training.loop as train_module
+
+    seen = []
+
+    def spy(unet, noisy, t, cond, cond_free, target, **kw):
+        seen.append(cond_free.detach().clone())
+        return cat_loss(unet, noisy, t, cond, cond_free, target, **kw)
+
+    monkeypatch.setattr(train_module, "cat_loss", spy)
+    cfg = _cfg(concept_dir, tmp_path / "anchor", steps=6, batch_size=2, cat_anchor="class", num_class_images=2,
+               anchor_prompts=["a square", "a star"])  # fmt: skip
+    assert cfg.class_prompts() == ["a circle", "a square", "a star"]
+    train(cfg)
+    for prompt in ("a_circle", "a_square", "a_star"):  # one folder per prompt, drawn by the base model
+        assert len(list((tmp_path / "anchor" / "class_images" / prompt).glob("*.png"))) == 2
+    pipe = load_base("toyworld")
+    ids = pipe.tokenizer(["a circle", "a square", "a star"], padding="max_length",
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids  # fmt: skip
+    with torch.no_grad():
+        captions = pipe.text_encoder(ids)[0]  # (3, L, D)
+    rows = torch.cat(seen)  # every anchor row of the 6 steps
+    used = {k for row in rows for k in range(3) if torch.allclose(row, captions[k], atol=1e-6)}
+    assert len(used) >= 2, "anchor rows are captioned with the prompts they were drawn for, not only the class"
+    with pytest.raises(ValueError, match="name a trigger"):
+        _cfg(concept_dir, tmp_path / "x", anchor_prompts=["a sks square"])
+
+
 def test_cat_share_puts_the_cat_term_on_fewer_rows(toyworld_env, concept_dir, tmp_path, monkeypatch):
     import catlab.training.loop as train_module
 
