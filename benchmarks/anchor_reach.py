@@ -1,7 +1,7 @@
 """How far CAT's term reaches: does it hold only the prompts whose images it looks at?
 
     python benchmarks/anchor_reach.py [--out runs/anchor_reach] [--concept circle_on_navy] [--seeds 0,1,2]
-        [--anchors "a square,a star" --anchors "a square,a star,a triangle"] [--anchor-share 1.0] [--quick]
+        [--anchors "a square,a star" --anchors "a square,a star,a triangle"] [--anchor-share 1.0] [--anchor-lambda 8] [--quick]
 
 CAT with the demo's recipe (DemoRecipe) is trained once with its term on the base model's images of the concept's
 class only (as the demo), and once per --anchors set with the base model's images of those prompts added to the class
@@ -23,13 +23,14 @@ from pathlib import Path
 DEFAULT_ANCHORS = ("a square,a star", "a square,a star,a triangle")  # the triangle held out, then in
 
 
-def _name(anchors: tuple[str, ...], share: float | None = None) -> str:
+def _name(anchors: tuple[str, ...], changes: dict) -> str:
     name = "class only" if not anchors else "+ " + ", ".join(a.removeprefix("a ") for a in anchors)
-    return name + (f" (cat_share {share:g})" if share is not None and anchors else "")
+    return name + "".join(f" ({k} {v:g})" for k, v in changes.items())
 
 
-def _config(out: Path, concept: str, seed: int, anchors: tuple[str, ...], quick: bool, share: float | None = None):
-    """(the run's TrainConfig, its name in the table); a run at the recipe's own cat_share is named without it."""
+def _config(out: Path, concept: str, seed: int, anchors: tuple[str, ...], quick: bool, fields: dict):
+    """(the run's TrainConfig, its name in the table). `fields` change the recipe for anchored runs; a field at the
+    recipe's own value changes nothing and is left out of the name."""
     from catlab.config import ConceptConfig
     from catlab.demo.recipe import DemoRecipe
     from catlab.toyworld.world import CONCEPTS
@@ -38,12 +39,11 @@ def _config(out: Path, concept: str, seed: int, anchors: tuple[str, ...], quick:
     recipe = DemoRecipe.quick() if quick else DemoRecipe()
     slug = "_".join(a.replace(" ", "-") for a in anchors) or "class_only"
     cfg = recipe.train_config("cat", seed, ConceptConfig(str(out / "concept"), c.trigger, c.class_word), out)
-    own_share = share is None or share == cfg.cat_share or not anchors
-    cfg = cfg if own_share else replace(cfg, cat_share=share)
-    run = slug + ("" if own_share else f"_share{share:g}")
-    cfg = replace(cfg, anchor_prompts=list(anchors), output_dir=str(out / "runs" / f"{run}_seed{seed}"),
+    changes = {k: v for k, v in fields.items() if v is not None and anchors and v != getattr(cfg, k)}
+    run = slug + "".join(f"_{k.removeprefix('cat_')}{v:g}" for k, v in changes.items())
+    cfg = replace(cfg, **changes, anchor_prompts=list(anchors), output_dir=str(out / "runs" / f"{run}_seed{seed}"),
                   class_images_dir=str(out / "class_images" / slug))  # fmt: skip
-    return cfg, f"{_name(anchors, None if own_share else share)} s{seed}"
+    return cfg, f"{_name(anchors, changes)} s{seed}"
 
 
 def _train(cfg) -> str:
@@ -83,6 +83,8 @@ def main() -> int:
     ap.add_argument("--anchor-share", type=float, action="append",
                     help="cat_share of the anchored runs (repeatable; default: the recipe's, 0.5): more anchor rows per "
                     "step, so the concept's class keeps as many as before")  # fmt: skip
+    ap.add_argument("--anchor-lambda", type=float, action="append",
+                    help="cat_lambda of the anchored runs (repeatable; default: the recipe's, 4)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="a few steps and seeds: checks the plumbing only")
     args = ap.parse_args()
     from catlab.evaluation.held_out import other_classes, preservation_by_prompt
@@ -98,12 +100,16 @@ def main() -> int:
     anchor_sets = [()] + [tuple(p.strip() for p in a.split(",") if p.strip()) for a in args.anchors or DEFAULT_ANCHORS]
     if not (out / "concept").is_dir():
         export_concept(args.concept, out / "concept")
-    shares = args.anchor_share or [None]
-    variants = [((), None)] + [(a, share) for a in anchor_sets[1:] for share in shares]
+    variants = [((), {})] + [
+        (a, {"cat_share": share, "cat_lambda": lam})
+        for a in anchor_sets[1:]
+        for share in args.anchor_share or [None]
+        for lam in args.anchor_lambda or [None]
+    ]
     runs = {}  # name in the table -> TrainConfig; a variant named twice is one run
-    for anchors, share in variants:
+    for anchors, fields in variants:
         for seed in seeds:
-            cfg, name = _config(out, args.concept, seed, anchors, args.quick, share)
+            cfg, name = _config(out, args.concept, seed, anchors, args.quick, fields)
             runs[name] = cfg
     train_all(list(runs.values()))
     class_word = CONCEPTS[args.concept].class_word

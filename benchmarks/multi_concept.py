@@ -31,6 +31,9 @@ SETS = {
     "same": ("circle_on_navy", "huge_circle"),  # two circles: one class, two triggers
 }
 COMBINED = ("sum", "linear")  # catlab.models.combine.COMBINATIONS
+# methods beyond the demo's (--methods): CAT with its term also on the base model's images of every class the world
+# draws (TrainConfig.anchor_prompts; docs/results.md, "How far CAT's term reaches")
+VARIANTS = {"cat_anchored": dict(anchor_prompts=[f"a {shape}" for shape in ("circle", "square", "triangle", "star")])}
 
 
 def run_dir(out: Path, method: str, seed: int, concepts: tuple[str, ...]) -> Path:
@@ -47,7 +50,8 @@ def train_config(out: Path, method: str, seed: int, concepts: tuple[str, ...], q
     folders = [ConceptConfig(str(out / "concepts" / c), CONCEPTS[c].trigger, CONCEPTS[c].class_word) for c in concepts]
     classes = sorted({CONCEPTS[c].class_word for c in concepts})
     return replace(
-        recipe.train_config(method, seed, folders[0], out),
+        recipe.train_config("cat" if method in VARIANTS else method, seed, folders[0], out),
+        **VARIANTS.get(method, {}),
         concepts=folders,
         steps=recipe.train["steps"] * len(concepts),
         output_dir=str(run_dir(out, method, seed, concepts)),
@@ -140,19 +144,20 @@ def summarise(table, by_prompt):
 
 
 def claims(summary, prompts) -> list[tuple[str, bool]]:
-    """docs/results.md's bars for CAT's multi-concept models (one adapter, sum, linear)."""
-    cat = summary[(summary["method"] == "cat") & ~summary["how"].str.startswith("single")]
-    cat_prompts = prompts[(prompts["method"] == "cat") & ~prompts["how"].str.startswith("single")]
+    """docs/results.md's bars for each CAT method's multi-concept models (one adapter, sum, linear)."""
+    combined = ~summary["how"].str.startswith("single") & summary["method"].str.startswith("cat")
     out = []
-    for (s, how), g in cat.groupby(["set", "how"], sort=False):
+    for (s, method, how), g in summary[combined].groupby(["set", "method", "how"], sort=False):
         ratio, talk = g["identity_vs_single"].min(), g[["trigger_crosstalk", "class_crosstalk"]].max().max()
         classes = g["paired_preservation"].min()
-        held = cat_prompts[(cat_prompts["set"] == s) & (cat_prompts["how"] == how)]["paired_preservation"].min()
+        mine = (prompts["set"] == s) & (prompts["method"] == method) & (prompts["how"] == how)
+        held = prompts[mine]["paired_preservation"].min()
+        name = f"{s} / {method} / {how}"
         out += [
-            (f"{s} / {how}: each trigger >= 0.9x its single adapter's identity (lowest {ratio:.2f})", ratio >= 0.9),
-            (f"{s} / {how}: cross-talk <= 0.05 (highest {talk:.2f})", talk <= 0.05),
-            (f"{s} / {how}: every class paired >= 0.8 (lowest {classes:.2f})", classes >= 0.8),
-            (f"{s} / {how}: every untouched prompt paired >= 0.8 (lowest {held:.2f})", held >= 0.8),
+            (f"{name}: each trigger >= 0.9x its single adapter's identity (lowest {ratio:.2f})", ratio >= 0.9),
+            (f"{name}: cross-talk <= 0.05 (highest {talk:.2f})", talk <= 0.05),
+            (f"{name}: every class paired >= 0.8 (lowest {classes:.2f})", classes >= 0.8),
+            (f"{name}: every untouched prompt paired >= 0.8 (lowest {held:.2f})", held >= 0.8),
         ]
     return out
 
@@ -162,7 +167,7 @@ def main() -> int:
     ap.add_argument("--out", default="runs/multi_concept")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
     ap.add_argument("--sets", default="two,three,same", help=f"which of {list(SETS)}")
-    ap.add_argument("--methods", default="lora,dreambooth,cat")
+    ap.add_argument("--methods", default="lora,dreambooth,cat", help=f"demo methods, or {list(VARIANTS)}")
     ap.add_argument("--class-seeds", type=int, default=48, help="sampling seeds per class prompt")
     ap.add_argument("--trigger-seeds", type=int, default=24, help="sampling seeds per trigger prompt")
     ap.add_argument("--held-out-seeds", type=int, default=8, help="sampling seeds per prompt no concept names")

@@ -112,7 +112,10 @@ def test_multi_concept_trains_combines_and_scores_every_model_on_every_concept(t
     assert set(table[table["set"] == "same"]["concept"]) == {"circle_on_navy", "huge_circle"}
     assert (out / "runs" / "cat_circle_on_navy+huge_circle_seed0" / "adapter").is_dir()
     assert (out / "combined" / "lora_linear_circle_on_navy+striped_square_seed0").is_dir()
-    for line in ("two / sum: cross-talk <= 0.05", "same / one adapter: every untouched prompt paired >= 0.8"):
+    for line in (
+        "two / cat / sum: cross-talk <= 0.05",
+        "same / cat / one adapter: every untouched prompt paired >= 0.8",
+    ):
         assert line in res.stdout, res.stdout[-2000:]
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert "trained" not in again.stdout, "finished trainings are reused"
