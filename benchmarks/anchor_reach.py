@@ -15,10 +15,11 @@ is among the anchors says the term holds what it looks at and nothing else.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 from dataclasses import replace
 from pathlib import Path
+
+from multi_concept import train_missing  # the neighbouring benchmark's runner: two runs at a time, reused when done
 
 DEFAULT_ANCHORS = ("a square,a star", "a square,a star,a triangle")  # the triangle held out, then in
 
@@ -44,34 +45,6 @@ def _config(out: Path, concept: str, seed: int, anchors: tuple[str, ...], quick:
     cfg = replace(cfg, **changes, anchor_prompts=list(anchors), output_dir=str(out / "runs" / f"{run}_seed{seed}"),
                   class_images_dir=str(out / "class_images" / slug))  # fmt: skip
     return cfg, f"{_name(anchors, changes)} s{seed}"
-
-
-def _train(cfg) -> str:
-    import torch
-
-    from catlab import train
-    from catlab.notices import quiet_libraries
-
-    torch.set_num_threads(1)
-    with quiet_libraries():
-        train(cfg, progress=False)
-    return cfg.output_dir
-
-
-def train_all(configs: list) -> None:
-    """The runs not trained yet, two at a time, their class images drawn first."""
-    from catlab.models import load_base, native_resolution
-    from catlab.training import class_images
-
-    todo = [c for c in configs if not (Path(c.output_dir) / "adapter").is_dir()]
-    if not todo:
-        return
-    pipe = load_base("toyworld")
-    for cfg in todo:
-        class_images.prepare(pipe, cfg, Path(cfg.output_dir), native_resolution(pipe))
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        for done in pool.imap_unordered(_train, todo):
-            print(f"trained {Path(done).name}", flush=True)
 
 
 def main() -> int:
@@ -111,7 +84,7 @@ def main() -> int:
         for seed in seeds:
             cfg, name = _config(out, args.concept, seed, anchors, args.quick, fields)
             runs[name] = cfg
-    train_all(list(runs.values()))
+    train_missing(list(runs.values()))
     class_word = CONCEPTS[args.concept].class_word
     n = (2, 1, 1) if args.quick else (48, 24, 8)
     sampling = EvalSampling(templates=("a {trigger} {class}",), seeds=n[0], trigger_seeds=n[1], held_out_seeds=n[2],

@@ -73,10 +73,15 @@ def _train(cfg) -> str:
 
 def train_all(out: Path, jobs: list, quick: bool) -> None:
     """Every (method, seed, concepts) run not trained yet, two at a time; class images drawn first, once per set."""
+    train_missing([train_config(out, m, s, cs, quick) for m, s, cs in jobs])
+
+
+def train_missing(configs: list) -> None:
+    """The TrainConfigs whose adapter is not there yet, two one-thread runs at a time, class images drawn first
+    (runs that share a folder must not draw it side by side); finished runs are reused."""
     from catlab.models import load_base, native_resolution
     from catlab.training import class_images
 
-    configs = [train_config(out, m, s, cs, quick) for m, s, cs in jobs]
     todo = [c for c in configs if not (Path(c.output_dir) / "adapter").is_dir()]
     if not todo:
         return
