@@ -152,13 +152,7 @@ class TrainConfig:
             problems.append(
                 f"cat_anchor={self.cat_anchor!r}: choose 'concept' (the paper) or 'class' (the base model's class images)"
             )
-        triggers = {c.trigger for c in self.concepts}
-        named = [p for p in self.anchor_prompts if triggers & set(p.split())]
-        if named:
-            problems.append(
-                f"anchor_prompts {named} name a trigger: anchors hold the base model where no concept is; drop the "
-                "trigger word (e.g. 'a square')"
-            )
+        problems += _anchor_problems(self)
         if self.cat_guidance and (self.cat_guidance <= 1 or self.cat_null_share):
             problems.append(
                 f"cat_guidance={self.cat_guidance}: use 0 (off) or the sampling guidance scale (> 1), with cat_null_share 0 "
@@ -299,6 +293,17 @@ def _validation_problems(cfg: TrainConfig) -> list[str]:
             "guidance), or null for the base model's own"
         )
     return problems
+
+
+def _anchor_problems(cfg: TrainConfig) -> list[str]:
+    triggers = {c.trigger for c in cfg.concepts}
+    named = [p for p in cfg.anchor_prompts if triggers & set(p.split())]
+    if not named:
+        return []
+    return [
+        f"anchor_prompts {named} name a trigger: anchors hold the base model where no concept is; drop the trigger "
+        "word (e.g. 'a square')"
+    ]
 
 
 # Named sets of TrainConfig overrides, the same for every regime: `TrainConfig.from_recipe("demo", ...)`, and
