@@ -435,4 +435,7 @@ def test_two_processes_train_what_one_process_does(toyworld_env, concept_dir, tm
     assert drawn[0] | drawn[1] == {10_000, 10_001, 10_002, 10_003}, "and each drawn once, the cache reused after"
     for k in range(4):
         split, whole = (np.asarray(Image.open(d / "class" / f"class_{k:04d}.png")) for d in (multi, single))
-        assert np.array_equal(split, whole), "the same images as one process draws"
+        # a process draws its share in smaller batches, and batched CPU kernels may sum in another order: the images
+        # are the same up to float rounding (seen: one value of 3,072 off by one level, with torch 2.13 on 2 cores)
+        diff = np.abs(split.astype(int) - whole.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, "the same images as one process draws"
