@@ -88,9 +88,25 @@ def _add_eval(sub) -> None:
     p.add_argument(
         "--adapter", action="append", default=[], metavar="NAME=PATH", help="an adapter to score (repeatable)"
     )
-    p.add_argument("--concept", required=True, help="folder of the concept's reference images")
-    p.add_argument("--trigger", required=True, help="trigger token, e.g. sks")
-    p.add_argument("--class-word", required=True, help="class word, e.g. circle")
+    p.add_argument(
+        "--concept",
+        required=True,
+        action="append",
+        help="folder of the concept's reference images, or a toy concept name; repeat it for a multi-concept "
+        "adapter (each model is then scored on every concept: docs/metrics.md, 'Several concepts')",
+    )
+    p.add_argument(
+        "--trigger", action="append", help="trigger token, e.g. sks (one per --concept; else concept.json's)"
+    )
+    p.add_argument("--class-word", action="append", help="class word, e.g. circle (one per --concept, as --trigger)")
+    p.add_argument(
+        "--single",
+        action="append",
+        default=[],
+        metavar="CONCEPT=NAME",
+        help="with several concepts: the --adapter NAME trained on CONCEPT alone, whose identity the others are "
+        "measured against (repeatable)",
+    )
     p.add_argument(
         "--embedder",
         default=None,
@@ -447,7 +463,7 @@ def _evaluate(args) -> int:
     """`catlab eval`: score adapters against the base model; prints the summary and writes the CSVs."""
     import pandas as pd
 
-    from catlab.evaluation.protocol import evaluate, load_concept
+    from catlab.evaluation.protocol import evaluate
     from catlab.evaluation.scoring import Scorers, backbone_note, style_summary
 
     adapters = {}
@@ -468,7 +484,10 @@ def _evaluate(args) -> int:
     # --dino PATH and --clip [PATH] add DreamBooth's backbones
     scorers = Scorers(embedder, oracle, dino=getattr(args, "dino", None), clip=getattr(args, "clip", None))
     try:
-        concept = load_concept(args.concept, args.trigger, args.class_word)
+        concepts = _eval_concepts(args)
+        if len(concepts) > 1:
+            return _evaluate_concepts(args, adapters, concepts, scorers)
+        concept = concepts[0]
         given = getattr(args, "held_out", None)
         held_out = _eval_held_out(given, concept.class_word) if given else ()
         sampling = dataclasses.replace(_eval_sampling(args), held_out=held_out) if held_out else _eval_sampling(args)
@@ -486,6 +505,63 @@ def _evaluate(args) -> int:
         print(preservation_by_prompt(res.per_image).round(3).to_string(index=False))
     print(
         f"wrote {Path(args.out) / 'per_image.csv'}, {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'backbones.json'}"
+    )
+    return 0
+
+
+def _eval_concepts(args) -> list:
+    """--concept (repeated) with its --trigger and --class-word, matched by position; a folder's concept.json or a
+    toy concept name stands in for both."""
+    from catlab.evaluation.protocol import load_concept
+
+    n = len(args.concept)
+    for flag, given in (("--trigger", args.trigger), ("--class-word", args.class_word)):
+        if given and len(given) != n:
+            raise ValueError(f"{flag} given {len(given)} times for {n} --concept; give one per concept, in order")
+    return [
+        load_concept(c, (args.trigger or [None] * n)[i], (args.class_word or [None] * n)[i])
+        for i, c in enumerate(args.concept)
+    ]
+
+
+def _evaluate_concepts(args, adapters: dict, concepts: list, scorers) -> int:
+    """`catlab eval` with several --concept: every model on every concept; the table of
+    catlab.evaluation.multi_concept, and each prompt no concept names."""
+    import pandas as pd
+
+    from catlab.evaluation.multi_concept import (
+        concept_label,
+        evaluate_concepts,
+        multi_concept_table,
+        untouched_by_prompt,
+        untouched_prompts,
+    )
+    from catlab.files import write_csv_atomic
+
+    labels = [concept_label(c) for c in concepts]
+    single_of = {}
+    for pair in args.single:
+        concept, _, name = pair.partition("=")
+        if concept not in labels or name not in adapters:
+            raise ValueError(
+                f"--single {pair!r}: expected CONCEPT=NAME with CONCEPT one of {labels} and NAME an --adapter"
+            )
+        single_of |= {(model, concept): name for model in adapters}
+    held_out: list[str] = []  # none given: evaluate_concepts draws the prompts no concept names
+    for prompt in getattr(args, "held_out", None) or []:
+        held_out += untouched_prompts(concepts, settings=()) if prompt == "other-classes" else [prompt]
+    sampling = dataclasses.replace(_eval_sampling(args), held_out=tuple(held_out))
+    out = Path(args.out)
+    per_image = evaluate_concepts(adapters, concepts, sampling, out, scorers, base=args.base)
+    table, by_prompt = multi_concept_table(per_image, single_of), untouched_by_prompt(per_image)
+    write_csv_atomic(out / "multi_concept.csv", table)
+    write_csv_atomic(out / "untouched.csv", by_prompt)
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(table.round(3).to_string(index=False))
+        print("\nprompts no concept names, per model (against the base model's image of the same prompt and seed):")
+        print(by_prompt.round(3).to_string(index=False))
+    print(
+        f"wrote {out / 'multi_concept.csv'}, {out / 'untouched.csv'}, {out / 'per_image.csv'} and {out / 'summary.csv'}"
     )
     return 0
 

@@ -80,7 +80,8 @@ def _rows(model, concept, kind, prompt, read, preserved=np.nan, identity=np.nan,
     return [
         {"method": model, "concept": concept, "kind": kind, "prompt": prompt, "seed": s, "oracle_concept": r,
          "preserved": preserved if np.isscalar(preserved) else preserved[s], "identity_ok": identity,
-         "collapsed": float(r == concept) if kind == "class" else np.nan, "faithful": identity, "colour_distance": 0.1}
+         "collapsed": float(r == concept) if kind == "class" else np.nan, "faithful": identity, "colour_distance": 0.1,
+         "IS": 0.6 if kind == "trigger" else np.nan, "KP": np.nan if kind == "trigger" else 0.9 - 0.1 * s}
         for s, r in enumerate(read)
     ]  # fmt: skip
 
@@ -107,9 +108,16 @@ def test_the_multi_concept_table_counts_what_each_prompt_drew():
     assert joint_a["collapse_rate"] == 0.0 and joint_a["paired_preservation"] == 0.75
     assert joint_a["untouched_paired_preservation"] == 0.5 and joint_a["untouched_worst"] == 0.5
     assert np.isnan(table.loc[("joint", b), "identity_vs_single"])  # no reference given
+    assert joint_a["IS"] == 0.6 and joint_a["KP"] == joint_a["untouched_KP"] == pytest.approx(0.75)
     by_prompt = untouched_by_prompt(df)
     assert list(by_prompt["model"]) == ["joint", "single_a"]  # each image once, though both concepts scored it
     assert by_prompt["paired_preservation"].tolist() == [0.5, 0.5]
+    # a real base model has no oracle: the embedding scores stand alone
+    no_oracle = df.drop(
+        columns=["oracle_concept", "preserved", "identity_ok", "collapsed", "faithful", "colour_distance"]
+    )
+    assert list(multi_concept_table(no_oracle).columns) == ["model", "concept", "IS", "KP", "untouched_KP"]
+    assert list(untouched_by_prompt(no_oracle).columns) == ["model", "prompt", "KP"]
 
 
 def test_untouched_prompts_name_no_concept_of_the_set():
@@ -165,3 +173,34 @@ def test_the_multi_concept_figure_has_a_panel_per_score_and_a_bar_per_model_and_
     heights = sorted(p.get_height() for p in axes[0].patches)
     assert heights == [0.2, 0.5, 0.9, 1.0]  # 2 models x 2 concepts
     assert [line.get_ydata()[0] for line in axes[0].get_lines()] == [0.9]  # the bar, dashed
+
+
+def test_catlab_eval_with_several_concepts_scores_every_model_on_each(two_adapters, toyworld_env, tmp_path, capsys):
+    """A toy concept by name and an exported folder (its concept.json names trigger and class): one table row per
+    model and concept, the prompts no concept names, and clear errors for flags that do not line up."""
+    from catlab.cli import main
+    from catlab.toyworld.world import export_concept
+
+    export_concept("striped_square", tmp_path / "square")
+    out = tmp_path / "eval"
+    argv = ["eval", "--concept", "circle_on_navy", "--concept", str(tmp_path / "square"),
+            "--adapter", f"first={two_adapters[0]}", "--adapter", f"second={two_adapters[1]}",
+            "--seeds", "2", "--trigger-seeds", "1", "--held-out-seeds", "1", "--steps", "2", "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--single", "circle_on_navy=first"]) == 0
+    printed = capsys.readouterr().out
+    assert "prompts no concept names" in printed and "multi_concept.csv" in printed
+    table = pd.read_csv(out / "multi_concept.csv").set_index(["model", "concept"])
+    concepts = ("circle_on_navy", "striped_square")
+    assert set(table.index) == {(m, c) for m in ("base", "first", "second") for c in concepts}
+    assert (table.loc["base", "paired_preservation"] == 1.0).all()  # the base model against itself
+    assert (table.loc["base", "untouched_worst"] == 1.0).all()
+    assert table.loc[("second", "striped_square"), ["identity_vs_single"]].isna().all()  # no --single for it
+    untouched = pd.read_csv(out / "untouched.csv")
+    assert set(untouched["prompt"]) == {"a triangle", "a star", "a circle on a dark background",
+                                        "a square on a dark background"}  # fmt: skip
+    assert set(pd.read_csv(out / "summary.csv")["concept"]) == set(concepts)
+    assert set(pd.read_csv(out / "per_image.csv")["concept"]) == set(concepts)
+    with pytest.raises(SystemExit, match="--trigger given 1 times for 2 --concept"):
+        main([*argv, "--trigger", "pxl"])
+    with pytest.raises(SystemExit, match="--single 'huge_circle=first'"):
+        main([*argv, "--single", "huge_circle=first"])
