@@ -111,7 +111,7 @@ def test_multi_concept_trains_combines_and_scores_every_model_on_every_concept(t
     assert set(table["how"]) >= {"one adapter", "sum", "linear", "single circle_on_navy", "single huge_circle"}
     assert set(table[table["set"] == "same"]["concept"]) == {"circle_on_navy", "huge_circle"}
     assert (out / "runs" / "cat_circle_on_navy+huge_circle_seed0" / "adapter").is_dir()
-    assert (out / "combined" / "lora_linear_circle_on_navy+striped_square_seed0").is_dir()
+    assert (out / "combined" / "lora_linear_circle_on_navy+bronze_star_seed0").is_dir()
     for line in (
         "two / cat / sum: cross-talk <= 0.05",
         "same / cat / one adapter: every untouched prompt paired >= 0.8",
