@@ -2,6 +2,7 @@
 
     python benchmarks/multi_concept.py [--out runs/multi_concept] [--seeds 0,1,2] [--sets two,three,same]
         [--methods lora,dreambooth,cat] [--class-seeds 48] [--trigger-seeds 24] [--held-out-seeds 8] [--quick]
+    python benchmarks/multi_concept.py --out runs/multi_concept --report    # a finished run's results again
 
 Sets (SETS): two concepts of different classes, three of different classes, two of the same class. Per method and
 training seed, with the demo's recipe (DemoRecipe) for every method and concept:
@@ -12,7 +13,7 @@ training seed, with the demo's recipe (DemoRecipe) for every method and concept:
   - "linear": peft's weighted combination of the single adapters' factors (weights 1).
 Every model is scored on every concept of its set (catlab.evaluation.multi_concept): identity, fidelity, identity
 against the same method's single adapter, cross-talk, the concept's class and the prompts no concept names.
-Prints the table (mean over training seeds) and the claims of docs/results.md ("Several concepts"); writes
+Prints the table (mean over training seeds), docs/results.md's table and its claims ("Several concepts"); writes
 out/table.csv, out/per_image.csv and out/by_prompt.csv. Finished trainings are reused when run again.
 """
 
@@ -150,6 +151,55 @@ def summarise(table, by_prompt):
     return summary, prompts.reset_index()
 
 
+METHOD_NAMES = {
+    "lora": "LoRA",
+    "dreambooth": "DreamBooth-LoRA",
+    "cat": "CAT",
+    "cat_anchored": "CAT, all classes anchored",
+}
+
+
+def markdown_table(summary, prompts) -> str:
+    """docs/results.md's table: per set, method and model, each concept's identity, fidelity and class in the set's
+    order (first / second / ...), the lowest identity against the single adapter, the highest cross-talk, and the
+    untouched prompts' paired preservation, mean (lowest prompt); the single adapters pooled into one row."""
+    pooled = summary.assign(model=summary["how"].where(~summary["how"].str.startswith("single"), "single"))
+    held = prompts.assign(model=prompts["how"].where(~prompts["how"].str.startswith("single"), "single"))
+
+    def slash(values) -> str:
+        return " / ".join(f"{v:.2f}" for v in values)
+
+    lines = ["| set | method | model | identity | fidelity | vs single (lowest) | cross-talk | class paired "
+             "| untouched paired |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (name, method, model), g in pooled.groupby(["set", "method", "model"], sort=False):
+        g = g.set_index("concept").reindex(list(SETS[name]))
+        mine = held[(held["set"] == name) & (held["method"] == method) & (held["model"] == model)]
+        by_prompt = mine.groupby("prompt")["paired_preservation"].mean()
+        ratio = "" if model == "single" else f"{g['identity_vs_single'].min():.2f}"
+        lines.append(
+            f"| {name} | {METHOD_NAMES.get(method, method)} | {model} | {slash(g['identity'])} | {slash(g['fidelity'])} "
+            f"| {ratio} | {g[['trigger_crosstalk', 'class_crosstalk']].max().max():.2f} "
+            f"| {slash(g['paired_preservation'])} | {by_prompt.mean():.2f} ({by_prompt.min():.2f}) |"
+        )
+    return "\n".join(lines)
+
+
+def report(summary, prompts) -> int:
+    """Print the summary, the untouched prompts, docs/results.md's table and the claims; 0 if every claim holds."""
+    import pandas as pd
+
+    pd.set_option("display.width", 200)
+    print(summary.round(2).to_string(index=False))
+    print("\npaired preservation per prompt no concept names:")
+    print(prompts.pivot_table(index=["set", "method", "how"], columns="prompt", values="paired_preservation",
+                              sort=False).round(2).to_string())  # fmt: skip
+    print("\n" + markdown_table(summary, prompts) + "\n")
+    results = claims(summary, prompts)
+    for text, ok in results:
+        print(("PASS " if ok else "FAIL ") + text)
+    return 0 if all(ok for _, ok in results) else 1
+
+
 def claims(summary, prompts) -> list[tuple[str, bool]]:
     """docs/results.md's bars for each CAT method's multi-concept models (one adapter, sum, linear)."""
     combined = ~summary["how"].str.startswith("single") & summary["method"].str.startswith("cat")
@@ -179,13 +229,18 @@ def main() -> int:
     ap.add_argument("--trigger-seeds", type=int, default=24, help="sampling seeds per trigger prompt")
     ap.add_argument("--held-out-seeds", type=int, default=8, help="sampling seeds per prompt no concept names")
     ap.add_argument("--quick", action="store_true", help="a few steps and seeds: checks the plumbing only")
+    ap.add_argument("--report", action="store_true", help="print the results of a finished run (its CSVs) again")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.report:
+        import pandas as pd
+
+        return report(*summarise(pd.read_csv(out / "table.csv"), pd.read_csv(out / "by_prompt.csv")))
     sets = [s for s in args.sets.split(",") if s]
     unknown = [s for s in sets if s not in SETS]
     if unknown:
         raise SystemExit(f"--sets: unknown {unknown}; choose from {list(SETS)}")
     seeds, methods = [int(s) for s in args.seeds.split(",")], args.methods.split(",")
-    out = Path(args.out)
     import pandas as pd
 
     from catlab.evaluation.images import EvalSampling
@@ -204,16 +259,7 @@ def main() -> int:
     table, by_prompt, per_image = (pd.concat(p, ignore_index=True) for p in zip(*parts))
     for name, df in (("table", table), ("by_prompt", by_prompt), ("per_image", per_image)):
         df.to_csv(out / f"{name}.csv", index=False)
-    summary, prompts = summarise(table, by_prompt)
-    pd.set_option("display.width", 200)
-    print(summary.round(2).to_string(index=False))
-    print("\npaired preservation per prompt no concept names:")
-    print(prompts.pivot_table(index=["set", "method", "how"], columns="prompt", values="paired_preservation",
-                              sort=False).round(2).to_string())  # fmt: skip
-    results = claims(summary, prompts)
-    for text, ok in results:
-        print(("PASS " if ok else "FAIL ") + text)
-    return 0 if all(ok for _, ok in results) else 1
+    return report(*summarise(table, by_prompt))
 
 
 if __name__ == "__main__":

@@ -117,8 +117,11 @@ def test_multi_concept_trains_combines_and_scores_every_model_on_every_concept(t
         "same / cat / one adapter: every untouched prompt paired >= 0.8",
     ):
         assert line in res.stdout, res.stdout[-2000:]
+    assert "| same | CAT | one adapter | " in res.stdout  # docs/results.md's table, a row per model
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert "trained" not in again.stdout, "finished trainings are reused"
+    reported = subprocess.run([*args, "--report"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert reported.stdout == again.stdout, "--report prints what the run printed, from its CSVs"
 
 
 @pytest.mark.slow
