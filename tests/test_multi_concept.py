@@ -173,6 +173,9 @@ def test_the_multi_concept_figure_has_a_panel_per_score_and_a_bar_per_model_and_
     heights = sorted(p.get_height() for p in axes[0].patches)
     assert heights == [0.2, 0.5, 0.9, 1.0]  # 2 models x 2 concepts
     assert [line.get_ydata()[0] for line in axes[0].get_lines()] == [0.9]  # the bar, dashed
+    assert not axes[0].texts
+    empty = multi_concept_figure(table.assign(identity_vs_single=np.nan)).get_axes()[0]
+    assert [t.get_text() for t in empty.texts] == ["no value: see the table"]  # not a blank panel
 
 
 def test_catlab_eval_with_several_concepts_scores_every_model_on_each(two_adapters, toyworld_env, tmp_path, capsys):

@@ -251,6 +251,10 @@ def multi_concept_figure(
                    width, label=concept)  # fmt: skip
         if score in bars:
             ax.axhline(bars[score], color="black", ls="--", lw=1)
+        values = table[score].to_numpy(dtype=float)
+        ax.set_ylim(0, max(1.05, 1.05 * np.nanmax(values, initial=0.0)))  # rates on one scale, 0 at the bottom
+        if np.isnan(values).all():  # e.g. identity against single adapters that never draw their concept
+            ax.text(0.5, 0.4, "no value: see the table", transform=ax.transAxes, ha="center", fontsize=8)
         ax.set_xticks(range(len(models)), models, rotation=60, ha="right", fontsize=7)
         ax.set_title(score, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
