@@ -342,9 +342,9 @@ def test_eval_cli_passes_dino_and_clip_through(tmp_path, monkeypatch, capsys):
     common = {
         "adapter": [],
         "base": "runs/sd15",
-        "concept": str(tmp_path),
-        "trigger": "sks",
-        "class_word": "dog",
+        "concept": [str(tmp_path)],  # --concept, --trigger and --class-word repeat, one per concept
+        "trigger": ["sks"],
+        "class_word": ["dog"],
         "seeds": 1,
         "embedder": "openai/clip-vit-base-patch32",
         "out": str(tmp_path / "eval"),
