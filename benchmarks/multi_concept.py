@@ -2,7 +2,8 @@
 
     python benchmarks/multi_concept.py [--out runs/multi_concept] [--seeds 0,1,2] [--sets two,three,same]
         [--methods lora,dreambooth,cat] [--class-seeds 48] [--trigger-seeds 24] [--held-out-seeds 8] [--quick]
-    python benchmarks/multi_concept.py --out runs/multi_concept --report    # a finished run's results again
+    python benchmarks/multi_concept.py --out runs/multi_concept --report [--seeds 0] [--sets same] [--methods cat]
+        # a finished run's results again, for the seeds, sets and methods given (default: all of the run's)
 
 Sets (SETS): two concepts of different classes, three of different classes, two of the same class. Per method and
 training seed, with the demo's recipe (DemoRecipe) for every method and concept:
@@ -184,12 +185,20 @@ def markdown_table(summary, prompts) -> str:
     return "\n".join(lines)
 
 
-def report(summary, prompts) -> int:
-    """Print the summary, the untouched prompts, docs/results.md's table and the claims; 0 if every claim holds."""
+def report(table, by_prompt) -> int:
+    """Print the summary, each combined model per training seed, the untouched prompts, docs/results.md's table and
+    the claims; 0 if every claim holds."""
     import pandas as pd
 
+    summary, prompts = summarise(table, by_prompt)
     pd.set_option("display.width", 200)
     print(summary.round(2).to_string(index=False))
+    combined = table[~table["how"].str.startswith("single")]
+    held = by_prompt.groupby(["set", "method", "how", "seed"], sort=False)["paired_preservation"].agg(["mean", "min"])
+    print("\nper training seed: identity and class paired per concept; untouched prompts' mean and lowest per model:")
+    print(combined.pivot_table(index=["set", "method", "how", "concept"], columns="seed", sort=False,
+                               values=["identity", "paired_preservation"]).round(2).to_string())  # fmt: skip
+    print(held.unstack("seed").round(2).to_string())
     print("\npaired preservation per prompt no concept names:")
     print(prompts.pivot_table(index=["set", "method", "how"], columns="prompt", values="paired_preservation",
                               sort=False).round(2).to_string())  # fmt: skip
@@ -233,9 +242,15 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     if args.report:
+        import numpy as np
         import pandas as pd
 
-        return report(*summarise(pd.read_csv(out / "table.csv"), pd.read_csv(out / "by_prompt.csv")))
+        table, by_prompt = pd.read_csv(out / "table.csv"), pd.read_csv(out / "by_prompt.csv")
+        keep = {"seed": [int(s) for s in args.seeds.split(",")], "set": args.sets.split(","),
+                "method": args.methods.split(",")}  # fmt: skip
+        return report(
+            *(df[np.logical_and.reduce([df[k].isin(v) for k, v in keep.items()])] for df in (table, by_prompt))
+        )
     sets = [s for s in args.sets.split(",") if s]
     unknown = [s for s in sets if s not in SETS]
     if unknown:
@@ -259,7 +274,7 @@ def main() -> int:
     table, by_prompt, per_image = (pd.concat(p, ignore_index=True) for p in zip(*parts))
     for name, df in (("table", table), ("by_prompt", by_prompt), ("per_image", per_image)):
         df.to_csv(out / f"{name}.csv", index=False)
-    return report(*summarise(table, by_prompt))
+    return report(table, by_prompt)
 
 
 if __name__ == "__main__":
