@@ -59,6 +59,9 @@ class TrainConfig:
     # "replace" it by the class word, "sks on a rug" -> "circle on a rug"
     trigger_free: str = "drop"
     cat_every: int = 1  # amortised CAT: apply the term every k-th step only (k=1: every step), scaled by k
+    # a schedule for λ: over this share of the updates λ rises linearly from 0 to cat_lambda, so the adapter first
+    # learns the concept as plain LoRA does and the term then pulls the class back (0: λ from the first update)
+    cat_lambda_warmup: float = 0.0
     # share of each batch whose rows also carry the CAT term (with cat_anchor "class": anchor images per step, as a
     # share of batch_size); below 1 a CAT step costs less (docs/training.md, "Cheaper CAT")
     cat_share: float = 1.0
@@ -169,6 +172,10 @@ class TrainConfig:
             )
         if not 0.0 <= self.cat_null_share <= 1.0:
             problems.append(f"cat_null_share={self.cat_null_share}: must be between 0 and 1 (a share of the batch)")
+        if not 0.0 <= self.cat_lambda_warmup <= 1.0:
+            problems.append(
+                f"cat_lambda_warmup={self.cat_lambda_warmup}: must be between 0 and 1 (a share of the updates; 0 = off)"
+            )
         for name in (
             "cat_lambda",
             "prior_loss_weight",

@@ -200,6 +200,25 @@ def test_cat_null_share_holds_the_unconditional_caption_too(toyworld_env, concep
         TrainConfig(cat_null_share=1.5)
 
 
+def test_cat_lambda_warmup_ramps_the_term_linearly(toyworld_env, concept_dir, tmp_path, monkeypatch):
+    import catlab.training.loop as train_module
+
+    seen = []
+
+    def spy(*args, lam, **kw):
+        seen.append(lam)
+        return cat_loss(*args, lam=lam, **kw)
+
+    monkeypatch.setattr(train_module, "cat_loss", spy)
+    train(_cfg(concept_dir, tmp_path / "warm", steps=4, batch_size=2, cat_lambda=2.0, cat_lambda_warmup=0.5))
+    assert seen == pytest.approx([1.0, 2.0, 2.0, 2.0]), "λ rises over the first half of the updates, then holds"
+    seen.clear()
+    train(_cfg(concept_dir, tmp_path / "const", steps=2, batch_size=2, cat_lambda=2.0))
+    assert seen == pytest.approx([2.0, 2.0]), "without a warmup λ is cat_lambda from the first update"
+    with pytest.raises(ValueError, match="cat_lambda_warmup=1.5"):
+        TrainConfig(cat_lambda_warmup=1.5)
+
+
 def test_cat_anchor_class_puts_the_cat_term_on_the_base_models_class_images(
     toyworld_env, concept_dir, tmp_path, monkeypatch
 ):

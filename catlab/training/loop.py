@@ -252,12 +252,16 @@ def objective(
 
 def cat_weight(cfg: TrainConfig, i: int) -> float:
     """λ of update i: cat_lambda for CAT, 0 otherwise (plain LoRA is CAT with λ = 0). Amortised CAT (cat_every k)
-    applies the term on every k-th update only, weighted by k, so the expected penalty is unchanged."""
+    applies the term on every k-th update only, weighted by k, so the expected penalty is unchanged. With
+    cat_lambda_warmup w, λ rises linearly over the first w x steps updates (update i gets (i + 1) / (w x steps))."""
     if cfg.regime != "cat":
         return 0.0
+    lam = cfg.cat_lambda
+    if cfg.cat_lambda_warmup > 0:
+        lam *= min(1.0, (i + 1) / (cfg.cat_lambda_warmup * cfg.steps))
     if cfg.cat_every > 1:
-        return cfg.cat_lambda * cfg.cat_every if i % cfg.cat_every == 0 else 0.0
-    return cfg.cat_lambda
+        return lam * cfg.cat_every if i % cfg.cat_every == 0 else 0.0
+    return lam
 
 
 def _no_sync(run: TrainingRun) -> contextlib.ExitStack:
