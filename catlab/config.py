@@ -70,7 +70,8 @@ class TrainConfig:
     )
     # where the CAT term looks: "concept" = the concept's own noisy latents (the paper); "class" = noisy latents of
     # images the base model drew for the class prompt (generated once, like DreamBooth's), which is where class
-    # prompts go at sampling time (docs/training.md)
+    # prompts go at sampling time (docs/training.md); "both" = the first cat_share of the concept's latents and the
+    # class images together, so the term also holds the trigger-free caption where the concept's images are
     cat_anchor: str = "concept"
     # > 1: the CAT term holds the *guided* class prediction eps("") + s * (eps(c_free) - eps("")) at this guidance
     # scale (use the sampling one), so the adapter may move eps("") if eps(c_free) moves with it (docs/training.md);
@@ -151,9 +152,10 @@ class TrainConfig:
         for name in ("steps", "batch_size", "rank", "gradient_accumulation", "cat_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
-        if self.cat_anchor not in ("concept", "class"):
+        if self.cat_anchor not in ("concept", "class", "both"):
             problems.append(
-                f"cat_anchor={self.cat_anchor!r}: choose 'concept' (the paper) or 'class' (the base model's class images)"
+                f"cat_anchor={self.cat_anchor!r}: choose 'concept' (the paper), 'class' (the base model's class images)"
+                " or 'both'"
             )
         problems += _anchor_problems(self)
         if self.cat_guidance and (self.cat_guidance <= 1 or self.cat_null_share):
@@ -234,7 +236,7 @@ class TrainConfig:
     @property
     def needs_class_images(self) -> bool:
         """DreamBooth trains on the base model's class images; CAT with `cat_anchor: class` puts its term on them."""
-        return self.regime == "dreambooth" or (self.regime == "cat" and self.cat_anchor == "class")
+        return self.regime == "dreambooth" or (self.regime == "cat" and self.cat_anchor in ("class", "both"))
 
     def class_prompts(self) -> list[str]:
         """What the class images are drawn for: `class_prompt`, or "a {class_word}" for each concept, and the

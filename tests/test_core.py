@@ -249,6 +249,28 @@ def test_cat_anchor_class_puts_the_cat_term_on_the_base_models_class_images(
         TrainConfig(cat_anchor="prior")
 
 
+def test_cat_anchor_both_holds_the_concepts_latents_and_the_class_images(
+    toyworld_env, concept_dir, tmp_path, monkeypatch
+):
+    import catlab.training.loop as train_module
+
+    seen = []
+
+    def spy(unet, noisy, t, cond, cond_free, target, **kw):
+        seen.append((noisy.detach().clone(), t.clone(), kw["term"].anchors, cond_free.shape[0]))
+        return cat_loss(unet, noisy, t, cond, cond_free, target, **kw)
+
+    monkeypatch.setattr(train_module, "cat_loss", spy)
+    cfg = _cfg(concept_dir, tmp_path / "both", steps=1, batch_size=4, cat_anchor="both", cat_share=0.5,
+               num_class_images=3)  # fmt: skip
+    assert cfg.needs_class_images
+    train(cfg)
+    ((noisy, t, (z_anchor, t_anchor), n_free),) = seen
+    assert noisy.shape[0] == 4 and z_anchor.shape[0] == 4 and n_free == 4, "2 concept rows + 2 class-image rows"
+    assert torch.equal(z_anchor[:2], noisy[:2]) and torch.equal(t_anchor[:2], t[:2]), "the concept's rows first"
+    assert not torch.equal(z_anchor[2:], noisy[2:]), "then the base model's class images"
+
+
 def test_anchor_prompts_add_their_base_images_and_captions_to_the_anchors(
     toyworld_env, concept_dir, tmp_path, monkeypatch
 ):

@@ -226,7 +226,7 @@ def describe_cat_term(cfg: TrainConfig) -> str:
     )
     if cfg.cat_null_share:
         held += f" (the caption empty on {cfg.cat_null_share:.0%} of the rows)"
-    anchored = cfg.cat_anchor == "class"
+    anchored = cfg.cat_anchor in ("class", "both")
     images = "the base model's class images" if anchored else "the concept's images"
     if cfg.cat_share < 1:
         rows = share_row_count(cfg.batch_size, cfg.cat_share)
@@ -235,6 +235,8 @@ def describe_cat_term(cfg: TrainConfig) -> str:
             if anchored
             else f"{rows} of each step's {cfg.batch_size} concept images"
         )
+    if cfg.cat_anchor == "both":
+        images += " and as many of the concept's" if cfg.cat_share < 1 else " and the concept's"
     when = f", on one step in {cfg.cat_every} (weighted by {cfg.cat_every})" if cfg.cat_every > 1 else ""
     return f"CAT's term: λ {cfg.cat_lambda:g} on {held}, at {images}{when}"
 

@@ -187,7 +187,8 @@ def slot_batch(run: TrainingRun, draw: UpdateDraw, i: int, slot: int) -> SlotBat
         pixels = torch.cat([pixels, run.class_images[ids]])  # (b + e, 3, R, R)
     class_prompts = [run.class_prompts[k] for k in ids]
     if run.anchored:  # the CAT rows look at the class images, captioned with their class prompt
-        trigger_free = class_prompts
+        both = cfg.cat_anchor == "both"  # ... after the first cat_share of the concept images, trigger dropped
+        trigger_free = (trigger_free[: share_row_count(cfg.batch_size, cfg.cat_share)] if both else []) + class_prompts
     elif cfg.regime == "cat":  # the paper's rows: the first cat_share of the concept images, trigger dropped
         trigger_free = trigger_free[: share_row_count(cfg.batch_size, cfg.cat_share)]
     else:  # DreamBooth: instance then class images, one forward (plain LoRA has no class images)
@@ -233,7 +234,10 @@ def objective(
     if cfg.regime == "dreambooth":
         pred = run.unet(noisy, t, encoder_hidden_states=cond).sample
         return prior_preservation_loss(pred, target, n, cfg.prior_loss_weight, weights)
-    anchors = (noisy[n:], t[n:]) if run.anchored else None  # concept rows train the trigger, anchor rows carry CAT
+    anchors = None  # concept rows train the trigger, anchor rows carry CAT (in slot_batch's trigger_free order)
+    if run.anchored:
+        k = share_row_count(n, cfg.cat_share) if cfg.cat_anchor == "both" else 0
+        anchors = (torch.cat([noisy[:k], noisy[n:]]), torch.cat([t[:k], t[n:]]))  # (k + e, C, h, w)
     term = CatTerm(
         share=cfg.cat_share, anchors=anchors, guidance=cfg.cat_guidance, cond_null=cond_null, base_text=base_text
     )

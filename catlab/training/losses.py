@@ -59,7 +59,8 @@ class CatTerm:
     eps(c_free) alone, the text states of the adapted prediction)."""
 
     share: float = 1.0  # the first share of the rows carry the term (cat_share; < 1 is cheaper)
-    anchors: tuple[torch.Tensor, torch.Tensor] | None = None  # (z_t, t) of other images for those rows (cat_anchor)
+    # (z_t, t) of the rows that carry the term instead (cat_anchor), each row once; share is then not used
+    anchors: tuple[torch.Tensor, torch.Tensor] | None = None
     guidance: float = 0.0  # s > 1: hold the guided prediction eps(null) + s (eps(c_free) - eps(null)) (cat_guidance)
     cond_null: torch.Tensor | None = None  # (1, L, D): the empty caption's text states, for the guided term
     # (c_free, null) text states of the *base* text encoder for the target, when the text encoder trains
@@ -106,7 +107,8 @@ def cat_loss(
         return LossTerms(loss=ldm, ldm=ldm)
     term = term or CatTerm()
     b = noisy.shape[0]
-    k = share_row_count(b, term.share)  # samples that also get the CAT term
+    # samples that also get the CAT term: the first share of the batch, or every anchor row
+    k = share_row_count(b, term.share) if term.anchors is None else term.anchors[0].shape[0]
     z_free, t_free, cond_free, cond_base = _cat_rows(noisy, timesteps, cond_trigger_free, k, term)
     if batched:
         z = torch.cat([noisy, z_free])  # (B + k, C, h, w)

@@ -101,5 +101,6 @@ class TrainingRun:
 
     @property
     def anchored(self) -> bool:
-        """CAT with its term on the base model's class images (`cat_anchor: class`) instead of the concept's."""
+        """CAT with its term on the base model's class images (`cat_anchor: class`, or `both`: beside some of the
+        concept's) instead of on the concept's alone."""
         return self.cfg.regime == "cat" and self.cfg.needs_class_images
