@@ -163,21 +163,7 @@ class TrainConfig:
                 f"cat_guidance={self.cat_guidance}: use 0 (off) or the sampling guidance scale (> 1), with cat_null_share 0 "
                 f"(it is {self.cat_null_share}): the guided term holds the empty caption itself"
             )
-        if not 0.0 < self.cat_share <= 1.0:
-            problems.append(
-                f"cat_share={self.cat_share}: must be above 0 and at most 1 (a share of the batch; 1 = every row)"
-            )
-        if not 0.0 < self.prior_share <= 1.0:
-            problems.append(
-                f"prior_share={self.prior_share}: must be above 0 and at most 1 (class images per step as a share of "
-                "batch_size; 1 = one per concept image)"
-            )
-        if not 0.0 <= self.cat_null_share <= 1.0:
-            problems.append(f"cat_null_share={self.cat_null_share}: must be between 0 and 1 (a share of the batch)")
-        if not 0.0 <= self.cat_lambda_warmup <= 1.0:
-            problems.append(
-                f"cat_lambda_warmup={self.cat_lambda_warmup}: must be between 0 and 1 (a share of the updates; 0 = off)"
-            )
+        problems += _share_problems(self)
         for name in (
             "cat_lambda",
             "prior_loss_weight",
@@ -281,6 +267,27 @@ def expand_validation_prompts(templates: list[str], concepts: list[ConceptConfig
     """Every template filled in for every concept, in order, each prompt once: what `validate` draws per seed."""
     prompts = [fill_prompt(t, c.trigger, c.class_word) for c in concepts for t in templates]
     return list(dict.fromkeys(prompts))
+
+
+def _share_problems(cfg: TrainConfig) -> list[str]:
+    """The fields that are shares of a batch or of the updates."""
+    problems = []
+    if not 0.0 < cfg.cat_share <= 1.0:
+        problems.append(
+            f"cat_share={cfg.cat_share}: must be above 0 and at most 1 (a share of the batch; 1 = every row)"
+        )
+    if not 0.0 < cfg.prior_share <= 1.0:
+        problems.append(
+            f"prior_share={cfg.prior_share}: must be above 0 and at most 1 (class images per step as a share of "
+            "batch_size; 1 = one per concept image)"
+        )
+    if not 0.0 <= cfg.cat_null_share <= 1.0:
+        problems.append(f"cat_null_share={cfg.cat_null_share}: must be between 0 and 1 (a share of the batch)")
+    if not 0.0 <= cfg.cat_lambda_warmup <= 1.0:
+        problems.append(
+            f"cat_lambda_warmup={cfg.cat_lambda_warmup}: must be between 0 and 1 (a share of the updates; 0 = off)"
+        )
+    return problems
 
 
 def _validation_problems(cfg: TrainConfig) -> list[str]:
