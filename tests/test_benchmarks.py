@@ -99,21 +99,24 @@ def test_unconditional_source_trains_a_variant_and_scores_both_branches(toyworld
 
 @pytest.mark.slow
 def test_multi_concept_trains_combines_and_scores_every_model_on_every_concept(toyworld_env, tmp_path):
-    """Two sets, plain LoRA and CAT, one seed, a few steps: every way of making a multi-concept model is scored."""
+    """One set, plain LoRA and CAT, one seed, a few steps: every way of making a multi-concept model is scored.
+
+    One set keeps the suite within its time (two sets took 1.8 times as long): every set runs the same code."""
     out = tmp_path / "multi"
     args = [sys.executable, str(ROOT / "benchmarks" / "multi_concept.py"), "--quick", "--out", str(out), "--seeds", "0",
-            "--sets", "two,same", "--methods", "lora,cat"]  # fmt: skip
+            "--sets", "same", "--methods", "lora,cat"]  # fmt: skip
     res = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode in (0, 1), res.stderr[-3000:]  # 1: a claim failed, as it must on a few steps
     import pandas as pd
 
     table = pd.read_csv(out / "table.csv")
     assert set(table["how"]) >= {"one adapter", "sum", "linear", "single circle_on_navy", "single huge_circle"}
-    assert set(table[table["set"] == "same"]["concept"]) == {"circle_on_navy", "huge_circle"}
+    assert set(table["set"]) == {"same"}, "only the sets asked for"
+    assert set(table["concept"]) == {"circle_on_navy", "huge_circle"}
     assert (out / "runs" / "cat_circle_on_navy+huge_circle_seed0" / "adapter").is_dir()
-    assert (out / "combined" / "lora_linear_circle_on_navy+bronze_star_seed0").is_dir()
+    assert (out / "combined" / "lora_linear_circle_on_navy+huge_circle_seed0").is_dir()
     for line in (
-        "two / cat / sum: cross-talk <= 0.05",
+        "same / cat / sum: cross-talk <= 0.05",
         "same / cat / one adapter: every untouched prompt paired >= 0.8",
     ):
         assert line in res.stdout, res.stdout[-2000:]
