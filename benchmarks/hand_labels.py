@@ -5,12 +5,17 @@ the oracle's identity and the pixel-level fidelity.
     (look at tests/data/hand_labels/sheet.png and fill the `person` column of labels.csv with 1 or 0)
     python benchmarks/hand_labels.py check tests/data/hand_labels
     python benchmarks/hand_labels.py grid tests/data/hand_labels    # could other colour thresholds match the person?
+    python benchmarks/hand_labels.py blind tests/data/hand_labels /tmp/blind   # a second labeller's copy ...
+    python benchmarks/hand_labels.py merge tests/data/hand_labels /tmp/blind   # ... and their labels.csv, read back
 
 `sheet` copies trigger-prompt samples of a demo folder (the same number from each method, drawn at random, every
 training seed) into the label folder with the concept's photos, and draws a numbered sheet to label from.
 `check` scores every labelled sample again (the oracle shipped with catlab, fidelity.py's thresholds) and prints,
 for each score, how often it agrees with the person, how often it says "the concept" where the person said no
 (more generous than a person) and the reverse. tests/test_attributes.py runs the same check on the shipped labels.
+`blind` copies the samples for a second labeller, shuffled, renamed and enlarged, without the first labels (a key
+stays behind); they write `sample,label,note` into the copy's labels.csv, and `merge` puts those labels in the
+`second` column. `check` then prints how far the two people agree, and each score against either of them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
+
+from catlab.files import write_csv_atomic
 
 SHEET_CELL = 96  # pixels per sample on the sheet: 32-px samples, enlarged so that specks and colours are visible
 
@@ -84,15 +91,25 @@ def score_labels(folder: Path) -> pd.DataFrame:
     return score_fidelity(df, images, photos, meta["class_word"])
 
 
-def agreement(df: pd.DataFrame, scores=("identity_ok", "faithful")) -> pd.DataFrame:
-    """Per score: agreement with the person, and the two kinds of disagreement, as counts and rates."""
-    person = df["person"].astype(int).to_numpy() == 1
+def person_says(df: pd.DataFrame, against: str = "person") -> np.ndarray:
+    """Who the scores are held to: a labeller's column, "either" (a yes from one of them) or "both"."""
+    if against in ("either", "both"):
+        a, b = (df[c].astype(int).to_numpy() == 1 for c in ("person", "second"))
+        return (a | b) if against == "either" else (a & b)
+    return df[against].astype(int).to_numpy() == 1
+
+
+def agreement(df: pd.DataFrame, scores=("identity_ok", "faithful"), against: str = "person") -> pd.DataFrame:
+    """Per score: agreement with the person (or `against`, see person_says), and the two kinds of disagreement, as
+    counts and rates."""
+    person = person_says(df, against)
     rows = []
     for s in scores:
         says = df[s].to_numpy() == 1
         rows.append(
             {
                 "score": s,
+                "against": against,
                 "n": len(df),
                 "agree": float((says == person).mean()),
                 "more_generous": int((says & ~person).sum()),  # the score says concept, the person does not
@@ -104,7 +121,71 @@ def agreement(df: pd.DataFrame, scores=("identity_ok", "faithful")) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def threshold_grid(folder: Path, backdrop=(20, 25, 30, 35, 40), colour=(15, 20, 25, 30, 40, 60)) -> pd.DataFrame:
+def labeller_agreement(df: pd.DataFrame) -> dict:
+    """How far the two people agree: yes from both, from one only, from neither, and Cohen's kappa (agreement beyond
+    what two labellers with these yes-rates would reach by chance; Cohen 1960)."""
+    a, b = (df[c].astype(int).to_numpy() == 1 for c in ("person", "second"))
+    observed = float((a == b).mean())
+    chance = float(a.mean() * b.mean() + (1 - a.mean()) * (1 - b.mean()))
+    return {
+        "both": int((a & b).sum()),
+        "person_only": int((a & ~b).sum()),
+        "second_only": int((~a & b).sum()),
+        "neither": int((~a & ~b).sum()),
+        "agree": observed,
+        "kappa": (observed - chance) / (1 - chance) if chance < 1 else float("nan"),
+    }
+
+
+def write_blind_copy(folder: Path, out: Path, enlarge: int = 8, seed: int = 2026) -> Path:
+    """The samples and photos for a second labeller: shuffled, renamed s00.., enlarged, with no labels; the key
+    (new name -> id) is kept in `folder`/blind_key.json so that `merge` can read their labels back."""
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty: it may hold a labeller's work; choose another folder")
+    labels = pd.read_csv(folder / "labels.csv")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    (out / "samples").mkdir(parents=True)
+    (out / "photos").mkdir()
+    key = {}
+    for new, old in enumerate(order):
+        name = f"s{new:02d}"
+        _enlarged(folder / labels["image"][old], enlarge).save(out / "samples" / f"{name}.png")
+        key[name] = int(labels["id"][old])
+    for p in sorted((folder / "concept").glob("*.png")):
+        _enlarged(p, enlarge).save(out / "photos" / p.name)
+    (folder / "blind_key.json").write_text(json.dumps(key, indent=1))
+    return out
+
+
+def _enlarged(path: Path, factor: int) -> Image.Image:
+    im = Image.open(path).convert("RGB")
+    return im.resize((im.width * factor, im.height * factor), Image.NEAREST)
+
+
+def merge_second_labels(folder: Path, blind: Path, column: str = "second") -> Path:
+    """A labeller's labels (`blind`/labels.csv: sample,label,note) into the `second` (or `column`) and `second_note`
+    columns of `folder`/labels.csv, through the key `write_blind_copy` kept."""
+    key = json.loads((folder / "blind_key.json").read_text())
+    theirs = pd.read_csv(blind / "labels.csv")
+    missing = sorted(set(key) - set(theirs["sample"]))
+    if missing or not theirs["label"].isin([0, 1]).all():
+        raise ValueError(f"{blind / 'labels.csv'}: label every sample with 0 or 1 (missing: {missing[:5]})")
+    by_id = {key[r.sample]: r for r in theirs.itertuples()}
+    labels = pd.read_csv(folder / "labels.csv")
+    note = "note" if column == "person" else f"{column}_note"
+    if labels[column].notna().any() if column in labels else False:
+        raise FileExistsError(f"{folder / 'labels.csv'} already has {column!r} labels; merge into another column")
+    labels[column] = [int(by_id[i].label) for i in labels["id"]]
+    labels[note] = [by_id[i].note for i in labels["id"]]
+    if "sure" in theirs:  # 1 = a clear call, 0 = borderline, when the labeller said so
+        labels[f"{column}_sure"] = [int(by_id[i].sure) for i in labels["id"]]
+    write_csv_atomic(folder / "labels.csv", labels)
+    return folder / "labels.csv"
+
+
+def threshold_grid(
+    folder: Path, backdrop=(20, 25, 30, 35, 40), colour=(15, 20, 25, 30, 40, 60), against: str = "person"
+) -> pd.DataFrame:
     """Could any thresholds match the person? A sample passes when its backdrop and its object's median colour are
     each within a distance (RGB units) of the concept's; per pair, "more generous/stricter" counts against the
     labels. Rows: backdrop tolerance; columns: object-colour tolerance."""
@@ -117,9 +198,10 @@ def threshold_grid(folder: Path, backdrop=(20, 25, 30, 35, 40), colour=(15, 20, 
     ]
     look = learn_look(photos)
     reads = [read_attributes(im) for im in images]
-    back = np.array([np.linalg.norm(r.backdrop - look.backdrop) for r in reads])
+    # a concept shown on varied backdrops has no setting to hold: only the colour tolerance then counts
+    back = np.array([0.0 if look.backdrop is None else np.linalg.norm(r.backdrop - look.backdrop) for r in reads])
     obj = np.array([np.linalg.norm(np.median(r.object_pixels, 0) - look.colours[0]) for r in reads])
-    person = labels["person"].to_numpy() == 1
+    person = person_says(labels, against)
     cells = {}
     for c in colour:
         says = [(back <= b) & (obj <= c) for b in backdrop]
@@ -139,18 +221,41 @@ def main() -> None:
     c.add_argument("folder", type=Path)
     g = sub.add_parser("grid", help="more generous / stricter than the person for a grid of colour thresholds")
     g.add_argument("folder", type=Path)
+    g.add_argument("--against", default="person", help="person, second, either or both (default: person)")
+    b = sub.add_parser("blind", help="a shuffled copy of the samples, without labels, for a second labeller")
+    b.add_argument("folder", type=Path)
+    b.add_argument("out", type=Path)
+    m = sub.add_parser("merge", help="read a second labeller's labels.csv back into the `second` column")
+    m.add_argument("folder", type=Path)
+    m.add_argument("blind", type=Path)
+    m.add_argument("--column", default="second", help="person (a new sheet's first labeller) or second")
     args = ap.parse_args()
     if args.command == "grid":
-        print("more generous / stricter than the person, per backdrop and object-colour tolerance (RGB units)")
-        print(threshold_grid(args.folder).to_string())
-        return
-    if args.command == "sheet":
+        print(f"more generous / stricter than {args.against}, per backdrop and object-colour tolerance (RGB units)")
+        print(threshold_grid(args.folder, against=args.against).to_string())
+    elif args.command == "sheet":
         print(f"label from {write_sheet(args.demo, args.out, args.per_method, args.seed)}")
-        return
-    df = score_labels(args.folder)
-    print(agreement(df).to_string(index=False))
+    elif args.command == "blind":
+        out = write_blind_copy(args.folder, args.out)
+        print(f"label {out}/samples against {out}/photos into {out}/labels.csv (sample,label,note), then merge")
+    elif args.command == "merge":
+        print(f"labels written to {merge_second_labels(args.folder, args.blind, args.column)}")
+    else:
+        check(args.folder)
+
+
+def check(folder: Path) -> None:
+    """Print each score against the labels, and the two people against each other when there is a second."""
+    df = score_labels(folder)
+    second = "second" in df and df["second"].notna().all()
+    against = ["person", "second", "either", "both"] if second else ["person"]
+    print(pd.concat([agreement(df, against=a) for a in against]).to_string(index=False))
+    if second:
+        both = labeller_agreement(df)
+        print(", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in both.items()))
     by_method = df.assign(family=df["method"].str.replace(r"_s\d+$", "", regex=True)).groupby("family")
-    print(by_method[["person", "identity_ok", "faithful"]].mean().round(2).to_string())
+    cols = ["person", *(["second"] if second else []), "identity_ok", "faithful"]
+    print(by_method[cols].mean().round(2).to_string())
 
 
 if __name__ == "__main__":

@@ -48,11 +48,17 @@ def parse_variant(spec: str) -> dict:
             raise SystemExit(
                 f"--variant {spec!r}: {item!r} is not FIELD=VALUE with FIELD a TrainConfig field (e.g. cat_null_share=0)"
             )
-        fields[key] = type(getattr(defaults, key))(value)
+        default = getattr(defaults, key)
+        # a list field takes its items joined by "+" (target_modules=attn2.to_k+attn2.to_v)
+        fields[key] = value.split("+") if isinstance(default, list) else type(default)(value)
     return {
-        "name": "v_" + "_".join(f"{k.removeprefix('cat_')}{v}" for k, v in fields.items()).replace(".", "p"),
+        "name": "v_" + "_".join(f"{k.removeprefix('cat_')}{_spelt(v)}" for k, v in fields.items()).replace(".", "p"),
         "fields": fields,
     }
+
+
+def _spelt(value) -> str:
+    return "+".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _recipe_train(recipe: dict) -> dict:

@@ -70,8 +70,11 @@ def test_fidelity_is_closer_to_hand_labels_than_the_oracles_identity():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from hand_labels import agreement, score_labels
+    from hand_labels import agreement, labeller_agreement, score_labels
 
-    table = agreement(score_labels(Path(__file__).parent / "data" / "hand_labels")).set_index("score")
-    assert table.loc["faithful", "agree"] > table.loc["identity_ok", "agree"]
-    assert table.loc["faithful", "more_generous"] < table.loc["identity_ok", "more_generous"]
+    labels = score_labels(Path(__file__).parent / "data" / "hand_labels")
+    for against in ("person", "second", "either"):  # the second labeller labelled a blind copy
+        table = agreement(labels, against=against).set_index("score")
+        assert table.loc["faithful", "agree"] > table.loc["identity_ok", "agree"], against
+        assert table.loc["faithful", "more_generous"] < table.loc["identity_ok", "more_generous"], against
+    assert labeller_agreement(labels)["kappa"] > 0.4  # the two people agree well beyond chance

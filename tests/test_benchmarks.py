@@ -26,6 +26,16 @@ def test_benchmark_help(script, capsys, monkeypatch):
     assert e.value.code == 0 and out.startswith("usage:"), out[-2000:]
 
 
+def test_a_variant_spells_list_fields_with_plus(monkeypatch):
+    """`--variant target_modules=attn2.to_k+attn2.to_v` sets a list field; the run's name keeps every item."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from unconditional_source import parse_variant
+
+    v = parse_variant("regime=lora,target_modules=attn2.to_k+attn2.to_v,learning_rate=0")
+    assert v["fields"] == {"regime": "lora", "target_modules": ["attn2.to_k", "attn2.to_v"], "learning_rate": 0.0}
+    assert v["name"] == "v_regimelora_target_modulesattn2pto_k+attn2pto_v_learning_rate0p0"
+
+
 @pytest.mark.slow
 def test_regime_sweep_runs_and_prints_ground_truth_scores(toyworld_env, tmp_path):
     res = subprocess.run(
@@ -256,3 +266,33 @@ def test_headline_checks_the_faithful_cat_bars_on_every_held_out_prompt(monkeypa
         "CAT paired preservation on 'a square' 0.90 >= 0.80 (lora 0.30)": True,
         "CAT paired preservation on 'a star' 0.40 >= 0.80 ()": False,
     }
+
+
+def test_a_second_labeller_labels_a_blind_copy_and_the_labels_come_back_to_their_samples(tmp_path, monkeypatch):
+    """hand_labels.py blind/merge: shuffled, renamed copies without labels; each label returns to its own sample."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from hand_labels import labeller_agreement, merge_second_labels, write_blind_copy
+
+    folder = tmp_path / "labels"
+    shutil.copytree(ROOT / "tests" / "data" / "hand_labels", folder)
+    first = pd.read_csv(folder / "labels.csv")[["id", "image", "method", "person", "note"]]
+    first.to_csv(folder / "labels.csv", index=False)  # as a sheet stands before anyone labels it a second time
+    blind = write_blind_copy(folder, tmp_path / "blind")
+    assert not (blind / "labels.csv").exists() and len(list((blind / "samples").glob("*.png"))) == len(first)
+    key = json.loads((folder / "blind_key.json").read_text())
+    assert sorted(key.values()) == sorted(first["id"]) and list(key.values()) != sorted(key.values())  # shuffled
+    # a labeller who says yes to the even ids, as if reading them off the pictures
+    pd.DataFrame({"sample": list(key), "label": [int(i % 2 == 0) for i in key.values()], "note": "x"}).to_csv(
+        blind / "labels.csv", index=False
+    )
+    merged = pd.read_csv(merge_second_labels(folder, blind))
+    assert (merged["second"] == (merged["id"] % 2 == 0).astype(int)).all()
+    with pytest.raises(FileExistsError):
+        merge_second_labels(folder, blind)  # labels made by a person are not overwritten
+    same = labeller_agreement(merged.assign(second=merged["person"]))
+    assert same["agree"] == 1.0 and same["kappa"] == pytest.approx(1.0)
