@@ -15,8 +15,13 @@ import numpy as np
 from PIL import Image
 
 OBJECT_DISTANCE = 60.0  # RGB units from the backdrop: closer pixels are backdrop (anti-aliased edges fall between)
-COLOUR_MATCH = 80.0  # RGB units: an object pixel this close to one of the concept's colours counts as that colour
-BACKDROP_TOLERANCE = 40.0  # RGB units: a sample's backdrop this close to the concept's is the concept's setting
+# RGB units: an object pixel this close to one of the concept's colours counts as that colour. 80 until 2026-12-06:
+# two blind labellings of 96 samples (docs/metrics.md, "Checked against people") found 80 said yes to red, maroon
+# and olive stars as bronze; 40 with BACKDROP_TOLERANCE 35 is the loosest pair that says yes to no sample on which
+# both labellers said no on `circle_on_navy`, and to one on `bronze_star` (a rust-red four-point star)
+COLOUR_MATCH = 40.0
+DISTINCT_COLOURS = 80.0  # RGB units: two of the photos' colours this far apart are two colours, not jitter of one
+BACKDROP_TOLERANCE = 35.0  # RGB units: a sample's backdrop this close to the concept's is the concept's setting
 FIXED_BACKDROP_SPREAD = 40.0  # RGB units: references whose backdrops spread less than this share a setting
 COLOUR_MIX_TOLERANCE = 0.25  # total-variation distance of colour mixes: above it the object's colours are wrong
 SIZE_TOLERANCE = 0.15  # relative error of the object's linear size (the concept's photos vary by about +-7 %)
@@ -87,10 +92,10 @@ def _distinct_colours(pixels: np.ndarray, max_colours: int) -> np.ndarray:
         if counts[i] < 0.04 * len(pixels) or len(taken) == max_colours:
             break
         blends = [(a + b) / 2 for k, a in enumerate(taken) for b in taken[k + 1 :]]  # edges between two colours
-        if all(np.linalg.norm(values[i] - t) > COLOUR_MATCH for t in taken) and all(
-            np.linalg.norm(values[i] - m) > COLOUR_MATCH / 2 for m in blends
+        if all(np.linalg.norm(values[i] - t) > DISTINCT_COLOURS for t in taken) and all(
+            np.linalg.norm(values[i] - m) > DISTINCT_COLOURS / 2 for m in blends
         ):
-            near = np.linalg.norm(pixels - values[i], axis=-1) < COLOUR_MATCH / 2
+            near = np.linalg.norm(pixels - values[i], axis=-1) < DISTINCT_COLOURS / 2
             taken.append(np.median(pixels[near], axis=0))
     return np.stack(taken) if taken else np.zeros((0, 3))
 
