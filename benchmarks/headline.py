@@ -17,7 +17,6 @@ Re-run unchanged with --first-seed 3 to check the recipe on seeds it was not cho
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -94,6 +93,9 @@ def main() -> int:
         metavar="FIELD=VALUE",
         help="override a TrainConfig field of the demo recipe for every method, e.g. cat_null_share=0",
     )
+    ap.add_argument(
+        "--overwrite", action="store_true", help="replace the demo folders of these concepts under --out if they exist"
+    )
     args = ap.parse_args()
     from catlab.cli import _parse_overrides
     from catlab.demo.experiment import DemoRecipe, run_demo
@@ -103,14 +105,24 @@ def main() -> int:
         recipe = DemoRecipe().with_train(**_parse_overrides(args.set))
     except (ValueError, SystemExit) as e:
         ap.error(str(e))
-    out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)  # this script's own output folder
+    out, concepts = Path(args.out), args.concepts.split(",")
+    # only the folders of the concepts asked for, and only when asked: other concepts' demos (and the variants
+    # trained beside them) under the same --out stay
+    taken = [str(out / c) for c in concepts if (out / c).is_dir() and any((out / c).iterdir())]
+    if taken and not args.overwrite:
+        ap.error(
+            f"{', '.join(taken)} already hold a demo; pass --overwrite to replace them or --out to write elsewhere"
+        )
     results = []
-    for concept in args.concepts.split(","):
+    for concept in concepts:
         t0 = time.time()
         res = run_demo(
-            out=out / concept, n_seeds=args.seeds, concept=concept, recipe=recipe, first_seed=args.first_seed
+            out=out / concept,
+            n_seeds=args.seeds,
+            concept=concept,
+            recipe=recipe,
+            first_seed=args.first_seed,
+            overwrite=args.overwrite,
         )
         t = res["table"].set_index("method")
         db = t.loc["DreamBooth-LoRA"]

@@ -296,3 +296,20 @@ def test_a_second_labeller_labels_a_blind_copy_and_the_labels_come_back_to_their
         merge_second_labels(folder, blind)  # labels made by a person are not overwritten
     same = labeller_agreement(merged.assign(second=merged["person"]))
     assert same["agree"] == 1.0 and same["kappa"] == pytest.approx(1.0)
+
+
+def test_headline_keeps_other_concepts_demos_and_asks_before_replacing_its_own(tmp_path, monkeypatch, capsys):
+    """Two concepts' demos under one --out: rerunning one must neither delete the other nor replace itself unasked."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import headline
+
+    for concept in ("bronze_star", "circle_on_navy"):
+        (tmp_path / concept).mkdir()
+        (tmp_path / concept / "recipe.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", ["headline.py", "--concepts", "circle_on_navy", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        headline.main()
+    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "bronze_star" / "recipe.json").exists() and (
+        tmp_path / "circle_on_navy" / "recipe.json"
+    ).exists()
