@@ -5,6 +5,7 @@ the oracle's identity and the pixel-level fidelity.
     (look at tests/data/hand_labels/sheet.png and fill the `person` column of labels.csv with 1 or 0)
     python benchmarks/hand_labels.py check tests/data/hand_labels
     python benchmarks/hand_labels.py grid tests/data/hand_labels    # could other colour thresholds match the person?
+    python benchmarks/hand_labels.py rules tests/data/hand_labels tests/data/hand_labels_bronze_star  # fidelity's tolerances
     python benchmarks/hand_labels.py blind tests/data/hand_labels /tmp/blind   # a second labeller's copy ...
     python benchmarks/hand_labels.py merge tests/data/hand_labels /tmp/blind   # ... and their labels.csv, read back
 
@@ -173,7 +174,7 @@ def merge_second_labels(folder: Path, blind: Path, column: str = "second") -> Pa
     by_id = {key[r.sample]: r for r in theirs.itertuples()}
     labels = pd.read_csv(folder / "labels.csv")
     note = "note" if column == "person" else f"{column}_note"
-    if labels[column].notna().any() if column in labels else False:
+    if column in labels and labels[column].notna().any():
         raise FileExistsError(f"{folder / 'labels.csv'} already has {column!r} labels; merge into another column")
     labels[column] = [int(by_id[i].label) for i in labels["id"]]
     labels[note] = [by_id[i].note for i in labels["id"]]
@@ -209,6 +210,28 @@ def threshold_grid(
     return pd.DataFrame(cells, index=[f"backdrop {b}" for b in backdrop])
 
 
+def rule_grid(folders: list[Path], colour=(80, 60, 50, 40, 30), backdrop=(40, 35, 30)) -> pd.DataFrame:
+    """Fidelity's own rule with other tolerances (COLOUR_MATCH, BACKDROP_TOLERANCE), per labelled folder: samples it
+    calls faithful that no labeller accepted / accepted samples it rejects, of how many accepted."""
+    import catlab.toyworld.attributes as attributes
+
+    kept = attributes.COLOUR_MATCH, attributes.BACKDROP_TOLERANCE
+    rows = []
+    try:
+        for c in colour:
+            for b in backdrop:
+                attributes.COLOUR_MATCH, attributes.BACKDROP_TOLERANCE = float(c), float(b)
+                row = {"colour": c, "backdrop": b}
+                for folder in folders:
+                    df = score_labels(folder)
+                    a = agreement(df, ("faithful",), "either" if "second" in df else "person").iloc[0]
+                    row[folder.name] = f"{a.more_generous} / {a.stricter} of {round(a.person_rate * a.n)}"
+                rows.append(row)
+    finally:
+        attributes.COLOUR_MATCH, attributes.BACKDROP_TOLERANCE = kept
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -222,6 +245,8 @@ def main() -> None:
     g = sub.add_parser("grid", help="more generous / stricter than the person for a grid of colour thresholds")
     g.add_argument("folder", type=Path)
     g.add_argument("--against", default="person", help="person, second, either or both (default: person)")
+    r = sub.add_parser("rules", help="fidelity's own rule at other colour and backdrop tolerances, per folder")
+    r.add_argument("folders", type=Path, nargs="+")
     b = sub.add_parser("blind", help="a shuffled copy of the samples, without labels, for a second labeller")
     b.add_argument("folder", type=Path)
     b.add_argument("out", type=Path)
@@ -233,6 +258,9 @@ def main() -> None:
     if args.command == "grid":
         print(f"more generous / stricter than {args.against}, per backdrop and object-colour tolerance (RGB units)")
         print(threshold_grid(args.folder, against=args.against).to_string())
+    elif args.command == "rules":
+        print("more generous / stricter than a yes from either labeller, per colour and backdrop tolerance (RGB)")
+        print(rule_grid(args.folders).to_string(index=False))
     elif args.command == "sheet":
         print(f"label from {write_sheet(args.demo, args.out, args.per_method, args.seed)}")
     elif args.command == "blind":

@@ -313,3 +313,15 @@ def test_headline_keeps_other_concepts_demos_and_asks_before_replacing_its_own(t
     assert (tmp_path / "bronze_star" / "recipe.json").exists() and (
         tmp_path / "circle_on_navy" / "recipe.json"
     ).exists()
+
+
+def test_the_rule_grid_scores_other_tolerances_and_puts_the_rule_back(monkeypatch):
+    """hand_labels.py rules: docs/metrics.md's grid cell for the shipped rule, and the module's constants unchanged."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import catlab.toyworld.attributes as attributes
+    from hand_labels import rule_grid
+
+    before = attributes.COLOUR_MATCH, attributes.BACKDROP_TOLERANCE
+    grid = rule_grid([ROOT / "tests" / "data" / "hand_labels"], colour=(80, 40), backdrop=(35,))
+    assert list(grid["hand_labels"]) == ["9 / 2 of 8", "0 / 3 of 8"]
+    assert (attributes.COLOUR_MATCH, attributes.BACKDROP_TOLERANCE) == before
