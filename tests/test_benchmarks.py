@@ -318,8 +318,9 @@ def test_headline_keeps_other_concepts_demos_and_asks_before_replacing_its_own(t
 def test_the_rule_grid_scores_other_tolerances_and_puts_the_rule_back(monkeypatch):
     """hand_labels.py rules: docs/metrics.md's grid cell for the shipped rule, and the module's constants unchanged."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import catlab.toyworld.attributes as attributes
     from hand_labels import rule_grid
+
+    import catlab.toyworld.attributes as attributes
 
     before = attributes.COLOUR_MATCH, attributes.BACKDROP_TOLERANCE
     grid = rule_grid([ROOT / "tests" / "data" / "hand_labels"], colour=(80, 40), backdrop=(35,))
