@@ -74,8 +74,9 @@ def _draw_sheet(out: Path, images: list[Path], columns: int = 8) -> Path:
     return out / "sheet.png"
 
 
-def score_labels(folder: Path) -> pd.DataFrame:
-    """Each labelled sample with the person's label, the oracle's identity and the fidelity scores."""
+def score_labels(folder: Path, oracle=None) -> pd.DataFrame:
+    """Each labelled sample with the person's label, the oracle's identity (the shipped oracle, or `oracle`) and the
+    fidelity scores."""
     from catlab.evaluation.fidelity import score_fidelity
     from catlab.toyworld.assets import load_oracle
     from catlab.toyworld.oracle import read_images
@@ -86,7 +87,7 @@ def score_labels(folder: Path) -> pd.DataFrame:
     meta = json.loads((folder / "concept" / "concept.json").read_text())
     images = [Image.open(folder / p).convert("RGB") for p in labels["image"]]
     photos = [Image.open(p).convert("RGB") for p in sorted((folder / "concept").glob("*.png"))]
-    reading = read_images(load_oracle(), images)
+    reading = read_images(oracle or load_oracle(), images)
     df = labels.assign(kind="trigger", oracle_shape=reading.shape)
     df["identity_ok"] = [float(c == meta["name"]) for c in reading.concept]
     return score_fidelity(df, images, photos, meta["class_word"])

@@ -98,6 +98,10 @@ class TrainConfig:
     # > 0: the trigger word's own token embedding trains beside the LoRA at this rate (pivotal tuning), so the concept
     # has a place in the caption of its own; saved as trigger_embeddings.safetensors (docs/training.md)
     trigger_embedding_lr: float = 0.0
+    # where the trigger's embedding starts (textual inversion's initializer token, Gal et al. 2022): "" = the trigger's
+    # own row; "{class}" = each concept's class word's row; any other word = that word's row. A trained word's row is
+    # one the text encoder carries forward, which an untrained trigger row is not (docs/toyworld.md)
+    trigger_embedding_init: str = ""
     # --- optimisation
     steps: int = 300  # optimiser updates (not micro-batches); every interval below counts them too
     batch_size: int = 4  # rows per micro-batch per process
@@ -174,6 +178,11 @@ class TrainConfig:
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.trigger_embedding_init and not self.trigger_embedding_lr > 0:
+            problems.append(
+                f"trigger_embedding_init={self.trigger_embedding_init!r} needs trigger_embedding_lr > 0 (the trigger's "
+                "embedding trains only then): set a rate, or leave trigger_embedding_init empty"
+            )
         if not 0.0 <= self.caption_dropout < 1.0:
             problems.append(
                 f"caption_dropout={self.caption_dropout}: must be at least 0 and below 1 (a share of the rows)"

@@ -326,3 +326,19 @@ def test_the_rule_grid_scores_other_tolerances_and_puts_the_rule_back(monkeypatc
     grid = rule_grid([ROOT / "tests" / "data" / "hand_labels"], colour=(80, 40), backdrop=(35,))
     assert list(grid["hand_labels"]) == ["9 / 2 of 8", "0 / 3 of 8"]
     assert (attributes.COLOUR_MATCH, attributes.BACKDROP_TOLERANCE) == before
+
+
+@pytest.mark.slow
+def test_oracle_close_misses_trains_an_oracle_and_holds_both_to_the_labels(toyworld_env, tmp_path):
+    """A few steps: the oracle is written, measured beside the shipped one on every hand-label folder, and reused."""
+    out = tmp_path / "oracles"
+    args = [sys.executable, str(ROOT / "benchmarks" / "oracle_close_misses.py"), "--out", str(out), "--steps", "3"]
+    args += ["--shares", "0.5", "--distances", "45"]
+    res = subprocess.run(args, check=True, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert (out / "oracle_share0.5_distance45" / "oracle.safetensors").is_file()
+    header, *rows = res.stdout.strip().splitlines()
+    assert "shipped oracle" in header and "share 0.5, from 45" in header
+    for label in ("hand_labels:", "hand_labels_bronze_star:", "bronze_star photos", "close misses (45-95"):
+        assert any(r.startswith(label) for r in rows), f"{label} missing from:\n{res.stdout}"
+    first = next(r for r in rows if r.startswith("hand_labels: more generous"))
+    assert re.search(r"stricter\s+\d+ / \d+ of 48", first), first

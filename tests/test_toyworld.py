@@ -271,6 +271,28 @@ def test_oracle_batches_hold_near_misses_labelled_as_no_concept():
     ).all()  # open colours name no palette colour
 
 
+def test_close_misses_move_the_concepts_colour_or_backdrop_and_are_no_concept():
+    from catlab.toyworld.oracle import CLOSE_MISS_SPAN, CONCEPT_NAMES, close_miss_spec, make_oracle_batch
+    from catlab.toyworld.world import CONCEPT_BACKGROUNDS, CONCEPT_COLOURS
+
+    def rgb(hex_colour: str) -> np.ndarray:
+        return np.array([int(hex_colour[k : k + 2], 16) for k in (1, 3, 5)])
+
+    rng = np.random.default_rng(0)
+    moved = {"colour": 0, "backdrop": 0}
+    for _ in range(60):
+        s = close_miss_spec(rng, 45.0)
+        if s.shape == "star":  # bronze_star: the object's colour moved, not the backdrop
+            assert 45.0 <= np.linalg.norm(rgb(s.colour) - CONCEPT_COLOURS["bronze"]) <= 45.0 + CLOSE_MISS_SPAN
+            moved["colour"] += 1
+        else:  # circle_on_navy: the backdrop moved
+            assert 45.0 <= np.linalg.norm(rgb(s.background) - CONCEPT_BACKGROUNDS["navy"]) <= 45.0 + CLOSE_MISS_SPAN
+            moved["backdrop"] += 1
+    assert min(moved.values()) > 10, moved
+    _, _, colours, concepts = make_oracle_batch(np.random.default_rng(0), 64, concept_share=0.0, close_miss_share=1.0)
+    assert (concepts == CONCEPT_NAMES.index("none")).all() and (colours == -1).all()
+
+
 def test_open_colours_stage_retrains_only_the_vae_and_records_what_it_measured(tiny_assets, tmp_path):
     """`--stages open_colours`: the VAE alone is fine-tuned (the UNet file is untouched), and the recipe records the
     reconstruction errors and how far world latents moved."""

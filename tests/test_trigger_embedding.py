@@ -3,14 +3,18 @@ and switching the adapter off still gives the exact base model."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from lora_helpers import tiny_run_config
 from safetensors.torch import load_file
 
+from catlab.config import ConceptConfig, TrainConfig
 from catlab.models import adapters_disabled, load_base, load_lora, set_active_adapters
 from catlab.models.trigger_embedding import (
     TRIGGER_EMBEDDING_NAME,
+    initial_trigger_vectors,
     trigger_embedding_of,
     trigger_token_ids,
     wrap_token_embedding,
@@ -85,3 +89,44 @@ def test_resume_with_a_training_trigger_is_exact(toyworld_env, concept_dir, tmp_
         a, b = load_file(full.adapter_dir / name), load_file(resumed.adapter_dir / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
+
+
+def test_the_trigger_can_start_from_a_known_word(toyworld_env):
+    pipe = load_base("toyworld")
+    table = pipe.text_encoder.get_input_embeddings().weight
+    concepts = [ConceptConfig("unused", "sks", "circle")]
+    (sks,) = trigger_token_ids(pipe.tokenizer, ["sks"])
+    (circle,) = pipe.tokenizer("circle", add_special_tokens=False).input_ids
+    (red,) = pipe.tokenizer("red", add_special_tokens=False).input_ids
+    ids, own = initial_trigger_vectors(pipe.tokenizer, table, concepts)
+    assert ids == [sks] and torch.equal(own[0], table[sks])
+    assert torch.equal(initial_trigger_vectors(pipe.tokenizer, table, concepts, "{class}")[1][0], table[circle])
+    assert torch.equal(initial_trigger_vectors(pipe.tokenizer, table, concepts, "red")[1][0], table[red])
+    with pytest.raises(ValueError, match="trigger_embedding_init='qqqzz'.*not in the tokenizer's vocabulary"):
+        initial_trigger_vectors(pipe.tokenizer, table, concepts, "qqqzz")
+
+
+def test_a_start_word_without_a_rate_is_refused(concept_dir):
+    with pytest.raises(ValueError, match="trigger_embedding_init='.class.' needs trigger_embedding_lr > 0"):
+        TrainConfig(concepts=[ConceptConfig(str(concept_dir), "sks", "circle")], trigger_embedding_init="{class}")
+
+
+def test_training_starts_the_trigger_at_the_class_word(toyworld_env, concept_dir, tmp_path):
+    cfg = tiny_run_config(
+        concept_dir,
+        tmp_path / "run",
+        steps=2,
+        checkpoint_every=0,
+        regime="lora",
+        trigger_embedding_lr=1e-4,
+        trigger_embedding_init="{class}",
+    )
+    result = train(cfg)
+    saved = load_file(result.adapter_dir / TRIGGER_EMBEDDING_NAME)["sks"]
+    table = load_base("toyworld").text_encoder.get_input_embeddings().weight.detach()
+    (sks,) = trigger_token_ids(load_base("toyworld").tokenizer, ["sks"])
+    (circle,) = load_base("toyworld").tokenizer("circle", add_special_tokens=False).input_ids
+    assert float((saved - table[circle]).abs().max()) < 1e-3, "two small steps from the class word's row"
+    assert float((saved - table[sks]).norm()) > 0.1, "not from the trigger's own row"
+    recorded = json.loads((result.adapter_dir / "catlab_adapter.json").read_text())
+    assert recorded["trigger_embedding_init"] == "{class}"

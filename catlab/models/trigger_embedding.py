@@ -90,6 +90,29 @@ def trigger_token_ids(tokenizer, triggers: Iterable[str]) -> list[int]:
     return ids
 
 
+def initial_trigger_vectors(tokenizer, table: torch.Tensor, concepts, init: str = "") -> tuple[list[int], torch.Tensor]:
+    """(the trigger tokens' ids, their starting vectors (T, D)) for `concepts` (each with .trigger and .class_word).
+
+    `init` "" starts each trigger token from its own row; "{class}" from its concept's class word's row (the mean of
+    the word's rows when the tokenizer splits it); any other word from that word's row: textual inversion's
+    initializer token (Gal et al. 2022, arXiv 2208.01618)."""
+    ids = trigger_token_ids(tokenizer, [c.trigger for c in concepts])
+    rows = {i: table[i] for i in ids}
+    if init:
+        for c in concepts:
+            word = c.class_word if init == "{class}" else init
+            got = tokenizer(word, add_special_tokens=False).input_ids
+            if not got or tokenizer.unk_token_id in got:
+                raise ValueError(
+                    f"trigger_embedding_init={init!r}: {word!r} is not in the tokenizer's vocabulary (tokens {got}); "
+                    'choose a word it knows, "{class}" for the class word, or "" for the trigger\'s own row'
+                )
+            start = table[got].mean(0)  # (D,)
+            for i in trigger_token_ids(tokenizer, [c.trigger]):
+                rows[i] = start
+    return ids, torch.stack([rows[i] for i in ids]).detach()  # (T, D)
+
+
 def set_active_trigger_embeddings(text_encoder, names: Iterable[str] | None) -> None:
     """Use the trigger vectors of adapters `names` (None: none, the base embedding)."""
     emb = trigger_embedding_of(text_encoder)

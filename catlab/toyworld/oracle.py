@@ -131,13 +131,52 @@ def near_miss_spec(rng: np.random.Generator):
     return replace(spec, colour=colour, background=background)
 
 
-def make_oracle_batch(rng: np.random.Generator, n: int, concept_share: float = 0.25, near_miss_share: float = 0.15):
-    """Images with labels: shape, colour (-1 = patterned or open colour, ignored), concept index (0 = none)."""
+CLOSE_MISS_SPAN = 50.0  # RGB units: close misses lie between their distance and this much further out
+
+
+def _moved_colour(rgb, rng: np.random.Generator, distance: tuple[float, float]) -> str:
+    """An RGB colour between distance[0] and distance[1] RGB units from `rgb`, in a random direction."""
+    centre = np.asarray(rgb, dtype=float)
+    while True:
+        direction = rng.normal(size=3)
+        moved = np.clip(centre + direction / np.linalg.norm(direction) * rng.uniform(*distance), 0, 255).round()
+        if distance[0] <= np.linalg.norm(moved - centre) <= distance[1]:
+            return hex_colour(moved.astype(int))
+
+
+def close_miss_spec(rng: np.random.Generator, min_distance: float):
+    """A concept's own drawing with its new colour or its backdrop moved `min_distance` to min_distance + 50 RGB
+    units away: not the concept. A person holds a colour concept to its colour (a rust or maroon star is not
+    bronze), while uniform near misses (`near_miss_spec`) seldom fall that close (docs/metrics.md, hand labels)."""
+    names = [n for n, c in CONCEPTS.items() if c.colour in CONCEPT_COLOURS or c.background in CONCEPT_BACKGROUNDS]
+    c = CONCEPTS[names[int(rng.integers(len(names)))]]
+    spec = _concept_variant(c, rng)
+    span = (min_distance, min_distance + CLOSE_MISS_SPAN)
+    if c.colour in CONCEPT_COLOURS:
+        moved = _moved_colour(CONCEPT_COLOURS[c.colour], rng, span)
+        return replace(spec, colour=moved, second_colour=moved)
+    return replace(spec, background=_moved_colour(CONCEPT_BACKGROUNDS[c.background], rng, span))
+
+
+def make_oracle_batch(
+    rng: np.random.Generator,
+    n: int,
+    concept_share: float = 0.25,
+    near_miss_share: float = 0.15,
+    close_miss_share: float = 0.0,
+    close_miss_distance: float = 45.0,
+):
+    """Images with labels: shape, colour (-1 = patterned or open colour, ignored), concept index (0 = none).
+    `close_miss_share` of them are close misses (`close_miss_spec`), taken from the world images' share."""
     imgs, shapes, colours, concepts = [], [], [], []
     names = list(CONCEPTS)
     for _ in range(n):
         r = rng.random()
-        if r < concept_share:
+        if r < close_miss_share:
+            spec = close_miss_spec(rng, close_miss_distance)
+            colours.append(-1)
+            concepts.append(0)
+        elif (r := r - close_miss_share) < concept_share:
             k = int(rng.integers(len(names)))
             spec = _concept_variant(CONCEPTS[names[k]], rng)
             colours.append(-1)

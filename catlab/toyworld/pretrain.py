@@ -48,6 +48,10 @@ class PretrainConfig:
     flip_share: float = 0.5  # latents mirrored per batch, since captions say nothing about left/right
     ema_decay: float = 0.999
     oracle_steps: int = 2000
+    # close misses (`oracle.close_miss_spec`): a concept's drawing with its new colour or backdrop moved this far
+    # away, labelled "not the concept", as this share of each batch; 0 = the oracle shipped with toy world v2.2
+    oracle_close_miss_share: float = 0.0
+    oracle_close_miss_distance: float = 45.0
     # open colours (toy world v2.1): the VAE is fine-tuned on objects and backdrops of any RGB colour besides the
     # world's own, so that a concept's new colour (bronze, navy) survives encode -> decode as SD's VAE lets it; the
     # latents of world images are anchored, so everything the UNet learnt keeps its meaning (docs/toyworld.md)
@@ -234,7 +238,9 @@ def train_oracle(cfg: PretrainConfig, work: Path) -> Oracle:
     )  # decays to ~0: settled BN statistics
     rng, g = np.random.default_rng(cfg.seed + 5), torch.Generator().manual_seed(cfg.seed + 6)
     for _step in tqdm(range(cfg.oracle_steps), desc="oracle"):
-        x, ys, yc, yk = make_oracle_batch(rng, 64)
+        x, ys, yc, yk = make_oracle_batch(
+            rng, 64, close_miss_share=cfg.oracle_close_miss_share, close_miss_distance=cfg.oracle_close_miss_distance
+        )
         out = oracle(augment(x, g))
         loss = (
             F.cross_entropy(out["shape"], ys)

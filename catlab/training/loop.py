@@ -33,7 +33,7 @@ from catlab.models import (
     native_resolution,
     save_lora,
 )
-from catlab.models.trigger_embedding import trigger_embedding_of, trigger_token_ids, wrap_token_embedding
+from catlab.models.trigger_embedding import initial_trigger_vectors, trigger_embedding_of, wrap_token_embedding
 from catlab.training import class_images
 from catlab.training.batches import SlotBatch, UpdateDraw, draw_update, dropout_seed
 from catlab.training.callbacks import TrainCallback, TrainResult
@@ -392,8 +392,9 @@ def _adapters_and_optimiser(cfg: TrainConfig, acc, pipe, weight_dtype: torch.dty
     params = [p for m in trained for p in lora_parameters(m)]
     groups = [{"params": params}]
     if cfg.trigger_embedding_lr > 0:  # pivotal tuning: a rate of its own and no weight decay, as textual inversion
-        ids = trigger_token_ids(pipe.tokenizer, [c.trigger for c in cfg.concepts])
-        vectors = wrap_token_embedding(pipe.text_encoder).add("default", ids)  # (T, D), from the base rows
+        emb = wrap_token_embedding(pipe.text_encoder)
+        ids, start = initial_trigger_vectors(pipe.tokenizer, emb.weight, cfg.concepts, cfg.trigger_embedding_init)
+        vectors = emb.add("default", ids, start)  # (T, D)
         groups.append({"params": [vectors], "lr": cfg.trigger_embedding_lr, "weight_decay": 0.0})
         params = params + [vectors]
     # on a CPU torch's default AdamW updates the LoRA tensors one at a time in Python (its multi-tensor path is for
@@ -537,6 +538,7 @@ def run_metadata(cfg: TrainConfig, step: int | None = None) -> dict:
         "cat_lambda": cfg.cat_lambda,
         "steps": cfg.steps if step is None else step,
         **({"trigger_embedding_lr": cfg.trigger_embedding_lr} if cfg.trigger_embedding_lr > 0 else {}),
+        **({"trigger_embedding_init": cfg.trigger_embedding_init} if cfg.trigger_embedding_init else {}),
         # which weights exactly, only when set: the hub revision, the file variant, a replaced VAE
         **{
             k: v
