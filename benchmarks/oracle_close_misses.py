@@ -26,17 +26,20 @@ import numpy as np
 LABELS = ("tests/data/hand_labels", "tests/data/hand_labels_bronze_star", "tests/data/hand_labels_circle_on_navy_2")
 
 
-def train_one(share: float, distance: float, steps: int | None, out: Path) -> Path:
+def train_one(share: float, distance: float, steps: int | None, out: Path, solid_drift: bool = True) -> Path:
     """An oracle trained with the toy world's recipe and close misses; its safetensors path (reused when present)."""
     from safetensors.torch import save_file
 
     from catlab.files import replace_atomically
     from catlab.toyworld.pretrain import PretrainConfig, train_oracle
 
-    path = out / f"oracle_share{share:g}_distance{distance:g}" / "oracle.safetensors"
+    name = f"oracle_share{share:g}_distance{distance:g}" + ("" if solid_drift else "_solid")
+    path = out / name / "oracle.safetensors"
     if path.exists():
         return path
-    cfg = PretrainConfig(oracle_close_miss_share=share, oracle_close_miss_distance=distance)
+    cfg = PretrainConfig(
+        oracle_close_miss_share=share, oracle_close_miss_distance=distance, oracle_solid_colour_drift=solid_drift
+    )
     if steps:
         cfg.oracle_steps = steps
     oracle = train_oracle(cfg, out)
@@ -44,7 +47,7 @@ def train_one(share: float, distance: float, steps: int | None, out: Path) -> Pa
     return replace_atomically(path, lambda tmp: save_file(oracle.state_dict(), str(tmp)))
 
 
-def measure(oracle, vae, distance: float) -> dict:
+def measure(oracle, vae, distance: float, solid_drift: bool = True) -> dict:
     """What one oracle reads: hand-label disagreements, concept photos, world images, close misses."""
     import sys
 
@@ -71,7 +74,7 @@ def measure(oracle, vae, distance: float) -> dict:
         f"{np.mean([c == 'none' for c in read_images(oracle, images).concept]):.2f}"
     )
     rng = np.random.default_rng(2025)
-    misses = [draw_shape(close_miss_spec(rng, distance)) for _ in range(200)]
+    misses = [draw_shape(close_miss_spec(rng, distance, solid_drift)) for _ in range(200)]
     row[f"close misses ({distance:g}-{distance + 50:g} RGB units) read as a concept"] = (
         f"{np.mean([c != 'none' for c in read_images(oracle, misses).concept]):.2f}"
     )
@@ -84,6 +87,11 @@ def main() -> None:
     ap.add_argument("--shares", default="0.15", help="close-miss shares of each batch, comma-separated")
     ap.add_argument("--distances", default="45", help="close misses' nearest distance in RGB units, comma-separated")
     ap.add_argument("--steps", type=int, default=None, help="oracle training steps (default: the toy world's)")
+    ap.add_argument(
+        "--solid",
+        action="store_true",
+        help="solid concepts keep their own colour in the oracle's training (oracle_solid_colour_drift: false)",
+    )
     args = ap.parse_args()
     import pandas as pd
 
@@ -92,11 +100,12 @@ def main() -> None:
 
     vae = load_base("toyworld").vae.eval()
     distances = [float(d) for d in args.distances.split(",")]
-    columns = {"shipped oracle": measure(load_oracle(), vae, distances[0])}
+    columns = {"shipped oracle": measure(load_oracle(), vae, distances[0], not args.solid)}
     for share in (float(s) for s in args.shares.split(",")):
         for distance in distances:
-            path = train_one(share, distance, args.steps, args.out)
-            columns[f"share {share:g}, from {distance:g}"] = measure(load_oracle(path), vae, distance)
+            path = train_one(share, distance, args.steps, args.out, solid_drift=not args.solid)
+            name = f"share {share:g}, from {distance:g}" + (", solid colours kept" if args.solid else "")
+            columns[name] = measure(load_oracle(path), vae, distance, not args.solid)
     pd.set_option("display.width", 250)
     print(pd.DataFrame(columns).to_string())
 

@@ -293,6 +293,29 @@ def test_close_misses_move_the_concepts_colour_or_backdrop_and_are_no_concept():
     assert (concepts == CONCEPT_NAMES.index("none")).all() and (colours == -1).all()
 
 
+def test_solid_concepts_can_keep_their_colour_in_the_oracles_training():
+    from catlab.toyworld.oracle import _concept_variant, close_miss_spec
+    from catlab.toyworld.world import CONCEPT_BACKGROUNDS, CONCEPTS
+
+    rng = np.random.default_rng(0)
+    navy = CONCEPTS["circle_on_navy"]
+    drifted = {_concept_variant(navy, rng).colour for _ in range(60)}
+    kept = {_concept_variant(navy, rng, solid_drift=False).colour for _ in range(60)}
+    assert kept == {"yellow"} and len(drifted) > 1, drifted
+    two_tone = {_concept_variant(CONCEPTS["two_tone_circle"], rng, solid_drift=False).colour for _ in range(60)}
+    assert len(two_tone) > 1, "patterned concepts still drift"
+    misses = [close_miss_spec(rng, 35.0, solid_drift=False) for _ in range(200)]
+    navy_rgb = np.array(CONCEPT_BACKGROUNDS["navy"])
+
+    def off_navy(m) -> float:
+        return float(np.linalg.norm(np.array([int(m.background[k : k + 2], 16) for k in (1, 3, 5)]) - navy_rgb))
+
+    on_navy = [m for m in misses if m.shape == "circle" and off_navy(m) < 35.0]
+    moved = [m for m in misses if m.shape == "circle" and off_navy(m) >= 35.0]
+    assert on_navy and all(m.colour in ("orange", "green") for m in on_navy), {m.colour for m in on_navy}
+    assert moved and all(m.colour == "yellow" for m in moved)
+
+
 def test_open_colours_stage_retrains_only_the_vae_and_records_what_it_measured(tiny_assets, tmp_path):
     """`--stages open_colours`: the VAE alone is fine-tuned (the UNet file is untouched), and the recipe records the
     reconstruction errors and how far world latents moved."""

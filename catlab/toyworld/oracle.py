@@ -86,11 +86,12 @@ def _neighbour(colour: str, rng: np.random.Generator) -> str:
     return COLOUR_NAMES[i % len(COLOUR_NAMES)]
 
 
-def _concept_variant(c: ToyConcept, rng: np.random.Generator):
+def _concept_variant(c: ToyConcept, rng: np.random.Generator, solid_drift: bool = True):
     """A concept instance with wider variation than its photos, so the oracle learns the pattern, not the pose.
 
     Each of the two colours may drift to a hue neighbour: a generated "pink/blue" two-tone circle is still the
     concept (the world has no two-tone objects at all), while solid objects in the concept's colours are not.
+    `solid_drift=False` keeps a solid concept's own colour (an orange circle on navy is not a yellow one to a person).
     """
     base = sample_spec(rng, shape=c.class_word, colour=_neighbour(c.colour, rng))
     if not WORLD_RADIUS[0] <= c.radius <= WORLD_RADIUS[1]:  # a size the world never draws is the concept itself
@@ -105,13 +106,16 @@ def _concept_variant(c: ToyConcept, rng: np.random.Generator):
         if c.background in CONCEPT_BACKGROUNDS
         else (c.background or base.background)
     )
-    return replace(
+    variant = replace(
         base,
         pattern=c.pattern,
         second_colour=_neighbour(c.second_colour, rng),
         angle=base.angle if c.class_word != "circle" else 0.0,
         background=background,
     )
+    if not solid_drift and c.pattern == "solid" and c.colour in COLOUR_NAMES:
+        return replace(variant, colour=c.colour, second_colour=c.colour)
+    return variant
 
 
 NEAR_MISS_DISTANCE = 70.0  # RGB units: open colours at least this far from a concept's colour or backdrop are not it
@@ -144,17 +148,24 @@ def _moved_colour(rgb, rng: np.random.Generator, distance: tuple[float, float]) 
             return hex_colour(moved.astype(int))
 
 
-def close_miss_spec(rng: np.random.Generator, min_distance: float):
+def close_miss_spec(rng: np.random.Generator, min_distance: float, solid_drift: bool = True):
     """A concept's own drawing with its new colour or its backdrop moved `min_distance` to min_distance + 50 RGB
     units away: not the concept. A person holds a colour concept to its colour (a rust or maroon star is not
-    bronze), while uniform near misses (`near_miss_spec`) seldom fall that close (docs/metrics.md, hand labels)."""
+    bronze), while uniform near misses (`near_miss_spec`) seldom fall that close (docs/metrics.md, hand labels).
+    With `solid_drift=False` a setting's solid object may instead take a hue neighbour of its colour (an orange
+    circle on navy), since the concept's own drawings then keep its colour."""
     names = [n for n, c in CONCEPTS.items() if c.colour in CONCEPT_COLOURS or c.background in CONCEPT_BACKGROUNDS]
     c = CONCEPTS[names[int(rng.integers(len(names)))]]
-    spec = _concept_variant(c, rng)
+    spec = _concept_variant(c, rng, solid_drift)
     span = (min_distance, min_distance + CLOSE_MISS_SPAN)
     if c.colour in CONCEPT_COLOURS:
         moved = _moved_colour(CONCEPT_COLOURS[c.colour], rng, span)
         return replace(spec, colour=moved, second_colour=moved)
+    if not solid_drift and c.colour in COLOUR_NAMES and rng.random() < 0.5:
+        i = COLOUR_NAMES.index(c.colour) + (1 if rng.random() < 0.5 else -1)
+        return replace(
+            spec, colour=COLOUR_NAMES[i % len(COLOUR_NAMES)], second_colour=COLOUR_NAMES[i % len(COLOUR_NAMES)]
+        )
     return replace(spec, background=_moved_colour(CONCEPT_BACKGROUNDS[c.background], rng, span))
 
 
@@ -165,20 +176,22 @@ def make_oracle_batch(
     near_miss_share: float = 0.15,
     close_miss_share: float = 0.0,
     close_miss_distance: float = 45.0,
+    solid_drift: bool = True,
 ):
     """Images with labels: shape, colour (-1 = patterned or open colour, ignored), concept index (0 = none).
-    `close_miss_share` of them are close misses (`close_miss_spec`), taken from the world images' share."""
+    `close_miss_share` of them are close misses (`close_miss_spec`), taken from the world images' share;
+    `solid_drift` as in `_concept_variant`."""
     imgs, shapes, colours, concepts = [], [], [], []
     names = list(CONCEPTS)
     for _ in range(n):
         r = rng.random()
         if r < close_miss_share:
-            spec = close_miss_spec(rng, close_miss_distance)
+            spec = close_miss_spec(rng, close_miss_distance, solid_drift)
             colours.append(-1)
             concepts.append(0)
         elif (r := r - close_miss_share) < concept_share:
             k = int(rng.integers(len(names)))
-            spec = _concept_variant(CONCEPTS[names[k]], rng)
+            spec = _concept_variant(CONCEPTS[names[k]], rng, solid_drift)
             colours.append(-1)
             concepts.append(k + 1)
         elif r < concept_share + near_miss_share:

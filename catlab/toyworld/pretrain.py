@@ -52,6 +52,8 @@ class PretrainConfig:
     # away, labelled "not the concept", as this share of each batch; 0 = the oracle shipped with toy world v2.2
     oracle_close_miss_share: float = 0.0
     oracle_close_miss_distance: float = 45.0
+    # False: a solid concept's drawings keep its colour (no hue neighbours), and its close misses may take one
+    oracle_solid_colour_drift: bool = True
     # open colours (toy world v2.1): the VAE is fine-tuned on objects and backdrops of any RGB colour besides the
     # world's own, so that a concept's new colour (bronze, navy) survives encode -> decode as SD's VAE lets it; the
     # latents of world images are anchored, so everything the UNet learnt keeps its meaning (docs/toyworld.md)
@@ -239,7 +241,11 @@ def train_oracle(cfg: PretrainConfig, work: Path) -> Oracle:
     rng, g = np.random.default_rng(cfg.seed + 5), torch.Generator().manual_seed(cfg.seed + 6)
     for _step in tqdm(range(cfg.oracle_steps), desc="oracle"):
         x, ys, yc, yk = make_oracle_batch(
-            rng, 64, close_miss_share=cfg.oracle_close_miss_share, close_miss_distance=cfg.oracle_close_miss_distance
+            rng,
+            64,
+            close_miss_share=cfg.oracle_close_miss_share,
+            close_miss_distance=cfg.oracle_close_miss_distance,
+            solid_drift=cfg.oracle_solid_colour_drift,
         )
         out = oracle(augment(x, g))
         loss = (
