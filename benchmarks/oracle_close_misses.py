@@ -43,15 +43,11 @@ def train_one(share: float, distance: float, steps: int | None, out: Path, solid
     if steps:
         cfg.oracle_steps = steps
     oracle = train_oracle(cfg, out)
-    path.parent.mkdir(parents=True, exist_ok=True)
     return replace_atomically(path, lambda tmp: save_file(oracle.state_dict(), str(tmp)))
 
 
 def measure(oracle, vae, distance: float, solid_drift: bool = True) -> dict:
     """What one oracle reads: hand-label disagreements, concept photos, world images, close misses."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from hand_labels import agreement, score_labels
 
     from catlab.toyworld.open_colours import round_trip
@@ -93,7 +89,11 @@ def main() -> None:
         help="solid concepts keep their own colour in the oracle's training (oracle_solid_colour_drift: false)",
     )
     args = ap.parse_args()
+    import sys
+
     import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).parent))  # hand_labels.py, beside this script
 
     from catlab.models import load_base
     from catlab.toyworld.assets import load_oracle

@@ -102,7 +102,9 @@ def test_the_trigger_can_start_from_a_known_word(toyworld_env):
     assert ids == [sks] and torch.equal(own[0], table[sks])
     assert torch.equal(initial_trigger_vectors(pipe.tokenizer, table, concepts, "{class}")[1][0], table[circle])
     assert torch.equal(initial_trigger_vectors(pipe.tokenizer, table, concepts, "red")[1][0], table[red])
-    with pytest.raises(ValueError, match="trigger_embedding_init='qqqzz'.*not in the tokenizer's vocabulary"):
+    with pytest.raises(
+        ValueError, match="'qqqzz' is not in the tokenizer's vocabulary.*trigger_embedding_init='qqqzz'"
+    ):
         initial_trigger_vectors(pipe.tokenizer, table, concepts, "qqqzz")
 
 

@@ -76,17 +76,22 @@ def wrap_token_embedding(text_encoder) -> TriggerEmbedding:
     return emb
 
 
+def known_token_ids(tokenizer, word: str, fix: str) -> list[int]:
+    """The token ids that spell `word`; a ValueError ending in `fix` when the tokenizer does not know it."""
+    got = tokenizer(word, add_special_tokens=False).input_ids
+    if not got or tokenizer.unk_token_id in got:
+        raise ValueError(f"{word!r} is not in the tokenizer's vocabulary (tokens {got}): {fix}")
+    return got
+
+
 def trigger_token_ids(tokenizer, triggers: Iterable[str]) -> list[int]:
     """The token ids of the trigger words (each word once); an error names a trigger the tokenizer cannot spell."""
     ids: list[int] = []
     for word in dict.fromkeys(triggers):
-        got = tokenizer(word, add_special_tokens=False).input_ids
-        if not got or tokenizer.unk_token_id in got:
-            raise ValueError(
-                f"trigger {word!r} is not in the tokenizer's vocabulary (tokens {got}), so it has no embedding to "
-                "train: choose a trigger the tokenizer spells with known tokens, or set trigger_embedding_lr: 0"
-            )
-        ids += [i for i in got if i not in ids]
+        fix = (
+            "it has no embedding to train; choose a trigger it spells with known tokens, or set trigger_embedding_lr: 0"
+        )
+        ids += [i for i in known_token_ids(tokenizer, word, fix) if i not in ids]
     return ids
 
 
@@ -98,18 +103,11 @@ def initial_trigger_vectors(tokenizer, table: torch.Tensor, concepts, init: str 
     initializer token (Gal et al. 2022, arXiv 2208.01618)."""
     ids = trigger_token_ids(tokenizer, [c.trigger for c in concepts])
     rows = {i: table[i] for i in ids}
-    if init:
-        for c in concepts:
-            word = c.class_word if init == "{class}" else init
-            got = tokenizer(word, add_special_tokens=False).input_ids
-            if not got or tokenizer.unk_token_id in got:
-                raise ValueError(
-                    f"trigger_embedding_init={init!r}: {word!r} is not in the tokenizer's vocabulary (tokens {got}); "
-                    'choose a word it knows, "{class}" for the class word, or "" for the trigger\'s own row'
-                )
-            start = table[got].mean(0)  # (D,)
-            for i in trigger_token_ids(tokenizer, [c.trigger]):
-                rows[i] = start
+    fix = f'trigger_embedding_init={init!r}: choose a word it knows, "{{class}}" for the class word, or ""'
+    for c in concepts if init else ():
+        start = table[known_token_ids(tokenizer, c.class_word if init == "{class}" else init, fix)].mean(0)  # (D,)
+        for i in trigger_token_ids(tokenizer, [c.trigger]):
+            rows[i] = start
     return ids, torch.stack([rows[i] for i in ids]).detach()  # (T, D)
 
 

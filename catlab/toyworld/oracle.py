@@ -162,10 +162,9 @@ def close_miss_spec(rng: np.random.Generator, min_distance: float, solid_drift: 
         moved = _moved_colour(CONCEPT_COLOURS[c.colour], rng, span)
         return replace(spec, colour=moved, second_colour=moved)
     if not solid_drift and c.colour in COLOUR_NAMES and rng.random() < 0.5:
-        i = COLOUR_NAMES.index(c.colour) + (1 if rng.random() < 0.5 else -1)
-        return replace(
-            spec, colour=COLOUR_NAMES[i % len(COLOUR_NAMES)], second_colour=COLOUR_NAMES[i % len(COLOUR_NAMES)]
-        )
+        step = 1 if rng.random() < 0.5 else -1
+        neighbour = COLOUR_NAMES[(COLOUR_NAMES.index(c.colour) + step) % len(COLOUR_NAMES)]
+        return replace(spec, colour=neighbour, second_colour=neighbour)
     return replace(spec, background=_moved_colour(CONCEPT_BACKGROUNDS[c.background], rng, span))
 
 
