@@ -60,6 +60,7 @@ def main() -> int:
                     help="cat_lambda of the anchored runs (repeatable; default: the recipe's, 4)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="a few steps and seeds: checks the plumbing only")
     args = ap.parse_args()
+    from catlab.demo.recipe import QUICK_SAMPLE_STEPS
     from catlab.evaluation.held_out import other_classes, preservation_by_prompt
     from catlab.evaluation.images import EvalSampling
     from catlab.evaluation.protocol import evaluate
@@ -88,6 +89,7 @@ def main() -> int:
     class_word = CONCEPTS[args.concept].class_word
     n = (2, 1, 1) if args.quick else (48, 24, 8)
     sampling = EvalSampling(templates=("a {trigger} {class}",), seeds=n[0], trigger_seeds=n[1], held_out_seeds=n[2],
+                            num_inference_steps=QUICK_SAMPLE_STEPS if args.quick else None,
                             held_out=(*other_classes(class_word), "a {class} on a dark background"), workers=2)  # fmt: skip
     adapters = {name: Path(cfg.output_dir) / "adapter" for name, cfg in runs.items()}
     result = evaluate("toyworld", adapters, args.concept, sampling=sampling, scorers=Scorers(oracle=load_oracle()),

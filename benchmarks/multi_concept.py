@@ -258,6 +258,7 @@ def main() -> int:
     seeds, methods = [int(s) for s in args.seeds.split(",")], args.methods.split(",")
     import pandas as pd
 
+    from catlab.demo.recipe import QUICK_SAMPLE_STEPS
     from catlab.evaluation.images import EvalSampling
     from catlab.toyworld.world import export_concept
 
@@ -269,6 +270,7 @@ def main() -> int:
     train_all(out, sorted(jobs), args.quick)
     n = (2, 1, 1) if args.quick else (args.class_seeds, args.trigger_seeds, args.held_out_seeds)
     sampling = EvalSampling(templates=("a {trigger} {class}",), seeds=n[0], trigger_seeds=n[1], held_out_seeds=n[2],
+                            num_inference_steps=QUICK_SAMPLE_STEPS if args.quick else None,
                             workers=2)  # fmt: skip
     parts = [score_set(out, name, models_of(out, methods, seeds, SETS[name]), sampling) for name in sets]
     table, by_prompt, per_image = (pd.concat(p, ignore_index=True) for p in zip(*parts))

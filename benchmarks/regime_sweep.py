@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument(
         "--class-samples", type=int, default=24, help="samples of 'a {class}' per model (more = less noisy entropy)"
     )
+    ap.add_argument("--trigger-samples", type=int, default=16, help="samples of 'a {trigger} {class}' per model")
+    ap.add_argument("--class-images", type=int, default=50, help="class images the base model draws for dreambooth/CAT")
+    ap.add_argument("--sample-steps", type=int, default=None, help="sampling steps (default: the base model's own)")
     ap.add_argument("--null-share", type=float, default=0.0, help="TrainConfig.cat_null_share for the cat runs")
     args = ap.parse_args()
     from catlab.config import ConceptConfig, TrainConfig
@@ -54,8 +57,11 @@ def main() -> None:
     base_reading = []
 
     def read_out(label: str, extra: str = "") -> None:
-        cls = generate(pipe, [f"a {c.class_word}"], list(range(args.class_samples)), progress=False)[0]
-        trg = generate(pipe, [f"a {c.trigger} {c.class_word}"], list(range(16)), progress=False)[0]
+        steps = {"num_inference_steps": args.sample_steps} if args.sample_steps else {}
+        cls = generate(pipe, [f"a {c.class_word}"], list(range(args.class_samples)), progress=False, **steps)[0]
+        trg = generate(
+            pipe, [f"a {c.trigger} {c.class_word}"], list(range(args.trigger_samples)), progress=False, **steps
+        )[0]
         rc, rt = read_images(oracle, cls), read_images(oracle, trg)
         base = base_reading[0] if base_reading else rc
         base_reading.append(rc)
@@ -96,7 +102,7 @@ def main() -> None:
             validate_every=0,
             seed=args.seed,
             target_modules=args.targets.split(","),
-            num_class_images=50,
+            num_class_images=args.class_images,
             class_images_dir=str(root / "class_images"),
         )
         from catlab.training.loop import train

@@ -453,6 +453,7 @@ def test_half_precision_training_validates_and_its_adapter_samples(toyworld_env,
             checkpoint_every=1,
             mixed_precision=precision,
             validation_seeds=[0, 1],
+            validation_steps=2,  # half precision samples slowly on a CPU; the crash was in the decode after them
         ),
         callbacks=[seen],
     )
@@ -482,6 +483,7 @@ def test_train_cli_in_bf16_with_validation(toyworld_env, concept_dir, tmp_path):
         "checkpoint_every": 0,
         "validate_every": 1,
         "validation_seeds": [0],
+        "validation_steps": 2,  # bf16 samples slowly on a CPU; two steps reach the decode as fifty do
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(tmp_path / "run.yaml"), "--set", "mixed_precision=bf16"]) == 0
