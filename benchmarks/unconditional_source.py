@@ -49,8 +49,12 @@ def parse_variant(spec: str) -> dict:
                 f"--variant {spec!r}: {item!r} is not FIELD=VALUE with FIELD a TrainConfig field (e.g. cat_null_share=0)"
             )
         default = getattr(defaults, key)
-        # a list field takes its items joined by "+" (target_modules=attn2.to_k+attn2.to_v)
-        fields[key] = value.split("+") if isinstance(default, list) else type(default)(value)
+        # a list field takes its items joined by "+" (target_modules=attn2.to_k+attn2.to_v); a field whose default
+        # is None takes text (class_prompt=a circle)
+        if isinstance(default, list):
+            fields[key] = value.split("+")
+        else:
+            fields[key] = value if default is None else type(default)(value)
     return {
         "name": "v_" + "_".join(f"{k.removeprefix('cat_')}{_spelt(v)}" for k, v in fields.items()).replace(".", "p"),
         "fields": fields,
@@ -58,7 +62,7 @@ def parse_variant(spec: str) -> dict:
 
 
 def _spelt(value) -> str:
-    return "+".join(map(str, value)) if isinstance(value, list) else str(value)
+    return ("+".join(map(str, value)) if isinstance(value, list) else str(value)).replace(" ", "-")
 
 
 def _recipe_train(recipe: dict) -> dict:
@@ -101,6 +105,8 @@ def train_variant(job: tuple) -> str:
         key, seed, ConceptConfig(str(Path(demo) / "concept"), c.trigger, c.class_word), Path(demo)
     )
     cfg = dataclasses.replace(cfg, output_dir=str(Path(demo) / "runs" / f"{name}_seed{seed}"))
+    if cfg.class_prompt:  # the term held on another prompt's base images: they get a folder of their own
+        cfg = dataclasses.replace(cfg, class_images_dir=str(Path(demo) / "class_images" / _spelt(cfg.class_prompt)))
     with quiet_libraries():
         train(cfg, progress=False)
     return f"{name} seed {seed}"

@@ -50,9 +50,9 @@ def inject_text_encoder_lora(perturb: float = 0.0, patch=setattr):
     < 0.22): the training loop's text-encoder LoRA is injected through peft directly, as diffusers' loader does.
     `perturb` > 0 gives its B matrices random values (seeded), so that the adapted text encoder differs from the base
     one from the first step. `patch` is monkeypatch.setattr in a test, plain setattr in a launched script."""
-    import catlab.training.loop as loop
+    import catlab.training.start as start
 
-    real = loop.add_lora
+    real = start.add_lora
 
     def add_lora(model, rank=4, alpha=None, dropout=0.0, target_modules=(), adapter_name="default"):
         from peft import LoraConfig, inject_adapter_in_model
@@ -76,4 +76,4 @@ def inject_text_encoder_lora(perturb: float = 0.0, patch=setattr):
                         p.copy_(torch.randn(p.shape, generator=g) * perturb)
         return sum(p.numel() for p in lora_parameters(model))
 
-    patch(loop, "add_lora", add_lora)
+    patch(start, "add_lora", add_lora)

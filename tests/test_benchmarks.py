@@ -34,6 +34,10 @@ def test_a_variant_spells_list_fields_with_plus(monkeypatch):
     v = parse_variant("regime=lora,target_modules=attn2.to_k+attn2.to_v,learning_rate=0")
     assert v["fields"] == {"regime": "lora", "target_modules": ["attn2.to_k", "attn2.to_v"], "learning_rate": 0.0}
     assert v["name"] == "v_regimelora_target_modulesattn2pto_k+attn2pto_v_learning_rate0p0"
+    # a field whose default is None takes text, and the name has no spaces (it names the run's folder)
+    other = parse_variant("class_prompt=a circle,trigger_embedding_init={class}")
+    assert other["fields"] == {"class_prompt": "a circle", "trigger_embedding_init": "{class}"}
+    assert other["name"] == "v_class_prompta-circle_trigger_embedding_init{class}"
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def test_steps_written_as_an_exponent_still_name_the_field():
 
 
 def test_loading_fields_reach_load_base_and_the_adapter_metadata():
-    from catlab.training.loop import run_metadata
+    from catlab.training.start import run_metadata
 
     plain = TrainConfig(concepts=[CONCEPT])
     assert plain.loading_options() == {}

@@ -352,7 +352,7 @@ def test_prior_share_draws_fewer_class_images_per_dreambooth_step(toyworld_env, 
 
 def test_adamw_is_fused_on_a_cpu(toyworld_env, concept_dir, tmp_path):
     """torch's default AdamW loops over the LoRA tensors in Python on a CPU; training asks for the fused kernel."""
-    from catlab.training.loop import start_run
+    from catlab.training.start import start_run
 
     run, _ = start_run(_cfg(concept_dir, tmp_path / "fused", steps=1))
     assert run.optimizer.optimizer.defaults["fused"] is True

@@ -268,12 +268,12 @@ def _one_error_line(capsys, argv, *expected) -> str:
 def test_cli_errors_are_one_line(toyworld_env, concept_dir, tmp_path, capsys, monkeypatch):
     import yaml
 
-    import catlab.training.loop
+    import catlab.training.start
 
     def no_model(*a, **k):
         raise AssertionError("the base model must not load before the input is checked")
 
-    monkeypatch.setattr(catlab.training.loop, "load_base", no_model)
+    monkeypatch.setattr(catlab.training.start, "load_base", no_model)
     (tmp_path / "empty").mkdir()
     run = {
         "concepts": [{"folder": str(tmp_path / "empty"), "trigger": "sks", "class_word": "circle"}],

@@ -25,8 +25,9 @@ from catlab.models import LORA_WEIGHT_NAME, adapters_disabled, add_lora, load_ba
 from catlab.models.trigger_embedding import TRIGGER_EMBEDDING_NAME
 from catlab.training.batches import draw_update
 from catlab.training.callbacks import TrainCallback
-from catlab.training.loop import lr_schedule, train
+from catlab.training.loop import train
 from catlab.training.losses import CatTerm, cat_loss, mse
+from catlab.training.start import lr_schedule
 
 HERE = Path(__file__).resolve().parent
 # the demo's CAT: the guided term on the base model's class images, on half as many rows as concept images
