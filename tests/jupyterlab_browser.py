@@ -229,23 +229,6 @@ JS_STATE = """(path) => {
 }"""
 
 
-# What Run All's wait polls: the kernel's status and the code cells' prompts and error outputs, nothing serialised
-# or measured (JS_STATE turns every output into JSON and lays the page out: read every quarter second during a
-# run, it kept Chromium as busy as the kernel on two cores)
-JS_PROGRESS = """(path) => {
-  const panel = window.jupyterapp.shell.currentWidget;
-  if (!panel || !panel.context || panel.context.path !== path || !panel.content.widgets) return null;
-  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
-  const code = panel.content.widgets.filter(cell => cell.model.type === 'code');
-  const prompt = cell => { const p = cell.node.querySelector('.jp-InputArea-prompt'); return p ? p.textContent : ''; };
-  const failed = cell => { const o = cell.model.outputs;
-                           for (let i = 0; i < o.length; i++) if (o.get(i).type === 'error') return true;
-                           return false; };
-  return {kernel: kernel ? kernel.status : 'none', running: code.some(cell => prompt(cell).includes('*')),
-          failed: code.some(failed), unrun: code.filter(cell => cell.model.executionCount === null).length};
-}"""
-
-
 def cell_label(name: str, cell: dict) -> str:
     first = next((line for line in cell["source"].splitlines() if line.strip()), "(empty)")
     return f"{name}, cell {cell['index']} ({first.strip()[:80]!r})"
@@ -313,12 +296,19 @@ class NotebookPage:
         self.page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
         t0 = time.monotonic()
 
-        def finished() -> bool:
-            p = self.page.evaluate(JS_PROGRESS, self.path)
-            return bool(p and p["kernel"] == "idle" and not p["running"] and (p["failed"] or p["unrun"] == 0))
+        def finished() -> dict | None:
+            s = self.state()
+            if s is None or s["kernel"] not in ("idle",):
+                return None
+            code = [c for c in s["cells"] if c["type"] == "code"]
+            if any("*" in c["prompt"] for c in code):
+                return None
+            failed = any(o["type"] == "error" for c in code for o in c["outputs"])
+            if failed or all(c["count"] is not None for c in code):
+                return s
+            return None
 
-        self.wait_for(finished, timeout, f"{self.name}: Run All Cells did not finish", poll=1.0)
-        state = self.state()
+        state = self.wait_for(finished, timeout, f"{self.name}: Run All Cells did not finish")
         self.log(f"{self.name}: all cells ran in {time.monotonic() - t0:.1f} s")
         return state
 
