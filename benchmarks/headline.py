@@ -97,12 +97,12 @@ def main() -> int:
         "--overwrite", action="store_true", help="replace the demo folders of these concepts under --out if they exist"
     )
     args = ap.parse_args()
-    from catlab.cli import _parse_overrides
+    from catlab.cli.commands import parse_overrides
     from catlab.demo.experiment import DemoRecipe, run_demo
     from catlab.evaluation.held_out import preservation_by_prompt
 
     try:
-        recipe = DemoRecipe().with_train(**_parse_overrides(args.set))
+        recipe = DemoRecipe().with_train(**parse_overrides(args.set))
     except (ValueError, SystemExit) as e:
         ap.error(str(e))
     out, concepts = Path(args.out), args.concepts.split(",")

@@ -12,7 +12,7 @@ CONCEPT = {"folder": "photos/teapot", "trigger": "sks", "class_word": "teapot"}
 
 def test_exponent_numbers_are_floats_in_a_config_file_and_in_set(tmp_path):
     """YAML 1.1 reads 1e-4 as a string; catlab reads it as YAML 1.2 does. Integers and words stay what they were."""
-    from catlab.cli import _parse_overrides
+    from catlab.cli.commands import parse_overrides
 
     assert load_yaml("a: 1e-4\nb: 5E3\nc: -2e+2\nd: 10\ne: 1.5\nf: sks1e4\ng: [1e-3, 2]") == {
         "a": 1e-4,
@@ -26,7 +26,7 @@ def test_exponent_numbers_are_floats_in_a_config_file_and_in_set(tmp_path):
     (tmp_path / "run.yaml").write_text("learning_rate: 1e-4\ncat_lambda: 2e0\nsteps: 900\n")
     cfg = load_config(tmp_path / "run.yaml")
     assert (cfg.learning_rate, cfg.cat_lambda, cfg.steps) == (1e-4, 2.0, 900)
-    assert _parse_overrides(["learning_rate=1e-4", "validation_guidance=7.5", "output_dir=runs/1e5"]) == {
+    assert parse_overrides(["learning_rate=1e-4", "validation_guidance=7.5", "output_dir=runs/1e5"]) == {
         "learning_rate": 1e-4,
         "validation_guidance": 7.5,
         "output_dir": "runs/1e5",

@@ -108,7 +108,8 @@ def test_the_docs_show_the_commands_this_test_is_for():
 
 @pytest.mark.parametrize("where, argv", COMMANDS, ids=[w for w, _ in COMMANDS])
 def test_documented_command_parses_and_builds_its_config(where, argv, tmp_path):
-    from catlab.cli import _train_config, build_parser
+    from catlab.cli.commands import train_config
+    from catlab.cli.parser import build_parser
     from catlab.config import TrainConfig, load_yaml
 
     config = tmp_path / "run.yaml"
@@ -122,7 +123,7 @@ def test_documented_command_parses_and_builds_its_config(where, argv, tmp_path):
     args = build_parser().parse_args(args_list)
     assert args.command == argv[0], where
     if args.command == "train":
-        cfg = _train_config(args)
+        cfg = train_config(args)
         assert isinstance(cfg, TrainConfig)
         for pair in args.set:  # each --set reached the config as the value it spells: 1e-4 is a float
             key, value = pair.split("=", 1)

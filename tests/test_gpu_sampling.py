@@ -178,7 +178,7 @@ def test_catlab_eval_dreambench_templates(eval_call):
 
 
 def test_catlab_eval_scores_a_real_base_with_a_real_clip_unless_told(eval_call, capsys):
-    from catlab.cli import REAL_EMBEDDER
+    from catlab.cli.parser import REAL_EMBEDDER
 
     assert eval_call("--base", "toyworld")["scorers"].embedder == "toyworld"
     assert eval_call("--base", "stable-diffusion-v1-5/stable-diffusion-v1-5")["scorers"].embedder == REAL_EMBEDDER

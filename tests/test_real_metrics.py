@@ -325,7 +325,7 @@ def test_eval_cli_passes_dino_and_clip_through(tmp_path, monkeypatch, capsys):
     """`catlab eval --dino PATH --clip [PATH]` reach evaluate(); without the flags nothing new is passed."""
     import argparse
 
-    from catlab import cli
+    from catlab.cli import evaluate as eval_command
 
     seen = []
     summary = pd.DataFrame(
@@ -350,14 +350,14 @@ def test_eval_cli_passes_dino_and_clip_through(tmp_path, monkeypatch, capsys):
         "out": str(tmp_path / "eval"),
         "unconditional": "adapted",
     }
-    assert cli._evaluate(argparse.Namespace(**common)) == 0
+    assert eval_command.run_eval(argparse.Namespace(**common)) == 0
     scorers, sampling = seen[-1]["scorers"], seen[-1]["sampling"]
     assert scorers.dino is None and scorers.clip is None and sampling.unconditional == "adapted"
-    assert cli._evaluate(argparse.Namespace(**{**common, "unconditional": "base"})) == 0
+    assert eval_command.run_eval(argparse.Namespace(**{**common, "unconditional": "base"})) == 0
     assert seen[-1]["sampling"].unconditional == "base"
-    assert cli._evaluate(argparse.Namespace(**common, trigger_seeds=3)) == 0
+    assert eval_command.run_eval(argparse.Namespace(**common, trigger_seeds=3)) == 0
     assert seen[-1]["sampling"].trigger_seeds == 3 and seen[-1]["sampling"].seeds == 1
-    assert cli._evaluate(argparse.Namespace(**common, dino="facebook/dino-vits16", clip=True)) == 0
+    assert eval_command.run_eval(argparse.Namespace(**common, dino="facebook/dino-vits16", clip=True)) == 0
     assert seen[-1]["scorers"].dino == "facebook/dino-vits16" and seen[-1]["scorers"].clip is True
     assert "backbones: IS: (cos + 1) / 2 of CLIP ViT-B/32 (openai/clip-vit-base-patch32)" in capsys.readouterr().out
 
