@@ -71,7 +71,14 @@ def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch,
         assert method in printed
     assert main(["demo", "--quick", "--out", str(out)]) == 1
     assert "--overwrite" in capfd.readouterr().err
-    assert json.loads((out / "recipe.json").read_text())["first_seed"] == 0
+    recorded = json.loads((out / "recipe.json").read_text())
+    assert recorded["first_seed"] == 0
+    import torch
+
+    assert recorded["environment"]["torch"] == torch.__version__, "recipe.json records what the numbers ran on"
+    assert recorded["environment"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert f"Ran on: catlab {recorded['environment']['catlab']}" in (out / "report.md").read_text()
+    assert "ran on: catlab" in printed
     assert sorted(p.name for p in (out / "runs").iterdir()) == [
         "cat_seed0",
         "dreambooth_seed0",
@@ -234,3 +241,22 @@ def test_the_report_says_how_many_seeds_each_prompt_had():
         == "48 sampling seeds for the class prompt and 24 for the trigger prompt"
     )
     assert describe_eval_seeds(EvalSampling(seeds=(5, 9), trigger_seeds=None)) == "2 sampling seeds per prompt"
+
+
+def test_the_environment_record_names_what_sets_the_digits(monkeypatch):
+    """The demo records the libraries and the CPU kernels beside its numbers (catlab.environment): a missing library
+    says so, and a GPU is named in the report's line."""
+    import torch
+
+    from catlab import environment
+
+    env = environment.describe_environment()
+    assert set(environment.LIBRARIES) <= set(env) and env["torch"] == torch.__version__
+    assert env["cpu_kernels"] == torch.backends.cpu.get_cpu_capability() and int(env["cores"]) >= 1
+    line = environment.environment_line({**env, "gpu": "NVIDIA H100 80GB HBM3"})
+    assert line.startswith(f"catlab {env['catlab']}, python ") and line.endswith(", GPU NVIDIA H100 80GB HBM3")
+    assert f"{env['cpu_kernels']} kernels" in environment.environment_line(
+        env
+    ) and "GPU" not in environment.environment_line(env)
+    monkeypatch.setattr(environment, "LIBRARIES", ("torch", "no-such-library-xyz"))
+    assert environment.describe_environment()["no-such-library-xyz"] == "not installed"

@@ -19,6 +19,7 @@ import pandas as pd
 
 from catlab.demo.recipe import COLUMNS, METHODS, DemoRecipe, DemoResults, DemoRun  # noqa: F401  (the demo's vocabulary)
 from catlab.demo.report import format_table
+from catlab.environment import describe_environment, environment_line
 from catlab.files import write_csv_atomic, write_json_atomic
 from catlab.notices import quiet_libraries
 
@@ -78,7 +79,8 @@ def run_demo(
     rerun = (f"catlab demo --out {out} --overwrite --concept {concept} --seeds {n_seeds}"
              + (f" --first-seed {first_seed}" if first_seed else "") + (" --quick" if quick else ""))  # fmt: skip
     demo = DemoResults(out, c, recipe, runs, result.per_image, summarise_by_method(result.per_image, runs),
-                       cost_table(runs), n_seeds, total_s=time.time() - t0, rerun=rerun)  # fmt: skip
+                       cost_table(runs), n_seeds, total_s=time.time() - t0, rerun=rerun,
+                       environment=describe_environment())  # fmt: skip
     report = _write_results(demo, {"n_seeds": n_seeds, "first_seed": first_seed, "concept": concept}, t0)
     return {"table": demo.table, "costs": demo.costs, "per_image": demo.per_image, "report": report, "runs": runs}
 
@@ -109,9 +111,10 @@ def _write_results(demo: DemoResults, run_args: dict, t0: float) -> Path:
     report = write_report(demo)
     print("\n" + format_table(demo.table))
     print("\n" + demo.costs.to_string(index=False))
+    print(f"ran on: {environment_line(demo.environment)}")
     print(f"\nreport: {report}  ({time.time() - t0:.0f} s in all)")
     write_csv_atomic(demo.out / "table.csv", demo.table)
-    write_json_atomic(demo.out / "recipe.json", {**demo.recipe.to_json(), **run_args})
+    write_json_atomic(demo.out / "recipe.json", {**demo.recipe.to_json(), **run_args, "environment": demo.environment})
     return report
 
 

@@ -159,3 +159,5 @@ class DemoResults:
     n_seeds: int
     total_s: float
     rerun: str  # the command that reproduces the run
+    # what it ran on (catlab.environment.describe_environment): the digits reproduce on the same CPU kernels and libraries
+    environment: dict[str, str] = field(default_factory=dict)

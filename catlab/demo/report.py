@@ -15,6 +15,7 @@ from PIL import Image
 
 from catlab.config import TrainConfig, share_row_count
 from catlab.demo.recipe import COLUMNS, METHOD_SETTINGS, METHODS, DemoResults, DemoRun
+from catlab.environment import environment_line
 from catlab.evaluation.images import EvalSampling
 from catlab.files import save_image_atomic, write_text_atomic
 from catlab.sampling.grids import image_grid
@@ -312,7 +313,7 @@ def _markdown(results: DemoResults, intro: str, cost_txt: str) -> str:
         "![grid](grid.png)", "", "## Scores", "", "```", format_table(results.table), "```", "",
         "## Does the class stay the base model's?", "", "![paired](paired.png)", "", "![colours](colours.png)", "",
         "## Training", "", "![losses](losses.png)", "", "## Cost", "", "```", cost_txt, "```", "",
-        f"Total wall time: {results.total_s:.0f} s. Rerun: `{results.rerun}`.", "",
+        f"Total wall time: {results.total_s:.0f} s. Rerun: `{results.rerun}`.", "", _ran_on(results), "",
     ])  # fmt: skip
 
 
@@ -330,4 +331,16 @@ def _html(results: DemoResults, intro: str, cost_txt: str, img: dict[str, str]) 
 <img alt="oracle colours of the class samples per method" src="{img["colours.png"]}">
 <h2>Training</h2><img alt="loss curves" src="{img["losses.png"]}">
 <h2>Cost</h2><pre>{cost_txt}</pre>
-<p>Total wall time {total_s:.0f} s. Rerun: <code>{_html_text(rerun)}</code>.</p></body></html>"""
+<p>Total wall time {total_s:.0f} s. Rerun: <code>{_html_text(rerun)}</code>.</p>
+<p>{_html_text(_ran_on(results))}</p></body></html>"""
+
+
+def _ran_on(results: DemoResults) -> str:
+    """Where the numbers came from (catlab.environment): what a reader needs when the digits do not reproduce."""
+    if not results.environment:
+        return "Ran on: not recorded."
+    return (
+        f"Ran on: {environment_line(results.environment)}. The same code and seeds give these digits again on the "
+        "same kind of processor with the same libraries; with other machines or libraries they have come out differently "
+        '(docs/results.md, "The same demo on another machine").'
+    )
