@@ -158,6 +158,46 @@ def test_every_model_is_scored_on_every_concept_with_shared_prompts_drawn_once(t
         evaluate_concepts(models, ["circle_on_navy"], sampling, tmp_path / "eval")
 
 
+def test_the_notebooks_grid_is_drawn_once_and_scored_from_the_same_files(
+    two_adapters, toyworld_env, tmp_path, monkeypatch
+):
+    """05_multi_concept shows a grid, then scores: `draw_through_cache` draws the grid into evaluate's cache, its
+    images are what `generate_methods` draws for the same adapters, and evaluate_concepts then draws only the rest."""
+    from catlab.evaluation import images as eval_images
+    from catlab.evaluation.images import EvalSampling, draw_through_cache
+    from catlab.evaluation.multi_concept import evaluate_concepts
+    from catlab.evaluation.scoring import Scorers
+    from catlab.models import load_for_sampling, load_lora
+    from catlab.toyworld.assets import load_oracle
+    from catlab.widgets import generate_methods
+
+    pipe = load_for_sampling("toyworld")
+    sampling = EvalSampling(
+        templates=("a {trigger} {class}",), seeds=(0, 1), held_out_seeds=(0, 1), num_inference_steps=2
+    )
+    prompts, seeds = ["a pxl circle", "a circle", "a triangle"], [0, 1]
+    models = {"base": None, "first": two_adapters[0]}
+    grid = draw_through_cache(pipe, models, prompts, seeds, sampling, tmp_path / "eval")
+    direct = generate_methods(pipe, {"base": None, "first": ([load_lora(pipe, two_adapters[0], "direct")], [1.0])},
+                              prompts, seeds, num_inference_steps=2)  # fmt: skip
+    for name in models:
+        for p, row in enumerate(grid[name]):
+            for s, im in enumerate(row):
+                assert im.tobytes() == direct[name][p][s].convert("RGB").tobytes(), (name, prompts[p], seeds[s])
+    drawn, real_generate = [], eval_images.Sampler.generate
+
+    def counted_generate(self, pipe, prompts_now, seeds_now, **settings):
+        drawn.append((list(prompts_now), list(seeds_now)))
+        return real_generate(self, pipe, prompts_now, seeds_now, **settings)
+
+    monkeypatch.setattr(eval_images.Sampler, "generate", counted_generate)
+    per_image = evaluate_concepts(models, ["circle_on_navy", "striped_square"], sampling, tmp_path / "eval",
+                                  Scorers(oracle=load_oracle()), base="toyworld")  # fmt: skip
+    drawn_prompts = {p for ps, _ in drawn for p in ps}
+    assert drawn_prompts and not drawn_prompts & set(prompts), f"the grid's prompts were drawn again: {drawn}"
+    assert set(prompts) <= set(per_image["prompt"])
+
+
 def test_the_multi_concept_figure_has_a_panel_per_score_and_a_bar_per_model_and_concept():
     from catlab.widgets import multi_concept_figure
 

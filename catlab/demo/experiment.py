@@ -51,7 +51,7 @@ def run_demo(
     recipe = recipe or (DemoRecipe.quick() if quick else DemoRecipe())
     n_seeds = 1 if quick and n_seeds == 3 else n_seeds
     out, c = _prepare_demo_folder(Path(out), concept, first_seed, overwrite), CONCEPTS[concept]
-    t0 = time.time()
+    t0, environment = time.time(), describe_environment()  # the code and machine as the run starts
     jobs = [(key, seed) for seed in range(first_seed, first_seed + n_seeds) for key in METHODS]
     workers = default_workers(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
     print(
@@ -80,7 +80,7 @@ def run_demo(
              + (f" --first-seed {first_seed}" if first_seed else "") + (" --quick" if quick else ""))  # fmt: skip
     demo = DemoResults(out, c, recipe, runs, result.per_image, summarise_by_method(result.per_image, runs),
                        cost_table(runs), n_seeds, total_s=time.time() - t0, rerun=rerun,
-                       environment=describe_environment())  # fmt: skip
+                       environment=environment)  # fmt: skip
     report = _write_results(demo, {"n_seeds": n_seeds, "first_seed": first_seed, "concept": concept}, t0)
     return {"table": demo.table, "costs": demo.costs, "per_image": demo.per_image, "report": report, "runs": runs}
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from PIL import Image
 
 from catlab.data.captions import trigger_free_caption
 from catlab.evaluation.scoring import BASE
-from catlab.files import save_image_atomic
+from catlab.files import save_image_atomic, write_json_atomic
 
 # DreamBench-style (Ruiz et al. 2023, arXiv 2208.12242) recontextualisation and property prompts that the toy world
 # can draw; each is also generated without its trigger ("a red {class}") to measure knowledge preservation
@@ -275,6 +275,35 @@ def draw_missing(images: ModelImages, pipe, sampler: Sampler, generate_kwargs: d
             for j, s in enumerate(seeds):
                 # an interrupted run never leaves a half-written cache entry
                 save_image_atomic(drawn[i][j].convert("RGB"), images.paths[(p, s)])
+
+
+def draw_through_cache(
+    pipe,
+    models: Mapping[str, str | Path | None],
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    sampling: EvalSampling,
+    out_dir: str | Path,
+    base: Any = "toyworld",
+) -> dict[str, list[list[Image.Image]]]:
+    """images[model][prompt][seed], drawn into `evaluate`'s cache under out_dir (what is there already is read): a later
+    `evaluate` with the same sampling, out_dir and model names scores them without drawing them again. models: name ->
+    adapter folder or file, None for the base model; `base` names the base `pipe` was loaded from, as `evaluate` gets it."""
+    seeds = [int(s) for s in seeds]
+    every = replace(sampling, held_out_seeds=tuple(seeds))  # each prompt as a held-out one: keyed by prompt and seed
+    images = {}
+    for name, adapter in models.items():
+        cached = model_images(Path(out_dir), base_id(base), name, None if adapter is None else Path(adapter), [], every,
+                              list(prompts))  # fmt: skip
+        write_json_atomic(cached.folder / "settings.json", cached.settings)
+        draw_missing(cached, lambda: pipe, Sampler(), every.generate_kwargs())  # a pipeline is callable: wrap it
+        images[name] = [[_read_rgb(cached.paths[(p, s)]) for s in seeds] for p in prompts]
+    return images
+
+
+def _read_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
 
 
 # ----------------------------------------------------------------------------- drawing in worker processes
