@@ -26,11 +26,19 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   echo "catlab: installing $TORCH_PIN"
   "$PY" -m pip install -q "$TORCH_PIN"
 fi
-# reinstall catlab only when its metadata changed (keeps re-runs fast)
+# the library versions the docs' figures were measured with (scripts/constraints.txt), except when installing into the
+# interpreter's own Python (Colab, CATLAB_NO_VENV=1), whose libraries stay, or with CATLAB_UNPINNED=1 (the newest
+# that pyproject.toml allows)
+PINS=()
+if [ "$PY" != python3 ] && [ "${CATLAB_UNPINNED:-0}" != "1" ]; then
+  PINS=(-c scripts/constraints.txt)
+fi
+# reinstall catlab only when its metadata or the pins changed (keeps re-runs fast)
 STAMP=.venv/.catlab-installed
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || ! "$PY" -c "import catlab, nbval, playwright" >/dev/null 2>&1; then
-  echo "catlab: installing catlab[dev]"
-  "$PY" -m pip install -q -e ".[dev]"
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ scripts/constraints.txt -nt "$STAMP" ] \
+  || ! "$PY" -c "import catlab, nbval, playwright" >/dev/null 2>&1; then
+  echo "catlab: installing catlab[dev]${PINS[*]:+ with the pinned versions of scripts/constraints.txt}"
+  "$PY" -m pip install -q -e ".[dev]" ${PINS[@]+"${PINS[@]}"}
   mkdir -p "$(dirname "$STAMP")" && touch "$STAMP"
 fi
 if [ "$WITH_TESTS" = 1 ]; then

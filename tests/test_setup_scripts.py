@@ -126,3 +126,61 @@ def test_ci_runs_exactly_the_readmes_test_command():
     ]
     assert ci_lines == ["bash scripts/bootstrap.sh --tests && .venv/bin/python -m pytest"], ci_lines
     assert ci_lines[0] in readme, "the README must show the command CI runs"
+
+
+# ----------------------------------------------------------------------------- bootstrap.sh and the pinned versions
+
+
+def _bootstrap(tmp_path: Path, **env: str) -> list[str]:
+    """Run a copy of scripts/bootstrap.sh whose Pythons (.venv/bin/python and Colab's python3) are stand-ins that log
+    their arguments and report torch installed but not catlab; returns what they were asked to do."""
+    import shutil
+
+    root, log, bin_dir = tmp_path / "repo", tmp_path / "python.log", tmp_path / "bin"
+    for name in ("scripts/bootstrap.sh", "scripts/constraints.txt", "pyproject.toml"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, root / name)
+    (root / ".venv" / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    python = f'echo "$(basename "$0") $*" >> {log}\nif [ "$1" = "-c" ] && [ "$2" != "import torch" ]; then exit 1; fi'
+    _stub(root / ".venv" / "bin", "python", python)
+    _stub(bin_dir, "python3", python)
+    clean = {k: v for k, v in os.environ.items() if k not in ("COLAB_RELEASE_TAG", "CATLAB_NO_VENV", "CATLAB_UNPINNED")}
+    subprocess.run(
+        ["bash", str(root / "scripts" / "bootstrap.sh")],
+        env={**clean, "PATH": f"{bin_dir}:{clean['PATH']}", **env},
+        check=True,
+        capture_output=True,
+    )
+    return [line for line in log.read_text().splitlines() if " -m pip install" in line]
+
+
+def test_bootstrap_installs_the_pinned_versions_into_its_venv_and_leaves_colabs_alone(tmp_path):
+    """The figures' library versions (scripts/constraints.txt) go into .venv; CATLAB_UNPINNED=1 takes the newest
+    pyproject.toml allows, and Colab's own Python keeps its libraries."""
+    assert _bootstrap(tmp_path / "venv") == ["python -m pip install -q -e .[dev] -c scripts/constraints.txt"]
+    assert _bootstrap(tmp_path / "unpinned", CATLAB_UNPINNED="1") == ["python -m pip install -q -e .[dev]"]
+    assert _bootstrap(tmp_path / "colab", COLAB_RELEASE_TAG="release-colab") == ["python3 -m pip install -q -e .[dev]"]
+
+
+def test_the_pins_name_every_library_catlab_depends_on_but_torch():
+    """Every runtime and dev dependency in pyproject.toml has one pinned version (torch is pinned by bootstrap.sh),
+    for the Python the figures were measured with only."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+, the Python the pins are for
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [
+        re.split(r"[<>=!~ \[]", d, maxsplit=1)[0]
+        for d in project["dependencies"] + project["optional-dependencies"]["dev"]
+    ]
+    pins = {}
+    for line in (ROOT / "scripts" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            spec, _, marker = line.partition(";")
+            name, _, version = spec.strip().partition("==")
+            assert version and marker.strip() == 'python_version == "3.11"', line
+            pins[name.lower().replace("_", "-")] = version
+    missing = [d for d in wanted if d != "torch" and d.lower() not in pins]
+    assert not missing, f"not pinned in scripts/constraints.txt: {missing}"
+    assert "torch" not in pins, "torch is pinned by bootstrap.sh (CATLAB_TORCH), not here"
