@@ -185,6 +185,11 @@ def test_a_resumed_run_logs_every_step_once(toyworld_env, concept_dir, tmp_path)
     res = train(cfg, resume=True)
     steps = [json.loads(line)["step"] for line in (res.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4], "step 3 was logged before the interruption and again after the resume from step 2"
+    starts = json.loads((res.output_dir / "environment.json").read_text())
+    assert [s["started_at_step"] for s in starts] == [0, 2], "each start of the run records what it ran on"
+    assert (
+        starts[1]["torch"] == torch.__version__ and starts[1]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    )
     events = EventAccumulator(str(res.output_dir / "logs" / "catlab"), size_guidance={"scalars": 0}).Reload()
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
     assert [e.value for e in events.Scalars("loss")] == pytest.approx([h["loss"] for h in res.history])

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from catlab.config import TrainConfig, save_config
-from catlab.files import write_text_atomic
+from catlab.environment import describe_environment
+from catlab.files import write_json_atomic, write_text_atomic
 from catlab.models import add_lora, configured_resolution, load_base, lora_parameters, native_resolution
 from catlab.models.trigger_embedding import initial_trigger_vectors, trigger_embedding_of, wrap_token_embedding
 from catlab.training import class_images
@@ -169,12 +170,24 @@ def _open_logs(run: TrainingRun, start: int, new_run: bool) -> None:
         if new_run or not (out / "config.yaml").exists():
             save_config(cfg, out / "config.yaml")
         _truncate_metrics(out / "metrics.jsonl", start)
+        _record_environment(out / "environment.json", start)
     if cfg.report_to != "none":
         kwargs = {
             "wandb": {"name": out.name, "dir": str(out)},
             "tensorboard": {"purge_step": start + 1} if start else {},
         }
         run.acc.init_trackers("catlab", config=_tracker_config(cfg), init_kwargs=kwargs)
+
+
+def _record_environment(path: Path, start: int) -> None:
+    """environment.json: one entry per start of the run, the step it started at and what it ran on
+    (`catlab.environment`): a run resumed on another kind of machine says from which step its digits are that
+    machine's."""
+    try:
+        starts = json.loads(path.read_text()) if path.exists() else []
+    except ValueError:  # not ours any more: keep its text in the record rather than lose it
+        starts = [{"unreadable_earlier_record": path.read_text()[:2000]}]
+    write_json_atomic(path, [*starts, {"started_at_step": start, **describe_environment()}])
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
