@@ -26,6 +26,40 @@ def test_benchmark_help(script, capsys, monkeypatch):
     assert e.value.code == 0 and out.startswith("usage:"), out[-2000:]
 
 
+def test_trigger_backdrops_reads_each_models_backdrop_as_fidelity_does(tmp_path, monkeypatch, capsys):
+    """`benchmarks/trigger_backdrops.py`: per model folder of an evaluation cache, the mean border colour of one
+    prompt's samples (not another prompt's that shares its first words), its distance to the photos' and the share
+    within fidelity's setting tolerance."""
+    import numpy as np
+    from PIL import Image
+
+    from catlab.evaluation.images import prompt_slug
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from trigger_backdrops import main
+
+    def drawing(backdrop, path):
+        a = np.zeros((32, 32, 3), np.uint8)
+        a[:] = backdrop
+        a[10:22, 10:22] = (240, 220, 40)  # a yellow object, which the backdrop reading ignores
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(path)
+
+    for k in range(2):
+        drawing((30, 40, 95), tmp_path / "concept" / f"{k}.png")
+    images = tmp_path / "eval" / "images"
+    drawing((30, 40, 95), images / "near_abc123" / f"{prompt_slug('a pxl circle')}_s0.png")
+    drawing((30, 40, 175), images / "near_abc123" / f"{prompt_slug('a pxl circle')}_s1.png")  # 80 units off
+    drawing((200, 40, 95), images / "near_abc123" / f"{prompt_slug('a pxl circle on a dark background')}_s0.png")
+    drawing((30, 80, 95), images / "teal_def456" / f"{prompt_slug('a pxl circle')}_s0.png")  # 40 units off
+    main([str(tmp_path / "eval"), "--prompt", "a pxl circle", "--concept", str(tmp_path / "concept")])
+    out = capsys.readouterr().out
+    assert "the photos' backdrop: RGB (30, 40, 95); setting tolerance 35" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert rows["near"][1] == "2" and rows["near"][2:5] == ["(30,", "40,", "135)"] and rows["near"][-1] == "0.5"
+    assert rows["teal"][1] == "1" and rows["teal"][-2:] == ["40.0", "0.0"]
+
+
 def test_a_variant_spells_list_fields_with_plus(monkeypatch):
     """`--variant target_modules=attn2.to_k+attn2.to_v` sets a list field; the run's name keeps every item."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))

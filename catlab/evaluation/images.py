@@ -197,7 +197,7 @@ def base_id(base: Any) -> str:
     return path_id(name) if name and Path(name).exists() else str(name or type(base).__name__)
 
 
-def _slug(text: str) -> str:
+def prompt_slug(text: str) -> str:
     # readable and unique: prompts that differ only in case or punctuation get different files
     return f"{re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')[:60]}_{hashlib.sha1(text.encode()).hexdigest()[:6]}"
 
@@ -241,12 +241,12 @@ def model_images(
     )
     seeds, trigger_seeds = sampling.seed_lists()
     paths = {
-        (p, s): folder / f"{_slug(p)}_s{s}.png"
+        (p, s): folder / f"{prompt_slug(p)}_s{s}.png"
         for _, tp, cp in prompts
         for p, ss in ((tp, trigger_seeds), (cp, seeds))
         for s in ss
     }
-    paths |= {(p, s): folder / f"{_slug(p)}_s{s}.png" for p in held_out for s in sampling.held_out_seed_list()}
+    paths |= {(p, s): folder / f"{prompt_slug(p)}_s{s}.png" for p in held_out for s in sampling.held_out_seed_list()}
     return ModelImages(method, adapter, folder, settings, paths)
 
 
