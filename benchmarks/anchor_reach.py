@@ -64,7 +64,8 @@ def main() -> int:
     from catlab.evaluation.held_out import other_classes, preservation_by_prompt
     from catlab.evaluation.images import EvalSampling
     from catlab.evaluation.protocol import evaluate
-    from catlab.evaluation.scoring import Scorers, per_seed_scores
+    from catlab.evaluation.scoring import Scorers
+    from catlab.evaluation.summary import per_seed_scores
     from catlab.toyworld.assets import load_oracle
     from catlab.toyworld.world import CONCEPTS, export_concept
 

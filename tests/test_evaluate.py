@@ -12,6 +12,7 @@ from catlab.evaluation import images
 from catlab.evaluation import metrics as M
 from catlab.evaluation import protocol as E
 from catlab.evaluation import scoring as S
+from catlab.evaluation import summary as summary_tables
 from catlab.evaluation.embedders import CallableEmbedder
 from catlab.toyworld.oracle import CONCEPT_NAMES, OracleReading
 from catlab.toyworld.world import COLOUR_NAMES
@@ -59,7 +60,7 @@ def test_evaluate_scores_tables_and_files(tmp_path, adapters):
     assert (s["n_seeds"] == 4).all() and np.isfinite(s.loc["cat", "IS_ci95"])
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "eval" / "summary.csv"), summary, check_dtype=False)
     assert (tmp_path / "eval" / "per_image.csv").is_file() and (tmp_path / "eval" / df.image[0]).is_file()
-    html = S.style_summary(summary).to_html()
+    html = summary_tables.style_summary(summary).to_html()
     assert "KPS ↑" in html and "PRES ↓" in html and "±" in html
 
 
@@ -313,7 +314,7 @@ def test_evaluate_draws_trigger_prompts_on_their_own_seeds(tmp_path, adapters):
     assert (s["n_seeds"] == 4).all() and np.isfinite(
         s.loc["cat", ["IS_mean", "KP_mean", "KPS_mean"]].astype(float)
     ).all()
-    seeds = S.per_seed_scores(df).set_index(["method", "seed"])
+    seeds = summary_tables.per_seed_scores(df).set_index(["method", "seed"])
     assert seeds.loc[("cat", 3), "KP"] > 0 and np.isnan(seeds.loc[("cat", 3), "IS"]), (
         "seeds 2-3 have class samples only"
     )
@@ -385,7 +386,7 @@ def test_held_out_prompts_are_scored_against_the_base_model_and_folded_into_kps(
         assert s.loc[keeps, "held_out_colour_distance_mean"] == 0.0
     assert s.loc["drift", "held_out_paired_preservation_mean"] < 0.5  # pink everywhere
     assert s.loc["drift", "held_out_colour_distance_mean"] > 0.3
-    seeds = S.per_seed_scores(df)
+    seeds = summary_tables.per_seed_scores(df)
     drift = seeds[seeds.method == "drift"].iloc[0]
     assert drift["KPS"] == pytest.approx(M.kps(drift["IS"], knowledge_half(drift["KP"], drift["held_out_KP"])))
     assert knowledge_half(0.9, None) == 0.9 and knowledge_half(0.9, 0.5) == pytest.approx(0.7)

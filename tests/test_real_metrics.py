@@ -17,6 +17,7 @@ from PIL import Image
 from catlab.evaluation import metrics as M
 from catlab.evaluation import protocol as E
 from catlab.evaluation import scoring as S
+from catlab.evaluation import summary as summary_tables
 from catlab.evaluation.embedders import ClipEmbedder, DinoEmbedder, load_embedder, vit_name
 
 # ----------------------------------------------------------------------------- tiny model folders
@@ -283,7 +284,7 @@ def test_evaluate_adds_dino_clip_i_clip_t_named_with_backbone_and_scaling(tmp_pa
     assert "IS, PRES, KP, KPS: (cos + 1) / 2 of CLIP" in note and "PS, " in note
     assert json.loads((tmp_path / "eval" / "backbones.json").read_text()) == df.attrs["backbones"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "eval" / "summary.csv"), summary, check_dtype=False)
-    html = S.style_summary(summary).to_html()
+    html = summary_tables.style_summary(summary).to_html()
     assert "DINO_cos ↑" in html and "DINO-PRES_cos ↓" in html and "raw cosine of DINO ViT" in html
 
 

@@ -66,7 +66,8 @@ def run_eval(args) -> int:
     import pandas as pd
 
     from catlab.evaluation.protocol import evaluate
-    from catlab.evaluation.scoring import Scorers, backbone_note, style_summary
+    from catlab.evaluation.scoring import Scorers, backbone_note
+    from catlab.evaluation.summary import style_summary
 
     adapters = {}
     for pair in args.adapter:

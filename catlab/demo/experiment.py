@@ -209,7 +209,8 @@ def _train_quietly(cfg):
 def summarise_by_method(per_image: pd.DataFrame, runs: list[DemoRun]) -> pd.DataFrame:
     """One row per method: mean and std over training seeds of each score (each seed's score is a mean over images)."""
     from catlab.evaluation.held_out import held_out_colour_distances
-    from catlab.evaluation.scoring import BASE, per_seed_scores
+    from catlab.evaluation.scoring import BASE
+    from catlab.evaluation.summary import per_seed_scores
 
     seed_scores = per_seed_scores(per_image)  # per (adapter name, eval seed)
     by_adapter = seed_scores.groupby("method").mean(numeric_only=True)

@@ -25,7 +25,8 @@ from catlab.evaluation.images import (  # noqa: F401  (DEFAULT_TEMPLATES, expand
     methods_to_draw,
     model_images,
 )
-from catlab.evaluation.scoring import BASE, Concept, Scorers, score_images, summarise
+from catlab.evaluation.scoring import BASE, Concept, Scorers, score_images
+from catlab.evaluation.summary import summarise
 from catlab.files import write_csv_atomic, write_json_atomic
 
 
