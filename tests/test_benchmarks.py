@@ -60,6 +60,26 @@ def test_trigger_backdrops_reads_each_models_backdrop_as_fidelity_does(tmp_path,
     assert rows["teal"][1] == "1" and rows["teal"][-2:] == ["40.0", "0.0"]
 
 
+def test_an_adapter_fingerprint_changes_with_any_bit_and_nothing_else(tmp_path, monkeypatch):
+    """`benchmarks/adapter_fingerprint.py`: the same tensors give the same fingerprint whatever the file's key order;
+    one changed bit or name gives another."""
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from adapter_fingerprint import fingerprint
+
+    a, b = torch.arange(6, dtype=torch.float32).reshape(2, 3), torch.ones(4)
+    save_file({"x.lora_A": a, "y.lora_B": b}, tmp_path / "one.safetensors")
+    save_file({"y.lora_B": b, "x.lora_A": a.clone()}, tmp_path / "same.safetensors")
+    flipped = a.clone()
+    flipped.view(torch.int32)[0, 0] ^= 1  # the last bit of one number
+    save_file({"x.lora_A": flipped, "y.lora_B": b}, tmp_path / "bit.safetensors")
+    save_file({"x.lora_A": a, "z.lora_B": b}, tmp_path / "name.safetensors")
+    prints = {name: fingerprint(tmp_path / f"{name}.safetensors") for name in ("one", "same", "bit", "name")}
+    assert prints["one"] == prints["same"] and len({prints["one"], prints["bit"], prints["name"]}) == 3
+
+
 def test_a_variant_spells_list_fields_with_plus(monkeypatch):
     """`--variant target_modules=attn2.to_k+attn2.to_v` sets a list field; the run's name keeps every item."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
