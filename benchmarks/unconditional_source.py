@@ -123,6 +123,13 @@ def main() -> int:
         help="an extra CAT setting to train and score (repeatable)",
     )
     ap.add_argument("--sources", default="adapted,base", help="which unconditional branches to score (default: both)")
+    ap.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="sample at this classifier-free guidance scale instead of the model's (scores go to "
+        "eval_unconditional_SOURCE_gSCALE)",
+    )
     args = ap.parse_args()
     demo = Path(args.demo)
     if not (demo / "recipe.json").is_file():
@@ -174,8 +181,13 @@ def main() -> int:
     adapters = {f"{name}_s{s}": demo / "runs" / f"{name}_seed{s}" / "adapter" for name in settings for s in seeds}
     tables = {}
     for source in args.sources.split(","):
-        out = demo / f"eval_unconditional_{source}"
-        if source == "adapted" and not (out / "images").exists() and (demo / "eval" / "images").exists():
+        out = demo / f"eval_unconditional_{source}{'' if args.guidance is None else f'_g{args.guidance:g}'}"
+        if (
+            source == "adapted"
+            and args.guidance is None
+            and not (out / "images").exists()
+            and (demo / "eval" / "images").exists()
+        ):
             shutil.copytree(
                 demo / "eval" / "images", out / "images"
             )  # the demo's own samples: same keys, no new sampling
@@ -185,6 +197,7 @@ def main() -> int:
             seeds=seeds_n,
             trigger_seeds=trigger_seeds,
             unconditional=source,
+            guidance_scale=args.guidance,
             workers=2,
         )
         res = evaluate(
@@ -201,7 +214,7 @@ def main() -> int:
         tables[source] = s
     print(
         f"\n{concept}: {len(seeds)} training seeds, {seeds_n} class-prompt and {trigger_seeds} trigger-prompt sampling seeds; "
-        "mean ± std over training seeds"
+        f"guidance {'the model’s' if args.guidance is None else f'{args.guidance:g}'}; mean ± std over training seeds"
     )
     for source, s in tables.items():
         g = s.groupby("setting", sort=False)

@@ -161,6 +161,17 @@ def test_unconditional_source_trains_a_variant_and_scores_both_branches(toyworld
     for setting in ("lora", "dreambooth", "cat", "v_null_share0p0_guidance3p0"):
         assert re.search(rf"^{setting}\s+\d\.\d\d ± ", out, re.M), f"{setting} missing from:\n{out[-2000:]}"
     assert "base / adapted" in out
+    at_two = subprocess.run(  # the same adapters sampled at another guidance scale, into a folder of their own
+        [sys.executable, str(ROOT / "benchmarks" / "unconditional_source.py"), str(demo), "--sources", "adapted"]
+        + ["--guidance", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert at_two.returncode == 0, at_two.stderr[-3000:]
+    assert "guidance 2;" in at_two.stdout and re.search(r"^cat\s+\d\.\d\d ± ", at_two.stdout, re.M), at_two.stdout
+    assert (demo / "eval_unconditional_adapted_g2" / "per_image.csv").is_file()
     with pytest.raises(subprocess.CalledProcessError):
         subprocess.run(
             [sys.executable, str(ROOT / "benchmarks" / "unconditional_source.py"), str(demo), "--variant", "lambda=2"],
@@ -406,3 +417,42 @@ def test_oracle_close_misses_trains_an_oracle_and_holds_both_to_the_labels(toywo
         assert any(r.startswith(label) for r in rows), f"{label} missing from:\n{res.stdout}"
     first = next(r for r in rows if r.startswith("hand_labels: more generous"))
     assert re.search(r"stricter\s+\d+ / \d+ of 48", first), first
+
+
+def test_the_fidelity_ceiling_holds_fresh_photos_and_their_round_trip(monkeypatch):
+    """`benchmarks/fidelity_ceiling.py` on the shipped world: a concept's fresh photos are faithful to its exported
+    ones in every attribute, and the demo's concepts survive the autoencoder (the best an adapter can draw)."""
+    monkeypatch.delenv("CATLAB_TOYWORLD_DIR", raising=False)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from fidelity_ceiling import ceiling_rows
+
+    from catlab.models import load_base
+    from catlab.toyworld.assets import load_oracle
+
+    names = ["bronze_star", "circle_on_navy", "huge_circle", "two_tone_circle"]
+    rows = ceiling_rows(load_base("toyworld").vae.eval(), load_oracle(), names, n=8)
+    drawn = {r["concept"]: r for r in rows if r["photos"] == "drawn"}
+    trip = {r["concept"]: r for r in rows if r["photos"] != "drawn"}
+    assert all(r["fidelity"] == 1.0 and r["colour distance"] < 0.1 for r in drawn.values()), drawn
+    assert drawn["circle_on_navy"]["setting"] == 1.0 and drawn["circle_on_navy"]["backdrop RGB"] == (30, 40, 95)
+    assert all(trip[n]["fidelity"] >= 0.9 for n in ("bronze_star", "circle_on_navy", "huge_circle")), trip
+
+
+def test_open_patterns_fine_tunes_a_copy_and_holds_both_autoencoders(toyworld_env, tmp_path, monkeypatch, capsys):
+    """`benchmarks/open_patterns.py`, two steps: a copy of the asset folder gets a new autoencoder (the source's is
+    untouched), the recipe records the share, both are held to the photos, and a second run reuses the first."""
+    monkeypatch.setattr(sys, "argv", ["open_patterns.py"])
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    vae_file = Path("pipeline") / "vae" / "diffusion_pytorch_model.safetensors"
+    source_vae = (toyworld_env / vae_file).read_bytes()
+    out = tmp_path / "patterns"
+    args = ["--out", str(out), "--steps", "2", "--share", "1", "--concepts", "two_tone_circle", "--n", "3"]
+    for _ in range(2):
+        monkeypatch.setattr(sys, "argv", ["open_patterns.py", *args])
+        runpy.run_path(str(ROOT / "benchmarks" / "open_patterns.py"), run_name="__main__")
+    out_text = capsys.readouterr().out
+    assert (toyworld_env / vae_file).read_bytes() == source_vae and (out / vae_file).read_bytes() != source_vae
+    updates = __import__("json").loads((out / "recipe.json").read_text())["updates"]
+    assert len(updates) == 1 and updates[0]["config"]["open_colour_pattern_share"] == 1.0
+    rows = [line for line in out_text.splitlines() if "two_tone_circle" in line]
+    assert len(rows) == 4 and sum(line.lstrip().startswith("before") for line in rows) == 2, out_text

@@ -359,3 +359,24 @@ def test_open_colours_stage_needs_an_existing_pipeline(tmp_path):
     cfg.stages = ("open_colours",)
     with pytest.raises(FileNotFoundError, match=r"pipeline/vae.*build the pipeline first"):
         pretrain(tmp_path / "empty", cfg, work_dir=tmp_path / "work")
+
+
+def test_open_patterns_draw_two_colours_and_leave_the_world_half_alone():
+    """The open-colours stage's batch with a pattern share: at share 1 most open-colour objects show two large colour
+    areas (halves or stripes), at share 0 few do (a solid colour split by coarse bins); the world images, and the
+    open-colour ones at share 0, are the batch the shipped stage drew."""
+    from catlab.toyworld.open_colours import draw_open_colour_batch
+
+    def colour_areas(img) -> int:  # (3, 32, 32) in [-1, 1] -> coarse colours covering >= 20 % of the object each
+        pixels = ((img.permute(1, 2, 0).reshape(-1, 3) + 1) * 127.5).round().numpy()
+        backdrop = np.median(pixels[:32], axis=0)  # the top row is backdrop: objects keep a margin
+        obj = pixels[np.linalg.norm(pixels - backdrop, axis=1) > 60]
+        _, counts = np.unique((obj // 64).astype(int), axis=0, return_counts=True)
+        return int((counts >= 0.2 * max(len(obj), 1)).sum())
+
+    world0, open0 = draw_open_colour_batch(np.random.default_rng(0), 12)
+    world1, open1 = draw_open_colour_batch(np.random.default_rng(0), 12, pattern_share=1.0)
+    again0 = draw_open_colour_batch(np.random.default_rng(0), 12, pattern_share=0.0)[1]
+    assert torch.equal(world0, world1) and torch.equal(open0, again0) and not torch.equal(open0, open1)
+    two_coloured = [sum(colour_areas(img) >= 2 for img in batch) for batch in (open0, open1)]
+    assert two_coloured[0] <= 4 and two_coloured[1] >= 8, two_coloured

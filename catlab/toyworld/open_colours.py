@@ -26,12 +26,17 @@ if TYPE_CHECKING:
     from catlab.toyworld.pretrain import PretrainConfig
 
 
-def draw_open_colour_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n world images and n open-colour images (any RGB object on a world or any-RGB backdrop), in [-1, 1]; each (n, 3, 32, 32)."""
-    from catlab.toyworld.world import draw_shape, sample_open_colour_spec, sample_spec
+def draw_open_colour_batch(
+    rng: np.random.Generator, n: int, pattern_share: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n world images and n open-colour images (any RGB object on a world or any-RGB backdrop), in [-1, 1]; each (n, 3, 32, 32).
+    A `pattern_share` of the open-colour objects is two-coloured (halves or stripes, the second colour open too)."""
+    from catlab.toyworld.world import draw_shape, sample_open_colour_spec, sample_spec, with_open_pattern
 
     world = [sample_spec(rng) for _ in range(n)]
     open_ = [sample_open_colour_spec(rng) for _ in range(n)]
+    if pattern_share > 0:  # drawn only then, so the shipped recipe (share 0) sees the same batches as before
+        open_ = [with_open_pattern(rng, s) if rng.random() < pattern_share else s for s in open_]
     return tuple(pixels_to_unit_range(np.stack([np.asarray(draw_shape(s)) for s in specs])) for specs in (world, open_))
 
 
@@ -52,11 +57,13 @@ def train_open_colours(cfg: PretrainConfig, vae, work: Path):
     start = resume_stage(ckpt, {"vae": vae, "opt": opt, "lr": lr_sched})
     rng = np.random.default_rng(cfg.seed + 9)
     for _ in range(start):  # replay the draws so a resumed run sees the same batches
-        draw_open_colour_batch(rng, cfg.vae_batch // 2)
+        draw_open_colour_batch(rng, cfg.vae_batch // 2, cfg.open_colour_pattern_share)
     log = (work / "open_colours_log.jsonl").open("a")
     bar = tqdm(range(start, cfg.open_colour_steps), desc="open colours", initial=start, total=cfg.open_colour_steps)
     for step in bar:
-        world, open_ = draw_open_colour_batch(rng, cfg.vae_batch // 2)  # each (B/2, 3, 32, 32)
+        world, open_ = draw_open_colour_batch(
+            rng, cfg.vae_batch // 2, cfg.open_colour_pattern_share
+        )  # each (B/2, 3, 32, 32)
         x = torch.cat([world, open_])
         post = vae.encode(x).latent_dist
         rec = F.mse_loss(vae.decode(post.sample()).sample, x)
@@ -102,7 +109,9 @@ def open_colour_vae(cfg: PretrainConfig, out: Path, work: Path) -> dict:
             "(stages vae and unet) or point --out at an existing asset folder"
         )
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
-    world, open_ = draw_open_colour_batch(np.random.default_rng(cfg.seed + 10), 128)  # held-out draws
+    world, open_ = draw_open_colour_batch(
+        np.random.default_rng(cfg.seed + 10), 128, cfg.open_colour_pattern_share
+    )  # held-out
     with torch.no_grad():
         world_latents = vae.encode(world).latent_dist.mean * vae.config.scaling_factor
     measured = {

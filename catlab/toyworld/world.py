@@ -166,6 +166,12 @@ def sample_open_colour_spec(rng: np.random.Generator, avoid: tuple = (), min_dis
     )
 
 
+def with_open_pattern(rng: np.random.Generator, spec: ShapeSpec) -> ShapeSpec:
+    """`spec` two-coloured: halves or stripes in a second open colour, so an autoencoder learns to keep two colours
+    side by side (a composite concept's photos) and not only one flat colour."""
+    return replace(spec, pattern=("two_tone", "striped")[rng.integers(2)], second_colour=random_open_colour(rng))
+
+
 def draw_shape(spec: ShapeSpec, resolution: int = DEFAULT_RESOLUTION) -> Image.Image:
     """Render one object as an RGB image of `resolution` x `resolution` pixels."""
     side = resolution * SUPERSAMPLE
