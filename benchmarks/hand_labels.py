@@ -233,6 +233,45 @@ def rule_grid(folders: list[Path], colour=(80, 60, 50, 40, 30), backdrop=(40, 35
     return pd.DataFrame(rows)
 
 
+def radial_signature(image: Image.Image, bins: int = 16) -> np.ndarray | None:
+    """The object's outline as seen from its centroid: per angle bin, the farthest object pixel, over the radius of
+    a disc of the object's area (a circle is flat at about 1); None when there is no object."""
+    from catlab.toyworld.attributes import OBJECT_DISTANCE, read_attributes
+
+    arr = np.asarray(image.convert("RGB")).astype(np.float32)
+    ys, xs = np.nonzero(np.linalg.norm(arr - read_attributes(arr.astype(np.uint8)).backdrop, axis=-1) > OBJECT_DISTANCE)
+    if len(xs) < 5:
+        return None
+    dy, dx = ys - ys.mean(), xs - xs.mean()
+    reach = np.hypot(dy, dx) / np.sqrt(len(xs) / np.pi)
+    sector = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+    return np.array([reach[sector == k].max() if (sector == k).any() else 0.0 for k in range(bins)])
+
+
+def shape_distance(image: Image.Image, photo_signatures: list[np.ndarray]) -> float:
+    """How far the object's outline is from the nearest photo's, at any rotation (mean absolute difference of the
+    radial signatures; inf without an object)."""
+    sig = radial_signature(image)
+    if sig is None:
+        return float("inf")
+    return min(float(np.abs(np.roll(sig, k) - ref).mean()) for ref in photo_signatures for k in range(len(sig)))
+
+
+def shape_table(folder: Path) -> pd.DataFrame:
+    """Could the outline tell what the labellers rejected? Each sample's shape distance to the concept's photos, for
+    the samples a labeller accepted and for those fidelity calls faithful that no labeller did, with the notes."""
+    df = score_labels(folder)
+    size = Image.open(folder / df["image"][0]).size
+    photos = [
+        radial_signature(Image.open(p).convert("RGB").resize(size, Image.LANCZOS))
+        for p in sorted((folder / "concept").glob("*.png"))
+    ]
+    df["shape_distance"] = [shape_distance(Image.open(folder / p), photos) for p in df["image"]]
+    accepted = person_says(df, "either" if "second" in df and df["second"].notna().all() else "person")
+    df["group"] = np.where(accepted, "accepted", np.where(df["faithful"] == 1, "faithful, not accepted", "rejected"))
+    return df[["id", "method", "group", "shape_distance", "note"]].sort_values(["group", "shape_distance"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -248,6 +287,8 @@ def main() -> None:
     g.add_argument("--against", default="person", help="person, second, either or both (default: person)")
     r = sub.add_parser("rules", help="fidelity's own rule at other colour and backdrop tolerances, per folder")
     r.add_argument("folders", type=Path, nargs="+")
+    sh = sub.add_parser("shapes", help="each sample's outline against the photos': accepted vs faithful-but-not")
+    sh.add_argument("folder", type=Path)
     b = sub.add_parser("blind", help="a shuffled copy of the samples, without labels, for a second labeller")
     b.add_argument("folder", type=Path)
     b.add_argument("out", type=Path)
@@ -262,6 +303,15 @@ def main() -> None:
     elif args.command == "rules":
         print("more generous / stricter than a yes from either labeller, per colour and backdrop tolerance (RGB)")
         print(rule_grid(args.folders).to_string(index=False))
+    elif args.command == "shapes":
+        table = shape_table(args.folder)
+        with pd.option_context("display.width", 200, "display.max_colwidth", 70):
+            print(table[table["group"] != "rejected"].round(3).to_string(index=False))
+        rejected = table.loc[table["group"] == "rejected", "shape_distance"]
+        print(
+            f"rejected by a labeller and by fidelity ({len(rejected)}): shape distance {rejected.min():.3f}-"
+            f"{rejected[np.isfinite(rejected)].max():.3f}, median {rejected.median():.3f}"
+        )
     elif args.command == "sheet":
         print(f"label from {write_sheet(args.demo, args.out, args.per_method, args.seed)}")
     elif args.command == "blind":

@@ -456,3 +456,29 @@ def test_open_patterns_fine_tunes_a_copy_and_holds_both_autoencoders(toyworld_en
     assert len(updates) == 1 and updates[0]["config"]["open_colour_pattern_share"] == 1.0
     rows = [line for line in out_text.splitlines() if "two_tone_circle" in line]
     assert len(rows) == 4 and sum(line.lstrip().startswith("before") for line in rows) == 2, out_text
+
+
+def test_the_outline_check_tells_a_circle_from_an_egg_and_a_triangle(monkeypatch):
+    """`hand_labels.py shapes`: a drawn circle's radial signature is flat; a fresh circle is near the photos' outline,
+    a squashed one (an egg) farther, a triangle farther still, and no object is infinitely far."""
+    import numpy as np
+    from PIL import Image
+
+    from catlab.toyworld.world import ShapeSpec, draw_shape
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from hand_labels import radial_signature, shape_distance
+
+    def drawn(shape, radius=0.3, cx=0.5):
+        return draw_shape(ShapeSpec(shape, "yellow", "navy", radius, cx, 0.5, 0.0))
+
+    photos = [radial_signature(drawn("circle", r, cx)) for r, cx in ((0.29, 0.48), (0.31, 0.52))]
+    circle = radial_signature(drawn("circle", 0.3))
+    assert np.all(np.abs(circle - circle.mean()) < 0.2)
+    egg = np.asarray(drawn("circle", 0.36))[:, 4:28]  # the same circle squeezed sideways into an oval
+    egg = Image.fromarray(np.asarray(Image.fromarray(egg).resize((20, 32), Image.LANCZOS)))
+    framed = Image.new("RGB", (32, 32), tuple(int(v) for v in np.asarray(egg)[0, 0]))
+    framed.paste(egg, (6, 0))
+    near, oval, triangle = (shape_distance(im, photos) for im in (drawn("circle", 0.3), framed, drawn("triangle")))
+    assert near < 0.03 < oval < triangle, (near, oval, triangle)
+    assert shape_distance(Image.new("RGB", (32, 32), (30, 40, 95)), photos) == float("inf")
