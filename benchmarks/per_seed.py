@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 SCORES = ("identity_acc_mean", "collapse_rate_mean", "paired_preservation_mean", "colour_distance_mean")
+FIDELITY = "fidelity_mean"  # printed last when the evaluation scored it (toy concepts with photos)
 METHODS = ("lora", "dreambooth", "cat")
 
 
@@ -51,6 +52,12 @@ def main() -> int:
     ap.add_argument("--method", default="cat", choices=METHODS, help="whose colour changes to count")
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument(
+        "--eval",
+        default="eval",
+        metavar="FOLDER",
+        help="the evaluation folder inside each demo folder (default: eval; e.g. eval_unconditional_adapted_g3)",
+    )
+    ap.add_argument(
         "--trigger-seeds", type=int, default=None, metavar="N", help="also score identity on the first N trigger seeds"
     )
     args = ap.parse_args()
@@ -58,17 +65,22 @@ def main() -> int:
 
     total = Counter()
     for demo in args.demos:
-        summary, per_image = demo / "eval" / "summary.csv", demo / "eval" / "per_image.csv"
+        summary, per_image = demo / args.eval / "summary.csv", demo / args.eval / "per_image.csv"
         if not (summary.is_file() and per_image.is_file()):
-            ap.error(f"{demo}: no eval/summary.csv and eval/per_image.csv; run `catlab demo --out {demo}` first")
+            ap.error(
+                f"{demo}: no {args.eval}/summary.csv and {args.eval}/per_image.csv; run `catlab demo --out {demo}` first"
+            )
         s = pd.read_csv(summary).set_index("method")
-        print(f"{demo}  (identity / collapse / paired / colour distance)")
+        scores = SCORES + ((FIDELITY,) if FIDELITY in s else ())
+        print(
+            f"{demo}/{args.eval}  (identity / collapse / paired / colour distance{' / fidelity' if FIDELITY in s else ''})"
+        )
         for method in METHODS:
             rows = [m for m in s.index if m.startswith(f"{method}_s")]
             print(
                 f"  {method:<12}"
                 + ", ".join(
-                    f"{m.rsplit('_s', 1)[1]}: " + " / ".join(f"{s.loc[m, c]:.3f}" for c in SCORES) for m in rows
+                    f"{m.rsplit('_s', 1)[1]}: " + " / ".join(f"{s.loc[m, c]:.3f}" for c in scores) for m in rows
                 )
             )
         images = pd.read_csv(per_image)

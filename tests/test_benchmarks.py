@@ -281,6 +281,19 @@ def test_per_seed_counts_class_colour_changes_against_the_base(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "cat 0.75 -> 1.00" in res.stdout, res.stdout  # seeds 0-1: (0.5 + 1) / 2; seed 0 only: 1
+    other = tmp_path / "demo" / "eval_g3"  # another evaluation of the same adapters, with fidelity scored
+    other.mkdir()
+    (other / "per_image.csv").write_text((eval_dir / "per_image.csv").read_text())
+    pd.read_csv(eval_dir / "summary.csv").assign(fidelity_mean=[0.25, 0.75]).to_csv(other / "summary.csv", index=False)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "per_seed.py"), str(tmp_path / "demo"), "--eval", "eval_g3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "/ fidelity)" in res.stdout and "1: 1.000 / 0.000 / 0.500 / 0.500 / 0.750" in res.stdout, res.stdout
 
 
 def test_reheading_carries_every_weight_and_changes_only_the_heads():
