@@ -62,9 +62,8 @@ class PretrainConfig:
     open_colour_anchor: float = (
         1.0  # weight of the world-latent anchor (scaled latents, unit variance) beside the pixel MSE
     )
-    # open patterns: this share of the open-colour objects is two-coloured (halves or stripes), so composite concepts
-    # survive encode -> decode; 0 = the autoencoder shipped with toy world v2.2, which turns pink into grey-green
-    # (docs/results.md, "Can the toy world draw the composite?")
+    # this share of the open-colour objects two-coloured, so composites survive encode -> decode; 0 = the shipped
+    # recipe, whose autoencoder turns pink grey-green (docs/results.md, "What the toy world can draw")
     open_colour_pattern_share: float = 0.0
     clip_steps: int = 2000
     clip_batch: int = 128
