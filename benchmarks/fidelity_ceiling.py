@@ -16,24 +16,27 @@ import argparse
 import numpy as np
 
 
-def hold_to_look(images, look, oracle, class_shape: str) -> dict[str, float]:
-    """Fidelity's attribute rates for `images` (a list of PIL images) held to `look`."""
-    from catlab.toyworld.attributes import judge_sample, read_attributes
+def hold_to_photos(images, photos, oracle, class_shape: str) -> dict[str, float]:
+    """Fidelity's attribute rates for `images` (PIL) held to the concept's `photos`, as `catlab eval` scores trigger
+    samples, with the mean backdrop and object colour beside them."""
+    import pandas as pd
+
+    from catlab.evaluation.fidelity import per_seed_fidelity, score_fidelity
+    from catlab.toyworld.attributes import read_attributes
     from catlab.toyworld.oracle import read_images
 
-    judged = [judge_sample(im, look) for im in images]
-    shapes = read_images(oracle, images).shape
-    shape_ok = [s == class_shape for s in shapes]
+    df = pd.DataFrame({"kind": "trigger", "oracle_shape": read_images(oracle, images).shape})
+    rates = per_seed_fidelity(score_fidelity(df, images, photos, class_shape))
     attrs = [read_attributes(im) for im in images]
     objects = [a.object_pixels.mean(axis=0) for a in attrs if len(a.object_pixels)]
     return {
-        "fidelity": np.mean([f.faithful and s for f, s in zip(judged, shape_ok)]),
-        "colour": np.mean([f.colour_ok for f in judged]),
-        "setting": np.nan if look.backdrop is None else np.mean([bool(f.backdrop_ok) for f in judged]),
-        "size": np.mean([f.size_ok for f in judged]),
-        "shape": np.mean(shape_ok),
-        "valid": np.mean([f.valid for f in judged]),
-        "colour distance": np.mean([f.colour_distance for f in judged]),
+        "fidelity": rates["fidelity"],
+        "colour": rates["colour_fidelity"],
+        "setting": rates["setting_fidelity"],
+        "size": rates["size_fidelity"],
+        "shape": rates["shape_fidelity"],
+        "valid": rates["trigger_valid_rate"],
+        "colour distance": rates["trigger_colour_distance"],
         "backdrop RGB": tuple(int(v) for v in np.mean([a.backdrop for a in attrs], axis=0)),
         "object RGB": tuple(int(v) for v in np.mean(objects, axis=0)) if objects else None,
     }
@@ -44,21 +47,24 @@ def ceiling_rows(vae, oracle, names: list[str], n: int) -> list[dict]:
     import torch
     from PIL import Image
 
-    from catlab.toyworld.attributes import learn_look
     from catlab.toyworld.open_colours import round_trip
     from catlab.toyworld.oracle import images_to_tensor
     from catlab.toyworld.world import CONCEPTS, concept_images
 
     rows = []
     for name in names:
-        look = learn_look(concept_images(name, seed=0)[0])
+        references = concept_images(name, seed=0)[0]
         photos, _ = concept_images(name, seed=4321, n=n)
         with torch.no_grad():
             trip = round_trip(vae, images_to_tensor(photos))  # (n, 3, 32, 32) in [-1, 1]
         trip = ((trip + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()  # (n, 32, 32, 3)
         for state, images in (("drawn", photos), ("through the autoencoder", [Image.fromarray(t) for t in trip])):
             rows.append(
-                {"concept": name, "photos": state, **hold_to_look(images, look, oracle, CONCEPTS[name].class_word)}
+                {
+                    "concept": name,
+                    "photos": state,
+                    **hold_to_photos(images, references, oracle, CONCEPTS[name].class_word),
+                }
             )
     return rows
 

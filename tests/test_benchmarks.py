@@ -194,6 +194,19 @@ def test_anchor_reach_trains_cat_with_more_anchor_prompts_and_scores_each_prompt
         assert prompt in res.stdout
 
 
+def run_per_seed(*args) -> subprocess.CompletedProcess:
+    """`python benchmarks/per_seed.py ARGS`, which must succeed."""
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "per_seed.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res
+
+
 def test_per_seed_counts_class_colour_changes_against_the_base(tmp_path):
     """Hand-made readings: seed 0 keeps its colour under both adapters, seed 1 turns red -> green under both."""
     import pandas as pd
@@ -227,38 +240,17 @@ def test_per_seed_counts_class_colour_changes_against_the_base(tmp_path):
             for m in ("cat_s0", "cat_s1")
         ]
     ).to_csv(eval_dir / "summary.csv", index=False)
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "per_seed.py"), str(tmp_path / "demo")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_per_seed(tmp_path / "demo")
     assert re.search(r"red -> green\s+2\b", res.stdout), res.stdout
     assert "red -> red" not in res.stdout and "blue" not in res.stdout
     assert "0: 1.000 / 0.000 / 0.500 / 0.500" in res.stdout
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "per_seed.py"), str(tmp_path / "demo"), "--trigger-seeds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_per_seed(tmp_path / "demo", "--trigger-seeds", "1")
     assert "cat 0.75 -> 1.00" in res.stdout, res.stdout  # seeds 0-1: (0.5 + 1) / 2; seed 0 only: 1
     other = tmp_path / "demo" / "eval_g3"  # another evaluation of the same adapters, with fidelity scored
     other.mkdir()
     (other / "per_image.csv").write_text((eval_dir / "per_image.csv").read_text())
     pd.read_csv(eval_dir / "summary.csv").assign(fidelity_mean=[0.25, 0.75]).to_csv(other / "summary.csv", index=False)
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "per_seed.py"), str(tmp_path / "demo"), "--eval", "eval_g3"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_per_seed(tmp_path / "demo", "--eval", "eval_g3")
     assert "/ fidelity)" in res.stdout and "1: 1.000 / 0.000 / 0.500 / 0.500 / 0.750" in res.stdout, res.stdout
 
 
