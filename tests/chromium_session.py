@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jupyterlab_browser import find_chromium
+from lab_server import find_chromium
 
 
 def log(msg: str) -> None:

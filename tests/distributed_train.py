@@ -1,4 +1,4 @@
-"""Run by tests/test_training_scale.py under `accelerate launch` (two CPU processes, gloo): trains every config of a
+"""Run by tests/test_several_processes.py under `accelerate launch` (two CPU processes, gloo): trains every config of a
 JSON spec in one process group, so the interpreters start once, and records which class images each process drew.
 
     accelerate launch --multi_gpu --num_processes 2 tests/distributed_train.py spec.json   # ACCELERATE_USE_CPU=true

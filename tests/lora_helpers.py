@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
+from safetensors.torch import load_file
 
-from catlab.models import lora_parameters
+from catlab.models import LORA_WEIGHT_NAME, lora_parameters
 from catlab.tensors import encode_prompts
 
 
@@ -77,3 +78,23 @@ def inject_text_encoder_lora(perturb: float = 0.0, patch=setattr):
         return sum(p.numel() for p in lora_parameters(model))
 
     patch(start, "add_lora", add_lora)
+
+
+# the demo's CAT: the guided term on the base model's class images, on half as many rows as concept images
+DEMO_CAT = dict(regime="cat", cat_anchor="class", cat_guidance=3.0, cat_share=0.5, cat_lambda=4.0)
+
+
+def adapter_weights(result) -> dict[str, torch.Tensor]:
+    """The LoRA tensors a training run saved."""
+    return load_file(result.adapter_dir / LORA_WEIGHT_NAME)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Equal to float tolerance. Summing a batch in other chunks changes the gradients by rounding only, but AdamW's
+    normalised step turns that into up to ~1e-4 on a weight whose gradient is near 0 (measured: a relative
+    difference of at most 2e-3 per tensor). A wrong batch, loss scale or LR moves weights by about the LR (2e-3)
+    in other directions: a relative difference of order 1."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert float((a[k] - b[k]).norm()) <= 1e-2 * float(b[k].norm()) + 1e-7, k
+        assert float((a[k] - b[k]).abs().max()) <= 5e-4, k

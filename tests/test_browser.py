@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 from chromium_session import chromium_browser, fail_with_screenshot, log
-from jupyterlab_browser import JupyterLabServer, NotebookPage, copy_notebooks
+from jupyterlab_browser import NotebookPage
+from lab_server import JupyterLabServer, copy_notebooks
 
 pytestmark = [pytest.mark.browser, pytest.mark.notebooks]
 
