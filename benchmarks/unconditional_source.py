@@ -2,6 +2,7 @@
 
     python benchmarks/headline.py --concepts bronze_star --out runs/headline        # a demo folder first (or catlab demo)
     python benchmarks/unconditional_source.py runs/headline/bronze_star --variant cat_null_share=0
+    python benchmarks/unconditional_source.py runs/huge_s3 --new huge_circle --first-seed 3 --variant regime=lora,rank=8
 
 For each adapter of a demo folder (plain LoRA, DreamBooth-LoRA and CAT per training seed) and each extra CAT variant
 (FIELD=VALUE,... over the demo's CAT recipe, trained here on the demo's seeds, two runs at a time), it scores the
@@ -9,6 +10,9 @@ demo protocol twice: once as every pipeline samples (both branches of classifier
 guidance through the adapter) and once with the unconditional branch from the base model
 (`catlab.sampling.guidance`). It prints the oracle's identity, collapse, paired preservation, colour distance and
 valid-sample rate, mean ± std over training seeds, and the ratio of identity base/adapted side by side.
+`--new CONCEPT` starts a folder of its own instead of a demo's: the demo's recipe and sampling, the concept exported,
+no demo runs, so only the variants are trained and scored beside the base model (and a variant may be
+`regime=lora,...` or `regime=cat,...`: the two halves of a claim, at a fraction of a demo's time).
 
 A concept an adapter holds in caption-aware layers (cross-attention) survives the base model's unconditional
 branch, or grows: guidance then amplifies all of it. A concept held in caption-blind layers (self-attention) moves
@@ -82,6 +86,24 @@ def _recipe_seeds(recipe: dict) -> tuple[int, int]:
     )  # older folders: one count for both
 
 
+def start_folder(folder: Path, concept: str, first_seed: int, n_seeds: int, recipe=None) -> dict:
+    """A folder for variants alone: recipe.json as `catlab demo` writes it (the demo's recipe unless `recipe`, a
+    DemoRecipe, says otherwise) and the concept's photos; no demo runs. Returns the recipe.json it wrote."""
+    from catlab.demo.recipe import DemoRecipe
+    from catlab.files import write_json_atomic
+    from catlab.toyworld.world import CONCEPTS, export_concept
+
+    if concept not in CONCEPTS:
+        raise SystemExit(f"--new {concept!r}: not a toy concept; choose one of {sorted(CONCEPTS)}")
+    if folder.exists() and any(folder.iterdir()):
+        raise SystemExit(f"--new: {folder} already holds files; pass a new folder, or leave out --new to reuse it")
+    recipe = recipe or DemoRecipe()
+    written = {**recipe.to_json(), "n_seeds": n_seeds, "first_seed": first_seed, "concept": concept}
+    export_concept(concept, folder / "concept")
+    write_json_atomic(folder / "recipe.json", written)
+    return json.loads((folder / "recipe.json").read_text())
+
+
 def train_variant(job: tuple) -> str:
     """One CAT run with the demo's recipe and the variant's fields (one thread: two of these share the 2 cores)."""
     import torch
@@ -114,7 +136,9 @@ def train_variant(job: tuple) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("demo", help="a folder written by `catlab demo` (or benchmarks/headline.py), with its recipe.json")
+    ap.add_argument(
+        "demo", help="a folder written by `catlab demo` (or benchmarks/headline.py), or a new one with --new"
+    )
     ap.add_argument(
         "--variant",
         action="append",
@@ -130,8 +154,13 @@ def main() -> int:
         help="sample at this classifier-free guidance scale instead of the model's (scores go to "
         "eval_unconditional_SOURCE_gSCALE)",
     )
+    ap.add_argument("--new", metavar="CONCEPT", help="start DEMO as a folder of its own for this toy concept")
+    ap.add_argument("--first-seed", type=int, default=0, help="with --new: the first training seed (default 0)")
+    ap.add_argument("--seeds", type=int, default=3, help="with --new: how many training seeds (default 3)")
     args = ap.parse_args()
     demo = Path(args.demo)
+    if args.new:
+        start_folder(demo, args.new, args.first_seed, args.seeds)
     if not (demo / "recipe.json").is_file():
         raise SystemExit(f"{demo}: no recipe.json; pass a folder written by `catlab demo` or benchmarks/headline.py")
     recipe = json.loads((demo / "recipe.json").read_text())

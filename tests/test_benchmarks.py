@@ -3,6 +3,7 @@ the demo recipe runs end to end on a tiny budget (its numbers mean nothing here;
 
 from __future__ import annotations
 
+import json
 import re
 import runpy
 import subprocess
@@ -329,3 +330,24 @@ def test_headline_keeps_other_concepts_demos_and_asks_before_replacing_its_own(t
     assert (tmp_path / "bronze_star" / "recipe.json").exists() and (
         tmp_path / "circle_on_navy" / "recipe.json"
     ).exists()
+
+
+def test_a_new_variants_folder_holds_the_demos_recipe_and_the_concept(tmp_path, monkeypatch):
+    """`unconditional_source.py DIR --new CONCEPT --first-seed N`: what the script then reads is what a demo writes."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from unconditional_source import _recipe_seeds, _recipe_train, start_folder
+
+    from catlab.config import recipe_overrides
+
+    folder = tmp_path / "huge_s3"
+    written = start_folder(folder, "huge_circle", first_seed=3, n_seeds=2)
+    recipe = json.loads((folder / "recipe.json").read_text())
+    assert recipe == written and (recipe["concept"], recipe["first_seed"], recipe["n_seeds"]) == ("huge_circle", 3, 2)
+    assert _recipe_train(recipe) == recipe_overrides("demo"), "the demo's recipe, every field"
+    assert _recipe_seeds(recipe) == (48, 24), "and the demo's sampling seeds"
+    photos = sorted(p.name for p in (folder / "concept").glob("*.png"))
+    assert photos and all((folder / "concept" / p.replace(".png", ".txt")).is_file() for p in photos)
+    with pytest.raises(SystemExit, match="already holds files"):
+        start_folder(folder, "huge_circle", first_seed=0, n_seeds=3)
+    with pytest.raises(SystemExit, match="not a toy concept"):
+        start_folder(tmp_path / "other", "hexagon", first_seed=0, n_seeds=3)
