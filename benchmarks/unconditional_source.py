@@ -104,6 +104,38 @@ def start_folder(folder: Path, concept: str, first_seed: int, n_seeds: int, reci
     return json.loads((folder / "recipe.json").read_text())
 
 
+def claim_pairs(variants: list[dict], ran_methods: list[str]) -> list[tuple[str, str, str]]:
+    """(what, plain LoRA's setting, CAT's setting) for each pair the faithful-CAT claim compares: the demo's own
+    (lora, cat), and each variant `regime=lora,X` beside a variant `X` (the same recipe change for both methods)."""
+    pairs = [("the demo's recipe", "lora", "cat")] if {"lora", "cat"} <= set(ran_methods) else []
+    for lora in variants:
+        if lora["fields"].get("regime") != "lora":
+            continue
+        change = {k: v for k, v in lora["fields"].items() if k != "regime"}
+        for cat in variants:
+            if (
+                cat["fields"].get("regime", "cat") == "cat"
+                and {k: v for k, v in cat["fields"].items() if k != "regime"} == change
+            ):
+                pairs.append((", ".join(f"{k}={_spelt(v)}" for k, v in change.items()), lora["name"], cat["name"]))
+    return pairs
+
+
+def pair_claims(mean, lora: str, cat: str) -> list[tuple[str, bool]]:
+    """The faithful-CAT bars (benchmarks/headline.py) on one pair of rows of a table of means over training seeds:
+    plain LoRA learns the concept (identity >= 0.7), CAT's identity and fidelity >= 0.9x its, collapse <= 0.05,
+    paired preservation >= 0.8, colour distance <= 0.1."""
+    import pandas as pd
+    from headline import check_faithful
+
+    names = {"identity": "identity_acc", "collapse": "collapse_rate", "paired": "paired_preservation",
+             "colour dist.": "colour_distance", "fidelity": "fidelity"}  # fmt: skip
+    t = mean.loc[[lora, cat], list(names)].rename(columns=names, index={lora: "LoRA", cat: "CAT"})
+    premise = (f"LoRA identity {t.loc['LoRA', 'identity_acc']:.2f} >= 0.70", t.loc["LoRA", "identity_acc"] >= 0.70)
+    no_held_out = pd.DataFrame(columns=["method", "kind", "prompt", "paired_preservation"])
+    return [premise, *check_faithful(t, no_held_out)]
+
+
 def train_variant(job: tuple) -> str:
     """One CAT run with the demo's recipe and the variant's fields (one thread: two of these share the 2 cores)."""
     import torch
@@ -250,6 +282,10 @@ def main() -> int:
         mean, std = g.mean(numeric_only=True), g.std(numeric_only=True).fillna(0.0)
         cells = mean.map(lambda v: f"{v:.2f}") + " ± " + std.map(lambda v: f"{v:.2f}")
         print(f"\nunconditional branch: {source}\n" + cells.to_string())
+        for what, lora, cat in claim_pairs(variants, ran_methods) if source == "adapted" else []:
+            print(f"\nfaithful-CAT claim, {what} (plain LoRA: {lora}, CAT: {cat}):")
+            for text, ok in pair_claims(mean, lora, cat):
+                print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
     if set(tables) != {"adapted", "base"}:
         return 0
     ident = {k: t.groupby("setting", sort=False)["identity"].mean() for k, t in tables.items()}

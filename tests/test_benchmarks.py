@@ -351,3 +351,25 @@ def test_a_new_variants_folder_holds_the_demos_recipe_and_the_concept(tmp_path, 
         start_folder(folder, "huge_circle", first_seed=0, n_seeds=3)
     with pytest.raises(SystemExit, match="not a toy concept"):
         start_folder(tmp_path / "other", "hexagon", first_seed=0, n_seeds=3)
+
+
+def test_claim_pairs_match_a_plain_lora_variant_with_the_same_change_for_cat(monkeypatch):
+    """`--variant regime=lora,X --variant X` prints the faithful-CAT bars for that pair; the bars read the means."""
+    import pandas as pd
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from unconditional_source import claim_pairs, pair_claims, parse_variant
+
+    variants = [parse_variant(v) for v in ("regime=lora,rank=8", "rank=8", "rank=16", "cat_lambda=2")]
+    pairs = claim_pairs(variants, ["lora", "dreambooth", "cat"])
+    assert pairs == [("the demo's recipe", "lora", "cat"), ("rank=8", "v_regimelora_rank8", "v_rank8")]
+    assert claim_pairs(variants[2:], ["lora"]) == [], "no pair without both halves"
+    mean = pd.DataFrame(
+        {"identity": [1.0, 0.95, 0.5], "fidelity": [0.9, 0.85, 0.9], "collapse": [1.0, 0.02, 0.0],
+         "paired": [0.2, 0.85, 0.9], "colour dist.": [0.7, 0.05, 0.05]},
+        index=["v_regimelora_rank8", "v_rank8", "v_rank16"],
+    )  # fmt: skip
+    verdicts = pair_claims(mean, "v_regimelora_rank8", "v_rank8")
+    assert len(verdicts) == 6 and all(ok for _, ok in verdicts), verdicts
+    failed = [text for text, ok in pair_claims(mean, "v_regimelora_rank8", "v_rank16") if not ok]
+    assert len(failed) == 1 and failed[0].startswith("CAT identity 0.50 >= 0.9 x LoRA 1.00"), failed
