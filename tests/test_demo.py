@@ -88,10 +88,23 @@ def test_quick_demo_writes_a_complete_report(tiny_assets, tmp_path, monkeypatch,
 
 
 @pytest.mark.slow
-def test_demo_trains_the_seeds_it_is_asked_for(tiny_assets, tmp_path, monkeypatch, capsys):
+def test_demo_trains_the_seeds_and_the_recipe_it_is_asked_for(tiny_assets, tmp_path, monkeypatch, capsys):
+    from catlab.config import RECIPES
+
     monkeypatch.setenv("CATLAB_TOYWORLD_DIR", str(tiny_assets))
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--seeds", "1", "--first-seed", "4", "--out", str(out)]) == 0
+    argv = ["demo", "--quick", "--seeds", "1", "--first-seed", "4", "--recipe", "all_layers_pivotal", "--out", str(out)]
+    assert main(argv) == 0
+    recorded = json.loads((out / "recipe.json").read_text())
+    named = RECIPES["all_layers_pivotal"]
+    assert recorded["recipe"] == "all_layers_pivotal"
+    assert (
+        recorded["train"]["target_modules"] == named["target_modules"]
+        and recorded["train"]["trigger_embedding_lr"] == 5e-3
+    )
+    for method in ("lora", "dreambooth", "cat", "paper_cat"):  # every method with the recipe's trigger embedding
+        assert (out / "runs" / f"{method}_seed4" / "adapter" / "trigger_embeddings.safetensors").is_file(), method
+    assert "--recipe all_layers_pivotal" in (out / "report.md").read_text(), "the rerun line names the recipe"
     assert sorted(p.name for p in (out / "runs").iterdir()) == [
         "cat_seed4",
         "dreambooth_seed4",
@@ -179,8 +192,18 @@ def test_the_demo_trains_with_the_named_recipe_and_nothing_else(tmp_path):
     assert (changed.lr_scheduler, changed.cat_lambda) == ("linear", 2.0)
     with pytest.raises(ValueError, match="not TrainConfig fields: \\['lamda'\\]"):
         DemoRecipe().with_train(lamda=2.0)
-    with pytest.raises(ValueError, match="unknown recipe 'paper'; choose one of \\['demo'\\]"):
+    with pytest.raises(ValueError, match="unknown recipe 'paper'; choose one of \\['all_layers_pivotal', 'demo'\\]"):
         TrainConfig.from_recipe("paper")
+    assert DemoRecipe().name == "demo" and DemoRecipe().to_json()["recipe"] == "demo"
+    assert DemoRecipe().with_train(cat_lambda=2.0).name == "changed", "a changed recipe is not called by a name"
+    wide = DemoRecipe.named("all_layers_pivotal").train_config("cat", 0, concept, tmp_path)
+    assert all(getattr(wide, k) == v for k, v in RECIPES["all_layers_pivotal"].items())
+    differs = {k for k in RECIPES["demo"] if RECIPES["demo"][k] != RECIPES["all_layers_pivotal"].get(k)}
+    assert differs == {"target_modules"} and RECIPES["all_layers_pivotal"]["trigger_embedding_lr"] == 5e-3
+    assert (
+        DemoRecipe.quick("all_layers_pivotal").train["target_modules"]
+        == RECIPES["all_layers_pivotal"]["target_modules"]
+    )
 
 
 def _cfg(**fields):

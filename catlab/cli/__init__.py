@@ -64,12 +64,14 @@ def _run(args) -> int:
         return run_eval(args)
     if args.command == "demo":
         from catlab.demo.experiment import run_demo
+        from catlab.demo.recipe import DemoRecipe
 
         run_demo(
             out=Path(args.out),
             n_seeds=args.seeds,
             concept=args.concept,
             quick=args.quick,
+            recipe=DemoRecipe.quick(args.recipe) if args.quick else DemoRecipe.named(args.recipe),
             overwrite=args.overwrite,
             first_seed=args.first_seed,
             workers=args.workers,

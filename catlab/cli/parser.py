@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from catlab.config import RECIPES
+
 REAL_EMBEDDER = "openai/clip-vit-base-patch32"  # the CAT authors' CLIP: `catlab eval`'s embedder for a real base model
 
 DESCRIPTION = """catlab: knowledge-preserving adapter training (Contrastive Adapter Training, arXiv 2404.07554)
@@ -35,6 +37,13 @@ def _add_demo(sub) -> None:
         "--concept",
         default="circle_on_navy",
         help="toy concept (default: circle_on_navy; `catlab toyworld concepts` lists them)",
+    )
+    p.add_argument(
+        "--recipe",
+        default="demo",
+        choices=sorted(RECIPES),
+        help="the training recipe of every method (catlab.config.RECIPES; default: demo; all_layers_pivotal: LoRA "
+        "on every layer and the trigger's own embedding, about 1.4x the training time)",
     )
     p.add_argument(
         "--quick", action="store_true", help="a few steps and samples: checks the plumbing in under 2 minutes"

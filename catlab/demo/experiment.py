@@ -77,7 +77,9 @@ def run_demo(
     result = evaluate("toyworld" if workers > 1 else pipe, runs_by_name, out / "concept", sampling=sampling,
                       scorers=scorers, out_dir=out / "eval")  # fmt: skip
     rerun = (f"catlab demo --out {out} --overwrite --concept {concept} --seeds {n_seeds}"
-             + (f" --first-seed {first_seed}" if first_seed else "") + (" --quick" if quick else ""))  # fmt: skip
+             + (f" --first-seed {first_seed}" if first_seed else "") + (" --quick" if quick else "")
+             + ("" if recipe.name == "demo" else f" --recipe {recipe.name}" if recipe.name != "changed"
+                else "  (with the changed recipe in recipe.json)"))  # fmt: skip
     demo = DemoResults(out, c, recipe, runs, result.per_image, summarise_by_method(result.per_image, runs),
                        cost_table(runs), n_seeds, total_s=time.time() - t0, rerun=rerun,
                        environment=environment)  # fmt: skip

@@ -73,15 +73,21 @@ class DemoRecipe:
     train: dict[str, Any] = field(default_factory=lambda: recipe_overrides("demo"))
     sampling: EvalSampling = field(default_factory=_demo_sampling)
     grid_seeds: int = 8  # columns of the report's grids
+    name: str = "demo"  # the key of catlab.config.RECIPES that `train` is, or "changed" (with_train)
 
     @classmethod
-    def quick(cls) -> DemoRecipe:
+    def named(cls, name: str) -> DemoRecipe:
+        """The demo with another named recipe of catlab.config.RECIPES for every method."""
+        return cls(train=recipe_overrides(name), name=name)
+
+    @classmethod
+    def quick(cls, name: str = "demo") -> DemoRecipe:
         """Checks the plumbing only: the numbers mean nothing."""
-        train = {**recipe_overrides("demo"), "steps": 4, "batch_size": 2, "num_class_images": 2}
+        train = {**recipe_overrides(name), "steps": 4, "batch_size": 2, "num_class_images": 2}
         sampling = replace(
             _demo_sampling(), seeds=2, trigger_seeds=2, held_out_seeds=1, num_inference_steps=QUICK_SAMPLE_STEPS
         )
-        return cls(train=train, sampling=sampling, grid_seeds=2)
+        return cls(train=train, sampling=sampling, grid_seeds=2, name=name)
 
     def sampling_for(self, class_word: str) -> EvalSampling:
         """The sampling settings with the held-out prompts for a concept of `class_word` (other classes, and the
@@ -97,7 +103,7 @@ class DemoRecipe:
         unknown = sorted(set(overrides) - set(TrainConfig.__dataclass_fields__))
         if unknown:
             raise ValueError(f"not TrainConfig fields: {unknown}")
-        return replace(self, train={**self.train, **overrides})
+        return replace(self, train={**self.train, **overrides}, name="changed")
 
     def train_config(self, key: str, seed: int, concept: ConceptConfig, out: Path) -> TrainConfig:
         """The config one demo run trains with: the recipe, the method (a key of METHODS) and seed, and where the demo
@@ -120,7 +126,12 @@ class DemoRecipe:
         """What recipe.json records: the overrides and the sampling settings."""
         from dataclasses import asdict
 
-        return {"train": self.train, "sampling": asdict(self.sampling), "grid_seeds": self.grid_seeds}
+        return {
+            "recipe": self.name,
+            "train": self.train,
+            "sampling": asdict(self.sampling),
+            "grid_seeds": self.grid_seeds,
+        }
 
 
 @dataclass
