@@ -67,8 +67,8 @@ def _demo_sampling() -> EvalSampling:
 
 @dataclass(frozen=True)
 class DemoRecipe:
-    """The headline experiment: one set of TrainConfig overrides for every method (`catlab.config.RECIPES["demo"]`)
-    and how the adapters are sampled for scoring."""
+    """The headline experiment: one set of TrainConfig overrides for every method (a named recipe of
+    `catlab.config.RECIPES`, "demo" unless `named` picks another) and how the adapters are sampled for scoring."""
 
     train: dict[str, Any] = field(default_factory=lambda: recipe_overrides("demo"))
     sampling: EvalSampling = field(default_factory=_demo_sampling)
