@@ -138,6 +138,28 @@ def test_prior_preservation_caches_class_images(toyworld_env, concept_dir, tmp_p
     assert [p.stat().st_mtime_ns for p in made] == stamps, "cached class images must be reused, not regenerated"
 
 
+def test_class_images_of_one_model_folder_are_reused_however_the_folder_is_named(tmp_path, monkeypatch):
+    """A model folder given relatively (CATLAB_TOYWORLD_DIR=runs/x) and absolutely is one model: its cached class
+    images are reused, not refused as another model's; another model's still are."""
+    from types import SimpleNamespace
+
+    import catlab.sampling.sampler as sampler
+    from catlab.training.class_images import draw_missing
+
+    drawn = []
+    monkeypatch.setattr(sampler, "generate", lambda pipe, prompts, seeds, **kw: drawn.append(list(seeds)) or [[]])
+    (tmp_path / "models" / "toy").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "class_images"
+    draw_missing(SimpleNamespace(name_or_path="models/toy"), "a circle", 0, folder, 32)
+    manifest = {"prompt": "a circle", "model": str(tmp_path / "models" / "toy"), "resolution": 32}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    draw_missing(SimpleNamespace(name_or_path="models/toy"), "a circle", 0, folder, 32)  # relative: the same model
+    draw_missing(SimpleNamespace(name_or_path=str(tmp_path / "models" / "toy")), "a circle", 0, folder, 32)
+    with pytest.raises(FileExistsError, match="holds class images for"):
+        draw_missing(SimpleNamespace(name_or_path="other/model"), "a circle", 0, folder, 32)
+
+
 def test_existing_output_is_never_overwritten(toyworld_env, concept_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -70,7 +70,7 @@ def draw_missing(pipe, class_prompt: str, n: int, folder: Path, resolution: int,
     manifest = folder / "manifest.json"
     meta = _manifest(pipe, class_prompt, resolution)
     have = json.loads(manifest.read_text()) if manifest.exists() else None
-    if have and {k: have.get(k) for k in meta} != meta:
+    if have and {**{k: have.get(k) for k in meta}, "model": _model_key(str(have.get("model", "")))} != meta:
         raise FileExistsError(f"{folder} holds class images for {have}, not {meta}; choose another class_images_dir")
     missing = [i for i, p in enumerate(_paths(folder, n)) if not p.exists() and i % count == rank]
     for k in range(0, len(missing), 64):
@@ -101,4 +101,12 @@ def _write_manifest(folder: Path, meta: dict) -> None:
 
 
 def _manifest(pipe, class_prompt: str, resolution: int) -> dict:
-    return {"prompt": class_prompt, "model": str(getattr(pipe, "name_or_path", "")), "resolution": resolution}
+    model = _model_key(str(getattr(pipe, "name_or_path", "")))
+    return {"prompt": class_prompt, "model": model, "resolution": resolution}
+
+
+def _model_key(name_or_path: str) -> str:
+    """A local model folder as its absolute path, so that the same folder named relatively (CATLAB_TOYWORLD_DIR=runs/x)
+    or absolutely is one model; a hub id as it is."""
+    local = Path(name_or_path).expanduser()
+    return str(local.resolve()) if name_or_path and local.exists() else name_or_path
