@@ -86,9 +86,9 @@ def _recipe_seeds(recipe: dict) -> tuple[int, int]:
     )  # older folders: one count for both
 
 
-def start_folder(folder: Path, concept: str, first_seed: int, n_seeds: int, recipe=None) -> dict:
-    """A folder for variants alone: recipe.json as `catlab demo` writes it (the demo's recipe unless `recipe`, a
-    DemoRecipe, says otherwise) and the concept's photos; no demo runs. Returns the recipe.json it wrote."""
+def start_folder(folder: Path, concept: str, first_seed: int, n_seeds: int) -> dict:
+    """A folder for variants alone: recipe.json as `catlab demo` writes it (the demo's recipe) and the concept's
+    photos; no demo runs. Returns the recipe.json it wrote."""
     from catlab.demo.recipe import DemoRecipe
     from catlab.files import write_json_atomic
     from catlab.toyworld.world import CONCEPTS, export_concept
@@ -97,8 +97,7 @@ def start_folder(folder: Path, concept: str, first_seed: int, n_seeds: int, reci
         raise SystemExit(f"--new {concept!r}: not a toy concept; choose one of {sorted(CONCEPTS)}")
     if folder.exists() and any(folder.iterdir()):
         raise SystemExit(f"--new: {folder} already holds files; pass a new folder, or leave out --new to reuse it")
-    recipe = recipe or DemoRecipe()
-    written = {**recipe.to_json(), "n_seeds": n_seeds, "first_seed": first_seed, "concept": concept}
+    written = {**DemoRecipe().to_json(), "n_seeds": n_seeds, "first_seed": first_seed, "concept": concept}
     export_concept(concept, folder / "concept")
     write_json_atomic(folder / "recipe.json", written)
     return json.loads((folder / "recipe.json").read_text())
