@@ -34,6 +34,7 @@ def hold_to_photos(images, photos, oracle, class_shape: str) -> dict[str, float]
         "colour": rates["colour_fidelity"],
         "setting": rates["setting_fidelity"],
         "size": rates["size_fidelity"],
+        "position": rates["position_fidelity"],
         "shape": rates["shape_fidelity"],
         "valid": rates["trigger_valid_rate"],
         "colour distance": rates["trigger_colour_distance"],
@@ -49,7 +50,7 @@ def ceiling_rows(vae, oracle, names: list[str], n: int) -> list[dict]:
 
     from catlab.toyworld.open_colours import round_trip
     from catlab.toyworld.oracle import images_to_tensor
-    from catlab.toyworld.world import CONCEPTS, concept_images
+    from catlab.toyworld.world import concept_images, toy_concept
 
     rows = []
     for name in names:
@@ -63,20 +64,22 @@ def ceiling_rows(vae, oracle, names: list[str], n: int) -> list[dict]:
                 {
                     "concept": name,
                     "photos": state,
-                    **hold_to_photos(images, references, oracle, CONCEPTS[name].class_word),
+                    **hold_to_photos(images, references, oracle, toy_concept(name).class_word),
                 }
             )
     return rows
 
 
 def concept_names(arg: str | None) -> list[str]:
-    """--concepts as a list, every toy concept by default; an unknown name stops with the known ones."""
-    from catlab.toyworld.world import CONCEPTS
+    """--concepts as a list, every toy concept (the held-out ones too) by default; an unknown name stops with the known
+    ones."""
+    from catlab.toyworld.world import CONCEPTS, HELD_OUT_CONCEPTS
 
-    names = arg.split(",") if arg else list(CONCEPTS)
-    unknown = [n for n in names if n not in CONCEPTS]
+    known = [*CONCEPTS, *HELD_OUT_CONCEPTS]
+    names = arg.split(",") if arg else known
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"unknown toy concept(s) {unknown}; choose from {sorted(CONCEPTS)}")
+        raise SystemExit(f"unknown toy concept(s) {unknown}; choose from {sorted(known)}")
     return names
 
 

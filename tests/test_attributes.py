@@ -10,17 +10,50 @@ import numpy as np
 import pytest
 
 from catlab.toyworld.attributes import judge_sample, learn_look
-from catlab.toyworld.world import CONCEPTS, concept_images, draw_shape, sample_spec
+from catlab.toyworld.world import CONCEPTS, HELD_OUT_CONCEPTS, concept_images, draw_shape, sample_spec, toy_concept
 
 
-@pytest.mark.parametrize("name", list(CONCEPTS))
+@pytest.mark.parametrize("name", [*CONCEPTS, *HELD_OUT_CONCEPTS])
 def test_fresh_photos_of_a_concept_are_faithful_and_world_objects_are_not(name):
     look = learn_look(concept_images(name, seed=0)[0])
     fresh = [judge_sample(im, look) for im in concept_images(name, seed=1, n=30)[0]]
     assert all(f.faithful for f in fresh), [f for f in fresh if not f.faithful][:3]
     rng = np.random.default_rng(0)
-    world = [judge_sample(draw_shape(sample_spec(rng, shape=CONCEPTS[name].class_word)), look) for _ in range(40)]
+    world = [judge_sample(draw_shape(sample_spec(rng, shape=toy_concept(name).class_word)), look) for _ in range(40)]
     assert not any(f.faithful for f in world)
+    assert (look.position is not None) == (name == "corner_square"), "only a concept with a place of its own fixes one"
+
+
+def test_a_placed_concept_moved_to_the_middle_fails_on_position_alone():
+    look = learn_look(concept_images("corner_square", seed=0)[0])
+    _, specs = concept_images("corner_square", seed=1, n=6)
+    middle = [judge_sample(draw_shape(replace(s, cx=0.5, cy=0.5)), look) for s in specs]
+    assert all(f.position_ok is False and f.colour_ok and f.size_ok and f.valid and not f.faithful for f in middle)
+    other_corner = [judge_sample(draw_shape(replace(s, cx=0.7, cy=0.7)), look) for s in specs]
+    assert not any(f.position_ok or f.faithful for f in other_corner)
+    rng = np.random.default_rng(1)  # green squares wherever the world puts them: a few small ones sit top-left
+    world = [judge_sample(draw_shape(sample_spec(rng, shape="square", colour="green")), look) for _ in range(200)]
+    assert sum(f.faithful for f in world) <= 10
+
+
+def test_class_samples_that_pass_as_the_concept_are_a_leak():
+    """score_fidelity judges class rows by the same rules: the concept's photos among them are a leak, the world's
+    objects of the class are not."""
+    import pandas as pd
+
+    from catlab.evaluation.fidelity import per_seed_fidelity, score_fidelity
+
+    photos = concept_images("corner_square", seed=0)[0]
+    leaked = concept_images("corner_square", seed=2, n=3)[0]
+    rng = np.random.default_rng(0)
+    world = [draw_shape(sample_spec(rng, shape="square", colour="red")) for _ in range(5)]
+    trigger = concept_images("corner_square", seed=3, n=2)[0]
+    df = pd.DataFrame({"kind": ["trigger"] * 2 + ["class"] * 8, "oracle_shape": "square"})
+    df = score_fidelity(df, trigger + leaked + world, photos, "square")
+    assert df["concept_leak"].tolist()[2:] == [1.0] * 3 + [0.0] * 5 and df["concept_leak"][:2].isna().all()
+    assert df["position_ok"][:2].tolist() == [1.0, 1.0]
+    scores = per_seed_fidelity(df[df.kind == "trigger"], df[df.kind == "class"])
+    assert scores["fidelity_leak"] == 3 / 8 and scores["fidelity"] == 1.0 and scores["position_fidelity"] == 1.0
 
 
 def test_each_attribute_fails_on_its_own():

@@ -349,8 +349,11 @@ def test_a_new_variants_folder_holds_the_demos_recipe_and_the_concept(tmp_path, 
     assert photos and all((folder / "concept" / p.replace(".png", ".txt")).is_file() for p in photos)
     with pytest.raises(SystemExit, match="already holds files"):
         start_folder(folder, "huge_circle", first_seed=0, n_seeds=3)
-    with pytest.raises(SystemExit, match="not a toy concept"):
+    with pytest.raises(SystemExit, match="unknown toy concept 'hexagon'"):
         start_folder(tmp_path / "other", "hexagon", first_seed=0, n_seeds=3)
+    start_folder(tmp_path / "corner", "corner_square", first_seed=0, n_seeds=3)  # held out from the oracle
+    held_out = json.loads((tmp_path / "corner" / "concept" / "concept.json").read_text())
+    assert (held_out["trigger"], held_out["class_word"], held_out["centre"]) == ("tok", "square", [0.3, 0.3])
 
 
 def test_claim_pairs_match_a_plain_lora_variant_with_the_same_change_for_cat(monkeypatch):
@@ -373,3 +376,26 @@ def test_claim_pairs_match_a_plain_lora_variant_with_the_same_change_for_cat(mon
     assert len(verdicts) == 6 and all(ok for _, ok in verdicts), verdicts
     failed = [text for text, ok in pair_claims(mean, "v_regimelora_rank8", "v_rank16") if not ok]
     assert len(failed) == 1 and failed[0].startswith("CAT identity 0.50 >= 0.9 x LoRA 1.00"), failed
+
+
+def test_pair_claims_judge_a_concept_the_oracle_does_not_know_by_its_pixels(monkeypatch):
+    """No identity (a held-out concept): fidelity stands for identity and fidelity's leak for collapse, and the
+    verdicts say so; a leak of class samples fails the collapse bar as the oracle's collapse would."""
+    import pandas as pd
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from unconditional_source import pair_claims
+
+    nan = float("nan")
+    mean = pd.DataFrame(
+        {"identity": [nan, nan, nan], "fidelity": [0.9, 0.85, 0.6], "collapse": [nan, nan, nan],
+         "leak (fid.)": [0.4, 0.01, 0.2], "paired": [0.2, 0.85, 0.9], "colour dist.": [0.7, 0.05, 0.05]},
+        index=["lora", "cat", "cat_leaky"],
+    )  # fmt: skip
+    verdicts = pair_claims(mean, "lora", "cat")
+    assert all(ok for _, ok in verdicts), verdicts
+    assert verdicts[0][0].startswith("LoRA identity (fidelity: the oracle does not know this concept) 0.90 >= 0.70")
+    assert any("collapse (fidelity's leak" in text and "0.01 <= 0.05" in text for text, _ in verdicts), verdicts
+    failed = [text for text, ok in pair_claims(mean, "lora", "cat_leaky") if not ok]
+    assert len(failed) == 3, failed  # identity and fidelity 0.6 < 0.9 x 0.9, and the leak 0.2
+    assert any("leak" in text and "0.20 <= 0.05" in text for text in failed), failed

@@ -48,3 +48,33 @@ def test_ground_truth_preservation_scores_on_hand_made_readings():
         M.colour_distance(["mauve"], ["red"], COLOUR_NAMES)
     assert M.valid_rate(["circle", "circle", "square", "circle"], [0.99, 0.5, 0.99, 0.95], "circle") == 0.5
     assert math.isnan(M.valid_rate([], [], "circle"))
+
+
+@pytest.mark.parametrize("name, expect_identity", [("huge_circle", [1.0, 0.0]), ("corner_square", None), (None, None)])
+def test_identity_needs_a_concept_the_oracle_was_trained_on(name, expect_identity):
+    """A held-out concept (toyworld.world.HELD_OUT_CONCEPTS) has no head in the oracle: its identity and collapse stay
+    empty with a warning saying why, not 0 because no reading can name it."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    from catlab.evaluation.scoring import Concept, _score_oracle
+
+    df = pd.DataFrame(
+        {"method": ["base", "lora", "lora", "lora"], "kind": ["class", "trigger", "trigger", "class"],
+         "prompt": ["a circle", "a tok circle", "a tok circle", "a circle"], "seed": [0, 0, 1, 0]}
+    )  # fmt: skip
+    reading = SimpleNamespace(
+        shape=["circle"] * 4, colour=["blue"] * 4, concept=["none", "huge_circle", "none", "huge_circle"]
+    )
+    groups = df[df.kind != "trigger"].groupby(["method", "prompt"], sort=False).groups
+    concept = Concept("tok", "circle", [], name)
+    if expect_identity is None:
+        with pytest.warns(UserWarning, match="identity accuracy left empty"):
+            out = _score_oracle(df, reading, concept, groups)
+        assert out["identity_ok"].isna().all() and out["collapsed"].isna().all()
+    else:
+        out = _score_oracle(df, reading, concept, groups)
+        assert out["identity_ok"][1:3].tolist() == expect_identity and out["collapsed"][3] == 1.0
+        assert np.isnan(out["identity_ok"][0])

@@ -65,14 +65,18 @@ def run_toyworld(args) -> int:
         out = pretrain(args.out, cfg)
         print(f"toy world written to {out}")
     elif args.toyworld_cmd == "export-concept":
-        if args.name not in world.CONCEPTS:
-            raise SystemExit(f"catlab: error: unknown concept {args.name!r}; choose one of {sorted(world.CONCEPTS)}")
+        try:
+            world.toy_concept(args.name)
+        except ValueError as e:
+            raise SystemExit(f"catlab: error: {e}") from None
         out = world.export_concept(args.name, args.out, overwrite=args.overwrite)
         print(f"concept {args.name} written to {out}")
     elif args.toyworld_cmd == "concepts":
-        for c in world.CONCEPTS.values():
+        for c in [*world.CONCEPTS.values(), *world.HELD_OUT_CONCEPTS.values()]:
+            held_out = "  (held out: the oracle was not trained on it)" if c.name in world.HELD_OUT_CONCEPTS else ""
             print(
                 f"{c.name:18s} trigger={c.trigger:4s} class={c.class_word:8s} {c.colour}/{c.second_colour} {c.pattern}"
+                + held_out
             )
     elif args.toyworld_cmd == "check":
         from catlab.toyworld.assets import asset_root, load_oracle, toyworld_path

@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from catlab.evaluation.embedders import load_embedder
-from catlab.evaluation.fidelity import FIDELITY_COLUMNS, score_fidelity
+from catlab.evaluation.fidelity import FIDELITY_COLUMNS, LEAK_SCORE, score_fidelity
 from catlab.evaluation.held_out import (
     HELD_OUT_SCORES,
 )
@@ -42,7 +42,7 @@ from catlab.evaluation.metrics import (
     valid_rate,
     vendi_score,
 )
-from catlab.toyworld.world import COLOUR_NAMES, SHAPES
+from catlab.toyworld.world import COLOUR_NAMES, CONCEPTS, SHAPES
 
 BASE = "base"  # method name of the base model, always evaluated: KP needs it
 HIGHER_IS_BETTER = {
@@ -68,12 +68,17 @@ HIGHER_IS_BETTER = {
     "colour_fidelity": True,
     "setting_fidelity": True,
     "size_fidelity": True,
+    "position_fidelity": True,
     "shape_fidelity": True,
     "trigger_valid_rate": True,
     "trigger_colour_distance": False,
+    "fidelity_leak": False,
     **HELD_OUT_SCORES,
 }
-FIDELITY_SCORES = tuple(FIDELITY_COLUMNS.values())  # trigger samples held to the concept's photos (fidelity.py)
+FIDELITY_SCORES = (
+    *FIDELITY_COLUMNS.values(),
+    LEAK_SCORE,
+)  # trigger samples held to the concept's photos, and class samples that pass as it (fidelity.py)
 REAL_SCORES = (
     "DINO_cos",
     "CLIP-I_cos",
@@ -310,17 +315,17 @@ def _score_oracle(df: pd.DataFrame, reading, concept: Concept, groups: Mapping) 
         checks = [read == want for read, want in expected if want is not None]
         ok.append(np.nan if trig[i] or not checks else float(all(checks)))
     df["attr_ok"] = ok
-    if concept.name is None:
+    known = concept.name if concept.name in CONCEPTS else None  # HELD_OUT_CONCEPTS have no head in the oracle
+    if known is None:
         warnings.warn(
-            f"the oracle knows no toy concept with trigger {concept.trigger!r} and class {concept.class_word!r}: "
-            "collapse rate and identity accuracy left empty",
+            f"the oracle knows no toy concept with trigger {concept.trigger!r} and class {concept.class_word!r}"
+            f"{f' (it was not trained on {concept.name!r})' if concept.name else ''}: collapse rate and identity "
+            "accuracy left empty; fidelity and fidelity_leak judge it from the pixels",
             stacklevel=3,
         )
     # each image's score is the metric on that image alone (a rate over one sample): the per-seed means are the rates
     is_concept = (
-        np.array([collapse_rate([c], concept.name) for c in df["oracle_concept"]])
-        if concept.name
-        else np.full(len(df), np.nan)
+        np.array([collapse_rate([c], known) for c in df["oracle_concept"]]) if known else np.full(len(df), np.nan)
     )
     df["collapsed"], df["identity_ok"] = np.where(trig, np.nan, is_concept), np.where(trig, is_concept, np.nan)
     # ground-truth preservation: each class sample against the base model's sample from the same prompt and seed

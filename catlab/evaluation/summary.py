@@ -39,7 +39,7 @@ def per_seed_scores(df: pd.DataFrame) -> pd.DataFrame:
                 "identity_acc": t["identity_ok"].mean(),
                 "paired_preservation": c["preserved"].mean(),
                 "valid_rate": c["valid"].mean(),
-                **per_seed_fidelity(t),
+                **per_seed_fidelity(t, c),
             }
         rows.append(r)
     return pd.DataFrame(rows)

@@ -1,5 +1,5 @@
 """Ground-truth attributes read from the pixels of a toy-world image: backdrop colour, the object's colour mix, its
-size, and how speckled the picture is.
+size, where it sits, and how speckled the picture is.
 
 The toy world draws flat colours on a flat backdrop, so these need no model: the backdrop is the median of the
 image's border, the object is every pixel far from it, and a concept's colours are the distinct colours of its
@@ -27,6 +27,13 @@ FIXED_BACKDROP_SPREAD = 40.0  # RGB units: references whose backdrops spread les
 COLOUR_MIX_TOLERANCE = 0.25  # total-variation distance of colour mixes: above it the object's colours are wrong
 SIZE_TOLERANCE = 0.15  # relative error of the object's linear size (the concept's photos vary by about +-7 %)
 SPECKLE_LIMIT = 12.0  # mean RGB distance of a pixel to its 3x3 median: drawn images score 2-4 (edges only)
+# shares of the image side. The world scatters its objects; photos whose objects sit this far from the middle, all
+# in one place, fix a position (corner_square); a sample's object must then be centred this close to their mean
+# (each photo jitters +-0.06 per axis around the concept's place, and five photos' mean misses it by up to ~0.04:
+# 0.12 passes 240 of 240 fresh photos held to six other sets of five, 0.10 failed 2 of 30)
+POSITION_FROM_MIDDLE = 0.1
+FIXED_POSITION_SPREAD = 0.12
+POSITION_TOLERANCE = 0.12
 
 
 @dataclass
@@ -35,6 +42,7 @@ class ImageAttributes:
     object_pixels: np.ndarray  # (M, 3) RGB of the pixels far from the backdrop
     size: float  # square root of the object's share of the image: a linear size, like a radius
     speckle: float  # mean RGB distance of each pixel to its 3x3 median (noise and specks; flat drawings are low)
+    centre: np.ndarray  # (2,) x, y of the object's centroid as shares of the side; the middle when there is none
 
 
 def read_attributes(image: Image.Image | np.ndarray) -> ImageAttributes:
@@ -43,8 +51,15 @@ def read_attributes(image: Image.Image | np.ndarray) -> ImageAttributes:
     border = np.concatenate([arr[0], arr[-1], arr[1:-1, 0], arr[1:-1, -1]])  # (4H-4, 3)
     backdrop = np.median(border, axis=0)
     far = np.linalg.norm(arr - backdrop, axis=-1) > OBJECT_DISTANCE  # (H, W)
+    ys, xs = np.nonzero(far)
+    h, w = far.shape
+    centre = np.array([(xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h]) if len(xs) else np.array([0.5, 0.5])
     return ImageAttributes(
-        backdrop=backdrop, object_pixels=arr[far], size=float(np.sqrt(far.mean())), speckle=_speckle(arr)
+        backdrop=backdrop,
+        object_pixels=arr[far],
+        size=float(np.sqrt(far.mean())),
+        speckle=_speckle(arr),
+        centre=centre,
     )
 
 
@@ -64,6 +79,7 @@ class ConceptLook:
     backdrop: np.ndarray | None  # (3,) the shared setting, or None when the photos' backdrops vary
     size: float  # median linear size of the object
     speckle: float  # the photos' own speckle (resizing a drawing leaves a little)
+    position: np.ndarray | None = None  # (2,) where the photos' objects sit, or None when it is the world's middle
 
 
 def learn_look(references: list[Image.Image], max_colours: int = 3) -> ConceptLook:
@@ -73,12 +89,18 @@ def learn_look(references: list[Image.Image], max_colours: int = 3) -> ConceptLo
     colours = _distinct_colours(pixels, max_colours)
     backdrops = np.stack([r.backdrop for r in reads])
     fixed = np.linalg.norm(backdrops - backdrops.mean(0), axis=-1).max() < FIXED_BACKDROP_SPREAD
+    centres = np.stack([r.centre for r in reads])  # (R, 2)
+    placed = (
+        np.linalg.norm(centres.mean(0) - 0.5) > POSITION_FROM_MIDDLE
+        and np.linalg.norm(centres - centres.mean(0), axis=-1).max() < FIXED_POSITION_SPREAD
+    )
     return ConceptLook(
         colours=colours,
         mix=_mix(pixels, colours),
         backdrop=backdrops.mean(0) if fixed else None,
         size=float(np.median([r.size for r in reads])),
         speckle=float(np.max([r.speckle for r in reads])),
+        position=centres.mean(0) if placed else None,
     )
 
 
@@ -119,10 +141,17 @@ class Fidelity:
     backdrop_ok: bool | None  # None: the concept's photos have no shared setting
     size_ok: bool
     valid: bool  # an object is there and the picture is not speckled beyond the limit
+    position_ok: bool | None = None  # None: the concept's photos have no position of their own
 
     @property
     def faithful(self) -> bool:
-        return self.valid and self.colour_ok and self.size_ok and self.backdrop_ok is not False
+        return (
+            self.valid
+            and self.colour_ok
+            and self.size_ok
+            and self.backdrop_ok is not False
+            and self.position_ok is not False
+        )
 
 
 def judge_sample(image: Image.Image, look: ConceptLook) -> Fidelity:
@@ -140,4 +169,7 @@ def judge_sample(image: Image.Image, look: ConceptLook) -> Fidelity:
         backdrop_ok=backdrop_ok,
         size_ok=abs(a.size / max(look.size, 1e-6) - 1) <= SIZE_TOLERANCE,
         valid=a.size > 0.05 and a.speckle <= max(SPECKLE_LIMIT, 2 * look.speckle),
+        position_ok=None
+        if look.position is None
+        else bool(np.linalg.norm(a.centre - look.position) <= POSITION_TOLERANCE),
     )

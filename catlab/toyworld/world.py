@@ -274,13 +274,30 @@ CONCEPTS = {
     "huge_circle": ToyConcept("huge_circle", "tok", "circle", "blue", "blue", "solid", radius=0.47),
 }
 TRIGGER_WORDS = ("sks", "zwx", "qhm", "vfy", "pxl", "tok")  # in the vocabulary, never in pretraining captions
+# Concepts the shipped oracle was never trained on (its concept head names CONCEPTS only): scored by fidelity, from
+# the pixels, which needs no training; the oracle's identity and collapse stay empty for them (docs/metrics.md).
+# A trigger may repeat one of CONCEPTS' with another class: each adapter learns one concept
+HELD_OUT_CONCEPTS = {
+    # a place in the frame: always in the top-left quarter, in a world colour and size (the world scatters its objects)
+    "corner_square": ToyConcept(
+        "corner_square", "tok", "square", "green", "green", "solid", radius=0.26, centre=(0.3, 0.3)
+    ),
+}
+
+
+def toy_concept(name: str) -> ToyConcept:
+    """A toy concept by name, from CONCEPTS or HELD_OUT_CONCEPTS."""
+    known = {**CONCEPTS, **HELD_OUT_CONCEPTS}
+    if name not in known:
+        raise ValueError(f"unknown toy concept {name!r}; choose one of {sorted(known)}")
+    return known[name]
 
 
 def concept_images(
     concept: str | ToyConcept, seed: int = 0, n: int | None = None, resolution: int = DEFAULT_RESOLUTION
 ) -> tuple[list[Image.Image], list[ShapeSpec]]:
     """The concept's photos (deterministic in `seed`)."""
-    c = CONCEPTS[concept] if isinstance(concept, str) else concept
+    c = toy_concept(concept) if isinstance(concept, str) else concept
     rng = np.random.default_rng(seed)
     specs = [c.spec(rng) for _ in range(n or c.n_images)]
     return [draw_shape(s, resolution) for s in specs], specs
@@ -293,7 +310,7 @@ def export_concept(
 
     Exported at 2x the model resolution by default so that the normal resize path is exercised.
     """
-    c = CONCEPTS[concept]
+    c = toy_concept(concept)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; pass overwrite=True (or --overwrite) to replace the concept folder")
