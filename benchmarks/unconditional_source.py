@@ -120,7 +120,8 @@ def claim_pairs(variants: list[dict], ran_methods: list[str]) -> list[tuple[str,
                 cat["fields"].get("regime", "cat") == "cat"
                 and {k: v for k, v in cat["fields"].items() if k != "regime"} == change
             ):
-                pairs.append((", ".join(f"{k}={_spelt(v)}" for k, v in change.items()), lora["name"], cat["name"]))
+                what = ", ".join(f"{k}={_spelt(v)}" for k, v in change.items()) or "the folder's recipe, as variants"
+                pairs.append((what, lora["name"], cat["name"]))
     return pairs
 
 

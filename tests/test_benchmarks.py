@@ -367,6 +367,8 @@ def test_claim_pairs_match_a_plain_lora_variant_with_the_same_change_for_cat(mon
     pairs = claim_pairs(variants, ["lora", "dreambooth", "cat"])
     assert pairs == [("the demo's recipe", "lora", "cat"), ("rank=8", "v_regimelora_rank8", "v_rank8")]
     assert claim_pairs(variants[2:], ["lora"]) == [], "no pair without both halves"
+    bare = [parse_variant(v) for v in ("regime=lora", "regime=cat")]
+    assert claim_pairs(bare, []) == [("the folder's recipe, as variants", "v_regimelora", "v_regimecat")]
     mean = pd.DataFrame(
         {"identity": [1.0, 0.95, 0.5], "fidelity": [0.9, 0.85, 0.9], "collapse": [1.0, 0.02, 0.0],
          "paired": [0.2, 0.85, 0.9], "colour dist.": [0.7, 0.05, 0.05]},

@@ -117,6 +117,8 @@ def test_demo_trains_the_seeds_and_the_recipe_it_is_asked_for(tiny_assets, tmp_p
     assert main(["demo", "--quick", "--first-seed", "-1", "--out", str(tmp_path / "neg")]) == 1
     assert capsys.readouterr().err.startswith("catlab: error: first_seed=-1")
     assert not (tmp_path / "neg").exists(), "a rejected demo must not leave a folder behind"
+    assert main(["demo", "--quick", "--concept", "corner_square", "--out", str(tmp_path / "held")]) == 1
+    assert "held out from the oracle" in capsys.readouterr().err and not (tmp_path / "held").exists()
 
 
 @pytest.mark.slow

@@ -92,15 +92,18 @@ def test_unknown_arguments_give_a_clear_error(capsys):
 
 def test_toyworld_concepts_and_export(tmp_path, capsys):
     assert main(["toyworld", "concepts"]) == 0
-    assert "two_tone_circle" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "two_tone_circle" in listed and "corner_square" in listed and "held out" in listed
     assert main(["toyworld", "export-concept", "striped_square", "--out", str(tmp_path / "c")]) == 0
     assert len(list((tmp_path / "c").glob("*.png"))) == 5
     capsys.readouterr()
     assert main(["toyworld", "export-concept", "striped_square", "--out", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("catlab: error:") and "overwrite" in err and "Traceback" not in err
-    with pytest.raises(SystemExit, match="unknown concept"):
+    with pytest.raises(SystemExit, match="unknown toy concept 'nope'"):
         main(["toyworld", "export-concept", "nope", "--out", str(tmp_path / "d")])
+    assert main(["toyworld", "export-concept", "corner_square", "--out", str(tmp_path / "held")]) == 0
+    assert len(list((tmp_path / "held").glob("*.png"))) == 5
 
 
 @pytest.mark.slow

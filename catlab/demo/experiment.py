@@ -89,10 +89,17 @@ def run_demo(
 
 def _prepare_demo_folder(out: Path, concept: str, first_seed: int, overwrite: bool) -> Path:
     """Check the arguments and make `out` (replacing an earlier demo only when asked) with the concept exported."""
-    from catlab.toyworld.world import CONCEPTS, export_concept
+    from catlab.toyworld.world import CONCEPTS, HELD_OUT_CONCEPTS, export_concept
 
     if first_seed < 0:
         raise ValueError(f"first_seed={first_seed}: training seeds must be >= 0")
+    if concept in HELD_OUT_CONCEPTS:  # the demo's table is the oracle's
+        raise ValueError(
+            f"{concept!r} is held out from the oracle, whose identity and collapse the demo reports; run its "
+            f"methods with `python benchmarks/unconditional_source.py runs/FOLDER --new {concept} --variant "
+            "regime=lora --variant regime=cat`, which judges it by fidelity, or choose one of "
+            f"{sorted(CONCEPTS)}"
+        )
     if concept not in CONCEPTS:
         raise ValueError(f"unknown toy concept {concept!r}; choose one of {sorted(CONCEPTS)}")
     if out.exists() and any(out.iterdir()):
