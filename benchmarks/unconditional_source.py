@@ -109,18 +109,23 @@ def start_folder(folder: Path, concept: str, first_seed: int, n_seeds: int) -> d
 
 def claim_pairs(variants: list[dict], ran_methods: list[str]) -> list[tuple[str, str, str]]:
     """(what, plain LoRA's setting, CAT's setting) for each pair the faithful-CAT claim compares: the demo's own
-    (lora, cat), and each variant `regime=lora,X` beside a variant `X` (the same recipe change for both methods)."""
+    (lora, cat), and each variant `regime=lora,X` beside a variant `X` (the same recipe change for both methods), or
+    beside `X,cat_...`: CAT's own fields (λ, its schedule, the term's share) do not touch plain LoRA's training."""
     pairs = [("the demo's recipe", "lora", "cat")] if {"lora", "cat"} <= set(ran_methods) else []
     for lora in variants:
         if lora["fields"].get("regime") != "lora":
             continue
         change = {k: v for k, v in lora["fields"].items() if k != "regime"}
         for cat in variants:
+            fields = {k: v for k, v in cat["fields"].items() if k != "regime"}
+            cat_only = {k: v for k, v in fields.items() if k.startswith("cat_") and k not in change}
             if (
                 cat["fields"].get("regime", "cat") == "cat"
-                and {k: v for k, v in cat["fields"].items() if k != "regime"} == change
+                and {k: v for k, v in fields.items() if k not in cat_only} == change
             ):
                 what = ", ".join(f"{k}={_spelt(v)}" for k, v in change.items()) or "the folder's recipe, as variants"
+                if cat_only:
+                    what += " (CAT also " + ", ".join(f"{k}={_spelt(v)}" for k, v in cat_only.items()) + ")"
                 pairs.append((what, lora["name"], cat["name"]))
     return pairs
 

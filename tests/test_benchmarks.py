@@ -369,6 +369,10 @@ def test_claim_pairs_match_a_plain_lora_variant_with_the_same_change_for_cat(mon
     assert claim_pairs(variants[2:], ["lora"]) == [], "no pair without both halves"
     bare = [parse_variant(v) for v in ("regime=lora", "regime=cat")]
     assert claim_pairs(bare, []) == [("the folder's recipe, as variants", "v_regimelora", "v_regimecat")]
+    cat_only = [parse_variant(v) for v in ("regime=lora,rank=8", "rank=8,cat_lambda=8", "rank=16,cat_lambda=8")]
+    assert claim_pairs(cat_only, []) == [
+        ("rank=8 (CAT also cat_lambda=8.0)", "v_regimelora_rank8", "v_rank8_lambda8p0")
+    ], "λ changes CAT alone: plain LoRA's run with the same rank is its pair; another rank is not"
     mean = pd.DataFrame(
         {"identity": [1.0, 0.95, 0.5], "fidelity": [0.9, 0.85, 0.9], "collapse": [1.0, 0.02, 0.0],
          "paired": [0.2, 0.85, 0.9], "colour dist.": [0.7, 0.05, 0.05]},
