@@ -102,6 +102,10 @@ class TrainConfig:
     # own row; "{class}" = each concept's class word's row; any other word = that word's row. A trained word's row is
     # one the text encoder carries forward, which an untrained trigger row is not (docs/toyworld.md)
     trigger_embedding_init: str = ""
+    # share of the updates, at the start, in which the trigger's embedding trains alone (the LoRA's gradients are
+    # dropped): pivotal tuning's two phases (cloneofsimo/lora's PTI: textual inversion first, then LoRA and embedding
+    # together), so that the concept has its place in the caption before CAT's term meets the LoRA. 0 = both at once
+    trigger_embedding_first: float = 0.0
     # --- optimisation
     steps: int = 300  # optimiser updates (not micro-batches); every interval below counts them too
     batch_size: int = 4  # rows per micro-batch per process
@@ -182,6 +186,11 @@ class TrainConfig:
             problems.append(
                 f"trigger_embedding_init={self.trigger_embedding_init!r} needs trigger_embedding_lr > 0 (the trigger's "
                 "embedding trains only then): set a rate, or leave trigger_embedding_init empty"
+            )
+        if self.trigger_embedding_first and not self.trigger_embedding_lr > 0:
+            problems.append(
+                f"trigger_embedding_first={self.trigger_embedding_first} needs trigger_embedding_lr > 0 (the phase "
+                "trains the trigger's embedding alone): set a rate, or leave trigger_embedding_first at 0"
             )
         if not 0.0 <= self.caption_dropout < 1.0:
             problems.append(
@@ -295,6 +304,11 @@ def _share_problems(cfg: TrainConfig) -> list[str]:
     if not 0.0 <= cfg.cat_lambda_warmup <= 1.0:
         problems.append(
             f"cat_lambda_warmup={cfg.cat_lambda_warmup}: must be between 0 and 1 (a share of the updates; 0 = off)"
+        )
+    if not 0.0 <= cfg.trigger_embedding_first < 1.0:
+        problems.append(
+            f"trigger_embedding_first={cfg.trigger_embedding_first}: must be at least 0 and below 1 (a share of the "
+            "updates; the LoRA needs some of them)"
         )
     return problems
 

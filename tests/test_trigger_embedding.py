@@ -79,8 +79,9 @@ class _Interrupt(TrainCallback):
             raise KeyboardInterrupt
 
 
-def test_resume_with_a_training_trigger_is_exact(toyworld_env, concept_dir, tmp_path):
-    kw = dict(steps=4, checkpoint_every=2, regime="lora", trigger_embedding_lr=0.05)
+@pytest.mark.parametrize("first", [0.0, 0.5])
+def test_resume_with_a_training_trigger_is_exact(toyworld_env, concept_dir, tmp_path, first):
+    kw = dict(steps=4, checkpoint_every=2, regime="lora", trigger_embedding_lr=0.05, trigger_embedding_first=first)
     full = train(tiny_run_config(concept_dir, tmp_path / "full", **kw))
     with pytest.raises(KeyboardInterrupt):
         train(tiny_run_config(concept_dir, tmp_path / "cut", **kw), callbacks=[_Interrupt()])
@@ -132,3 +133,30 @@ def test_training_starts_the_trigger_at_the_class_word(toyworld_env, concept_dir
     assert float((saved - table[sks]).norm()) > 0.1, "not from the trigger's own row"
     recorded = json.loads((result.adapter_dir / "catlab_adapter.json").read_text())
     assert recorded["trigger_embedding_init"] == "{class}"
+
+
+def _lora_b_norm(adapter_dir) -> float:
+    weights = load_file(adapter_dir / "pytorch_lora_weights.safetensors")
+    return sum(float(w.norm()) for k, w in weights.items() if "lora_B" in k)
+
+
+def test_the_embedding_first_phase_holds_the_lora_still(toyworld_env, concept_dir, tmp_path):
+    kw = dict(steps=4, checkpoint_every=0, regime="cat", trigger_embedding_lr=0.05)
+    only_embedding = train(tiny_run_config(concept_dir, tmp_path / "a", trigger_embedding_first=0.9, **kw))
+    assert _lora_b_norm(only_embedding.adapter_dir) == 0.0, "4 updates x 0.9 = 4 in the first phase: LoRA as it began"
+    vectors = load_file(only_embedding.adapter_dir / TRIGGER_EMBEDDING_NAME)["sks"]
+    (sks,) = trigger_token_ids(load_base("toyworld").tokenizer, ["sks"])
+    start = load_base("toyworld").text_encoder.get_input_embeddings().weight[sks].detach()
+    assert float((vectors - start).norm()) > 1e-3, "while the trigger's embedding trains"
+    halves = train(tiny_run_config(concept_dir, tmp_path / "b", trigger_embedding_first=0.5, **kw))
+    assert _lora_b_norm(halves.adapter_dir) > 0.0, "the LoRA trains in the second phase"
+    recorded = json.loads((halves.adapter_dir / "catlab_adapter.json").read_text())
+    assert recorded["trigger_embedding_first"] == 0.5
+
+
+def test_an_embedding_phase_without_a_rate_is_refused(concept_dir):
+    concepts = [ConceptConfig(str(concept_dir), "sks", "circle")]
+    with pytest.raises(ValueError, match="trigger_embedding_first=0.5 needs trigger_embedding_lr > 0"):
+        TrainConfig(concepts=concepts, trigger_embedding_first=0.5)
+    with pytest.raises(ValueError, match="trigger_embedding_first=1.0: must be at least 0 and below 1"):
+        TrainConfig(concepts=concepts, trigger_embedding_lr=1e-3, trigger_embedding_first=1.0)

@@ -107,6 +107,8 @@ def step(run: TrainingRun, i: int) -> dict:
     for micro in range(k):
         with _no_sync(run) if micro < k - 1 else contextlib.nullcontext():
             terms.append(micro_step(run, draw, i, slot=run.acc.process_index * k + micro))
+    if in_embedding_phase(run.cfg, i):
+        drop_lora_gradients(run.optimizer)
     if run.cfg.max_grad_norm > 0:
         run.acc.clip_grad_norm_(run.params, run.cfg.max_grad_norm)  # the trainable (LoRA) parameters only
     run.optimizer.step()
@@ -120,6 +122,20 @@ def step(run: TrainingRun, i: int) -> dict:
     }
     run.history.append(logs)
     return logs
+
+
+def in_embedding_phase(cfg, i: int) -> bool:
+    """Whether update i (0-based) belongs to pivotal tuning's first phase (`trigger_embedding_first`), in which the
+    trigger's embedding trains alone."""
+    return i < round(cfg.trigger_embedding_first * cfg.steps)
+
+
+def drop_lora_gradients(optimizer) -> None:
+    """Forget this update's gradients of the LoRA weights (the optimiser's first group, `start.py`): AdamW skips a
+    parameter without a gradient, so its weights, moments and weight decay stay as they were, and clipping sees the
+    embedding's gradient alone. Every process drops the same, after DDP has averaged them."""
+    for p in optimizer.param_groups[0]["params"]:
+        p.grad = None
 
 
 def micro_step(run: TrainingRun, draw: UpdateDraw, i: int, slot: int) -> dict[str, float]:

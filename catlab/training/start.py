@@ -121,7 +121,7 @@ def _adapters_and_optimiser(cfg: TrainConfig, acc, pipe, weight_dtype: torch.dty
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     params = [p for m in trained for p in lora_parameters(m)]
-    groups = [{"params": params}]
+    groups = [{"params": params}]  # first: the LoRA weights (loop.drop_lora_gradients counts on it)
     if cfg.trigger_embedding_lr > 0:  # pivotal tuning: a rate of its own and no weight decay, as textual inversion
         emb = wrap_token_embedding(pipe.text_encoder)
         ids, start = initial_trigger_vectors(pipe.tokenizer, emb.weight, cfg.concepts, cfg.trigger_embedding_init)
@@ -255,6 +255,7 @@ def run_metadata(cfg: TrainConfig, step: int | None = None) -> dict:
         "steps": cfg.steps if step is None else step,
         **({"trigger_embedding_lr": cfg.trigger_embedding_lr} if cfg.trigger_embedding_lr > 0 else {}),
         **({"trigger_embedding_init": cfg.trigger_embedding_init} if cfg.trigger_embedding_init else {}),
+        **({"trigger_embedding_first": cfg.trigger_embedding_first} if cfg.trigger_embedding_first else {}),
         # which weights exactly, only when set: the hub revision, the file variant, a replaced VAE
         **{
             k: v
