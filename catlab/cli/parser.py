@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from catlab.config import RECIPES
+from catlab.recipes import RECIPES
 
 REAL_EMBEDDER = "openai/clip-vit-base-patch32"  # the CAT authors' CLIP: `catlab eval`'s embedder for a real base model
 
@@ -42,7 +42,7 @@ def _add_demo(sub) -> None:
         "--recipe",
         default="demo",
         choices=sorted(RECIPES),
-        help="the training recipe of every method (catlab.config.RECIPES; default: demo; all_layers_pivotal: LoRA "
+        help="the training recipe of every method (catlab.recipes.RECIPES; default: demo; all_layers_pivotal: LoRA "
         "on every layer and the trigger's own embedding, about 1.4x the training time)",
     )
     p.add_argument(

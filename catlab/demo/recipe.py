@@ -68,16 +68,16 @@ def _demo_sampling() -> EvalSampling:
 @dataclass(frozen=True)
 class DemoRecipe:
     """The headline experiment: one set of TrainConfig overrides for every method (a named recipe of
-    `catlab.config.RECIPES`, "demo" unless `named` picks another) and how the adapters are sampled for scoring."""
+    `catlab.recipes.RECIPES`, "demo" unless `named` picks another) and how the adapters are sampled for scoring."""
 
     train: dict[str, Any] = field(default_factory=lambda: recipe_overrides("demo"))
     sampling: EvalSampling = field(default_factory=_demo_sampling)
     grid_seeds: int = 8  # columns of the report's grids
-    name: str = "demo"  # the key of catlab.config.RECIPES that `train` is, or "changed" (with_train)
+    name: str = "demo"  # the key of catlab.recipes.RECIPES that `train` is, or "changed" (with_train)
 
     @classmethod
     def named(cls, name: str) -> DemoRecipe:
-        """The demo with another named recipe of catlab.config.RECIPES for every method."""
+        """The demo with another named recipe of catlab.recipes.RECIPES for every method."""
         return cls(train=recipe_overrides(name), name=name)
 
     @classmethod

@@ -231,7 +231,7 @@ def make_train_config(
     **fields: Any,
 ) -> Any:
     """A TrainConfig for the workbench: its base model, concept, run sizes, resolution, precision and checkpoints,
-    written to work/output_dir, without sample grids during training. A named `recipe` ("demo": catlab.config.RECIPES)
+    written to work/output_dir, without sample grids during training. A named `recipe` ("demo": catlab.recipes.RECIPES)
     goes on top of the world's preset, and any field given here (not None) on top of both."""
     from catlab.config import TrainConfig, recipe_overrides
 
