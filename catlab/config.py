@@ -184,16 +184,7 @@ class TrainConfig:
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 0")
-        if self.trigger_embedding_init and not self.trigger_embedding_lr > 0:
-            problems.append(
-                f"trigger_embedding_init={self.trigger_embedding_init!r} needs trigger_embedding_lr > 0 (the trigger's "
-                "embedding trains only then): set a rate, or leave trigger_embedding_init empty"
-            )
-        if self.trigger_embedding_first and not self.trigger_embedding_lr > 0:
-            problems.append(
-                f"trigger_embedding_first={self.trigger_embedding_first} needs trigger_embedding_lr > 0 (the phase "
-                "trains the trigger's embedding alone): set a rate, or leave trigger_embedding_first at 0"
-            )
+        problems += _trigger_embedding_problems(self)
         if not 0.0 <= self.caption_dropout < 1.0:
             problems.append(
                 f"caption_dropout={self.caption_dropout}: must be at least 0 and below 1 (a share of the rows)"
@@ -287,6 +278,22 @@ def expand_validation_prompts(templates: list[str], concepts: list[ConceptConfig
     """Every template filled in for every concept, in order, each prompt once: what `validate` draws per seed."""
     prompts = [fill_prompt(t, c.trigger, c.class_word) for c in concepts for t in templates]
     return list(dict.fromkeys(prompts))
+
+
+def _trigger_embedding_problems(cfg: TrainConfig) -> list[str]:
+    """Settings of the trigger's embedding that mean nothing without its rate."""
+    problems = []
+    if cfg.trigger_embedding_init and not cfg.trigger_embedding_lr > 0:
+        problems.append(
+            f"trigger_embedding_init={cfg.trigger_embedding_init!r} needs trigger_embedding_lr > 0 (the trigger's "
+            "embedding trains only then): set a rate, or leave trigger_embedding_init empty"
+        )
+    if cfg.trigger_embedding_first and not cfg.trigger_embedding_lr > 0:
+        problems.append(
+            f"trigger_embedding_first={cfg.trigger_embedding_first} needs trigger_embedding_lr > 0 (the phase "
+            "trains the trigger's embedding alone): set a rate, or leave trigger_embedding_first at 0"
+        )
+    return problems
 
 
 def _share_problems(cfg: TrainConfig) -> list[str]:
