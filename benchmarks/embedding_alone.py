@@ -35,18 +35,36 @@ def _judge(images, look) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def draw_three_ways(pipe, prompt: str, seeds: list[int]) -> dict[str, list]:
+    """The prompt from each seed with the whole adapter, the trigger's embedding alone (the UNet's LoRA off) and the
+    LoRA alone (the trigger's embedding off: its base row); the pipeline is left as it was."""
+    from catlab.models import adapters_disabled
+    from catlab.models.trigger_embedding import trigger_embedding_of
+    from catlab.sampling.sampler import generate
+
+    emb = trigger_embedding_of(pipe.text_encoder)
+    rows = {"whole adapter": generate(pipe, [prompt], seeds, progress=False)[0]}
+    with adapters_disabled(pipe.unet):  # the base UNet, the trained trigger
+        rows["embedding alone"] = generate(pipe, [prompt], seeds, progress=False)[0]
+    active, emb.active = emb.active, []
+    try:
+        rows["LoRA alone"] = generate(pipe, [prompt], seeds, progress=False)[0]
+    finally:
+        emb.active = active
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("adapters", nargs="+", type=Path, help="adapter folders (each with trigger_embeddings.safetensors)")
     ap.add_argument("--concept", type=Path, required=True, help="the concept's folder of photos")
     ap.add_argument("--prompt", required=True, help='the trigger prompt, e.g. "a pxl circle"')
     ap.add_argument("--seeds", type=int, default=24, help="sampling seeds 0..N-1 (default 24)")
     ap.add_argument("--base", default="toyworld")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    from catlab.models import adapters_disabled, load_base, load_lora
-    from catlab.models.trigger_embedding import TRIGGER_EMBEDDING_NAME, trigger_embedding_of
-    from catlab.sampling.sampler import generate
+    from catlab.models import load_base, load_lora
+    from catlab.models.trigger_embedding import TRIGGER_EMBEDDING_NAME
     from catlab.toyworld.attributes import learn_look, read_attributes
 
     photos = [Image.open(p).convert("RGB") for p in sorted(args.concept.glob("*.png"))]
@@ -64,13 +82,7 @@ def main() -> None:
             raise SystemExit(f"{adapter}: no {TRIGGER_EMBEDDING_NAME}: it was trained without trigger_embedding_lr")
         pipe = load_base(args.base)
         load_lora(pipe, adapter, "concept")
-        emb = trigger_embedding_of(pipe.text_encoder)
-        rows = {"whole adapter": generate(pipe, [args.prompt], seeds, progress=False)[0]}
-        with adapters_disabled(pipe.unet):  # the base UNet, the trained trigger
-            rows["embedding alone"] = generate(pipe, [args.prompt], seeds, progress=False)[0]
-        active, emb.active = emb.active, []  # the trigger's own base row, the LoRA on
-        rows["LoRA alone"] = generate(pipe, [args.prompt], seeds, progress=False)[0]
-        emb.active = active
+        rows = draw_three_ways(pipe, args.prompt, seeds)
         print(f"\n{adapter}")
         for name, images in rows.items():
             j = _judge(images, look)

@@ -170,3 +170,41 @@ def test_the_outline_check_tells_a_circle_from_an_egg_and_a_triangle(monkeypatch
     near, oval, triangle = (shape_distance(im, photos) for im in (drawn("circle", 0.3), framed, drawn("triangle")))
     assert near < 0.03 < oval < triangle, (near, oval, triangle)
     assert shape_distance(Image.new("RGB", (32, 32), (30, 40, 95)), photos) == float("inf")
+
+
+def test_embedding_alone_switches_each_part_of_a_pivotal_adapter(toyworld_env, concept_dir, tmp_path, monkeypatch):
+    """`benchmarks/embedding_alone.py`: with a LoRA that never trained (the embedding-only phase covers every update)
+    the whole adapter draws exactly what its embedding alone draws, and the LoRA alone exactly the base model; an
+    adapter without a trained trigger is refused."""
+    import numpy as np
+    from lora_helpers import tiny_run_config
+
+    from catlab.models import load_base, load_lora
+    from catlab.sampling.sampler import generate
+    from catlab.training.loop import train
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from embedding_alone import draw_three_ways, main
+
+    kw = dict(steps=2, checkpoint_every=0, regime="cat", trigger_embedding_lr=0.5)
+    adapter = train(tiny_run_config(concept_dir, tmp_path / "a", trigger_embedding_first=0.9, **kw)).adapter_dir
+    pipe = load_base("toyworld")
+    base = [np.asarray(im) for im in generate(pipe, ["a sks circle"], [0, 1], progress=False)[0]]
+    load_lora(pipe, adapter, "concept")
+    rows = {k: [np.asarray(im) for im in v] for k, v in draw_three_ways(pipe, "a sks circle", [0, 1]).items()}
+    assert all(np.array_equal(a, b) for a, b in zip(rows["whole adapter"], rows["embedding alone"]))
+    assert all(np.array_equal(a, b) for a, b in zip(rows["LoRA alone"], base))
+    assert not all(np.array_equal(a, b) for a, b in zip(rows["embedding alone"], base)), "the embedding moved"
+    after = [np.asarray(im) for im in generate(pipe, ["a sks circle"], [0, 1], progress=False)[0]]
+    assert all(np.array_equal(a, b) for a, b in zip(after, rows["whole adapter"])), "the pipeline is left as it was"
+
+    both = train(tiny_run_config(concept_dir, tmp_path / "c", learning_rate=0.05, **kw)).adapter_dir
+    pipe = load_base("toyworld")
+    load_lora(pipe, both, "concept")
+    rows = {k: [np.asarray(im) for im in v] for k, v in draw_three_ways(pipe, "a sks circle", [0, 1]).items()}
+    assert not all(np.array_equal(a, b) for a, b in zip(rows["whole adapter"], rows["embedding alone"])), "LoRA off"
+    assert not all(np.array_equal(a, b) for a, b in zip(rows["LoRA alone"], base)), "a trained LoRA draws otherwise"
+
+    plain = train(tiny_run_config(concept_dir, tmp_path / "b", steps=1, checkpoint_every=0)).adapter_dir
+    with pytest.raises(SystemExit, match="trained without trigger_embedding_lr"):
+        main([str(plain), "--concept", str(concept_dir), "--prompt", "a sks circle", "--seeds", "1"])
