@@ -30,6 +30,7 @@ def _judge(images, look) -> dict[str, float]:
         "colour_ok": float(np.mean([v.colour_ok for v in verdicts])),
         "setting_ok": float(np.mean([bool(v.backdrop_ok) for v in verdicts])) if look.backdrop is not None else np.nan,
         "size_ok": float(np.mean([v.size_ok for v in verdicts])),
+        "position_ok": float(np.mean([bool(v.position_ok) for v in verdicts])) if look.position is not None else np.nan,
         "backdrop": np.mean([r.backdrop for r in reads], axis=0).round(),
         "object": np.mean(objects, axis=0).round() if objects else np.full(3, np.nan),
     }
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             j = _judge(images, look)
             print(
                 f"  {name:16s} fidelity {j['faithful']:.2f}  colour {j['colour_ok']:.2f}  setting {j['setting_ok']:.2f}"
-                f"  size {j['size_ok']:.2f}  backdrop {j['backdrop']}  object {j['object']}"
+                f"  size {j['size_ok']:.2f}  position {j['position_ok']:.2f}  backdrop {j['backdrop']}"
+                f"  object {j['object']}"
             )
 
 
