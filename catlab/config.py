@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from catlab.config_checks import anchor_problems, share_problems, trigger_embedding_problems, type_problems
 from catlab.recipes import RECIPES, recipe_overrides  # noqa: F401  (re-exported: catlab.config.RECIPES)
 
 REGIMES = ("lora", "dreambooth", "cat")  # plain LoRA, DreamBooth prior preservation, Contrastive Adapter Training
@@ -23,12 +22,6 @@ TRIGGER_FREE = ("drop", "replace")  # how the trigger-free caption is made from 
 RENAMED_REGIMES = {"none": "lora", "ppl": "dreambooth"}
 RENAMED_FIELDS = {"cat_prompt": ("trigger_free", {"remove": "drop", "class": "replace"})}
 TRACKERS = ("none", "tensorboard", "wandb")
-_TYPES = {
-    "int": (numbers.Integral,),
-    "float": (numbers.Real,),
-    "str": (str, os.PathLike),
-    "bool": (bool,),
-}  # numpy numbers too
 
 
 @dataclass
@@ -150,7 +143,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming every bad field and how to fix it."""
-        problems = _type_problems(self)
+        problems = type_problems(self)
         if problems:  # the checks below assume the right types
             raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
         if self.regime not in REGIMES:
@@ -167,13 +160,13 @@ class TrainConfig:
                 f"cat_anchor={self.cat_anchor!r}: choose 'concept' (the paper), 'class' (the base model's class images)"
                 " or 'both'"
             )
-        problems += _anchor_problems(self)
+        problems += anchor_problems(self)
         if self.cat_guidance and (self.cat_guidance <= 1 or self.cat_null_share):
             problems.append(
                 f"cat_guidance={self.cat_guidance}: use 0 (off) or the sampling guidance scale (> 1), with cat_null_share 0 "
                 f"(it is {self.cat_null_share}): the guided term holds the empty caption itself"
             )
-        problems += _share_problems(self)
+        problems += share_problems(self)
         for name in (
             "cat_lambda",
             "prior_loss_weight",
@@ -184,7 +177,7 @@ class TrainConfig:
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 0")
-        problems += _trigger_embedding_problems(self)
+        problems += trigger_embedding_problems(self)
         if not 0.0 <= self.caption_dropout < 1.0:
             problems.append(
                 f"caption_dropout={self.caption_dropout}: must be at least 0 and below 1 (a share of the rows)"
@@ -280,48 +273,6 @@ def expand_validation_prompts(templates: list[str], concepts: list[ConceptConfig
     return list(dict.fromkeys(prompts))
 
 
-def _trigger_embedding_problems(cfg: TrainConfig) -> list[str]:
-    """Settings of the trigger's embedding that mean nothing without its rate."""
-    problems = []
-    if cfg.trigger_embedding_init and not cfg.trigger_embedding_lr > 0:
-        problems.append(
-            f"trigger_embedding_init={cfg.trigger_embedding_init!r} needs trigger_embedding_lr > 0 (the trigger's "
-            "embedding trains only then): set a rate, or leave trigger_embedding_init empty"
-        )
-    if cfg.trigger_embedding_first and not cfg.trigger_embedding_lr > 0:
-        problems.append(
-            f"trigger_embedding_first={cfg.trigger_embedding_first} needs trigger_embedding_lr > 0 (the phase "
-            "trains the trigger's embedding alone): set a rate, or leave trigger_embedding_first at 0"
-        )
-    return problems
-
-
-def _share_problems(cfg: TrainConfig) -> list[str]:
-    """The fields that are shares of a batch or of the updates."""
-    problems = []
-    if not 0.0 < cfg.cat_share <= 1.0:
-        problems.append(
-            f"cat_share={cfg.cat_share}: must be above 0 and at most 1 (a share of the batch; 1 = every row)"
-        )
-    if not 0.0 < cfg.prior_share <= 1.0:
-        problems.append(
-            f"prior_share={cfg.prior_share}: must be above 0 and at most 1 (class images per step as a share of "
-            "batch_size; 1 = one per concept image)"
-        )
-    if not 0.0 <= cfg.cat_null_share <= 1.0:
-        problems.append(f"cat_null_share={cfg.cat_null_share}: must be between 0 and 1 (a share of the batch)")
-    if not 0.0 <= cfg.cat_lambda_warmup <= 1.0:
-        problems.append(
-            f"cat_lambda_warmup={cfg.cat_lambda_warmup}: must be between 0 and 1 (a share of the updates; 0 = off)"
-        )
-    if not 0.0 <= cfg.trigger_embedding_first < 1.0:
-        problems.append(
-            f"trigger_embedding_first={cfg.trigger_embedding_first}: must be at least 0 and below 1 (a share of the "
-            "updates; the LoRA needs some of them)"
-        )
-    return problems
-
-
 def _validation_problems(cfg: TrainConfig) -> list[str]:
     """What is wrong with the validation settings: templates that cannot be filled in, steps or guidance out of
     range."""
@@ -343,42 +294,10 @@ def _validation_problems(cfg: TrainConfig) -> list[str]:
     return problems
 
 
-def _anchor_problems(cfg: TrainConfig) -> list[str]:
-    triggers = {c.trigger for c in cfg.concepts}
-    named = [p for p in cfg.anchor_prompts if triggers & set(p.split())]
-    if not named:
-        return []
-    return [
-        f"anchor_prompts {named} name a trigger: anchors hold the base model where no concept is; drop the trigger "
-        "word (e.g. 'a square')"
-    ]
-
-
 def share_row_count(batch_size: int, share: float) -> int:
     """Rows a share of the batch size stands for (at least one): the rows that carry CAT's term (`cat_share`; with
     cat_anchor "class", the class images per step) or DreamBooth's class images per step (`prior_share`)."""
     return max(1, round(batch_size * share))
-
-
-def _type_problems(cfg) -> list[str]:
-    """Fields whose value has the wrong type ('steps: ten', '--set rank=true'), from the annotations."""
-    problems = []
-    for f in dataclasses.fields(cfg):
-        v, kinds = getattr(cfg, f.name), [k.strip() for k in str(f.type).split("|")]
-        if v is None and "None" in kinds:
-            continue
-        if kinds[0].startswith("list[") and isinstance(v, (list, tuple)):
-            inner = _TYPES.get(kinds[0][5:-1])
-            if inner is None or all(
-                isinstance(x, inner) and not (isinstance(x, bool) and kinds[0] != "list[bool]") for x in v
-            ):
-                continue
-        elif (
-            kinds[0] in _TYPES and isinstance(v, _TYPES[kinds[0]]) and not (isinstance(v, bool) and kinds[0] != "bool")
-        ):
-            continue
-        problems.append(f"{f.name}={v!r}: expected {' or '.join(k.replace('None', 'null') for k in kinds)}")
-    return problems
 
 
 def load_config(path: str | Path) -> TrainConfig:
