@@ -208,3 +208,44 @@ def test_embedding_alone_switches_each_part_of_a_pivotal_adapter(toyworld_env, c
     plain = train(tiny_run_config(concept_dir, tmp_path / "b", steps=1, checkpoint_every=0)).adapter_dir
     with pytest.raises(SystemExit, match="trained without trigger_embedding_lr"):
         main([str(plain), "--concept", str(concept_dir), "--prompt", "a sks circle", "--seeds", "1"])
+
+
+def test_layer_switch_off_takes_out_one_family_and_all_four_leave_the_base_model(toyworld_env, monkeypatch):
+    """benchmarks/layer_switch_off.py: each LoRA layer belongs to exactly one family, one family off changes the
+    output but is not the base model, all four off is the exact base model, and None puts every layer back."""
+    import torch
+    from lora_helpers import randomise_lora, unet_inputs
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from catlab.models import adapters_disabled, add_lora, load_base
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from layer_switch_off import FAMILIES, switch_off_family
+
+    pipe = load_base("toyworld")
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "ff.net.0.proj", "ff.net.2"]
+    add_lora(pipe.unet, rank=2, target_modules=targets)
+    randomise_lora(pipe.unet)
+    z, t, cond, _ = unet_inputs(pipe)
+
+    def out():
+        with torch.no_grad():
+            return pipe.unet(z, t, encoder_hidden_states=cond).sample
+
+    whole = out()
+    with adapters_disabled(pipe.unet):
+        base = out()
+    counts = {}
+    for family in FAMILIES:
+        counts[family] = switch_off_family(pipe.unet, family)
+        partial = out()
+        assert counts[family] > 0 and not torch.equal(partial, whole) and not torch.equal(partial, base), family
+    # attention: 7 blocks x 4 projections each; 11 ResNets x 2 convolutions; 7 feed-forwards x 2 layers
+    assert counts == {"self-attention": 28, "cross-attention": 28, "convolutions": 22, "feed-forward": 14}
+    assert switch_off_family(pipe.unet, None) == 0 and torch.equal(out(), whole)
+
+    for family in FAMILIES:  # the families together cover every LoRA layer
+        for name, m in pipe.unet.named_modules():
+            if isinstance(m, BaseTunerLayer) and any(part in name + "." for part in FAMILIES[family]):
+                m.enable_adapters(False)
+    assert torch.equal(out(), base)
