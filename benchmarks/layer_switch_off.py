@@ -61,7 +61,10 @@ def family_sampler(family_of: dict[str, str | None]):
     class FamilyOff(Sampler):
         def activate(self, pipe, method: str, adapter) -> None:
             super().activate(pipe, method, adapter)
-            if adapter is not None and switch_off_family(pipe.unet, family_of[method]) == 0 and family_of[method]:
+            if adapter is None:  # the base model: every LoRA layer is off already
+                return
+            off = switch_off_family(pipe.unet, family_of[method])  # every layer back on first, then the family off
+            if family_of[method] and off == 0:
                 raise SystemExit(f"{adapter}: it has no LoRA layer in the {family_of[method]} family")
 
     return FamilyOff()

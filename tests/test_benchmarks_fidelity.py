@@ -220,7 +220,7 @@ def test_layer_switch_off_takes_out_one_family_and_all_four_leave_the_base_model
     from catlab.models import adapters_disabled, add_lora, load_base
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from layer_switch_off import FAMILIES, switch_off_family
+    from layer_switch_off import FAMILIES, in_family, switch_off_family
 
     pipe = load_base("toyworld")
     targets = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "ff.net.0.proj", "ff.net.2"]
@@ -244,8 +244,8 @@ def test_layer_switch_off_takes_out_one_family_and_all_four_leave_the_base_model
     assert counts == {"self-attention": 28, "cross-attention": 28, "convolutions": 22, "feed-forward": 14}
     assert switch_off_family(pipe.unet, None) == 0 and torch.equal(out(), whole)
 
-    for family in FAMILIES:  # the families together cover every LoRA layer
-        for name, m in pipe.unet.named_modules():
-            if isinstance(m, BaseTunerLayer) and any(part in name + "." for part in FAMILIES[family]):
-                m.enable_adapters(False)
+    lora_layers = [(name, m) for name, m in pipe.unet.named_modules() if isinstance(m, BaseTunerLayer)]
+    assert all(sum(in_family(name, f) for f in FAMILIES) == 1 for name, _ in lora_layers), "one family each"
+    for _, m in lora_layers:  # every family off together: the exact base model
+        m.enable_adapters(False)
     assert torch.equal(out(), base)
